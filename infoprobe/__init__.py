@@ -1,0 +1,11 @@
+"""infoprobe: matrix information theory for trained classifiers.
+
+Song et al., "Unveiling the Dynamics of Information Interplay in Supervised Learning",
+ICML 2024 (arXiv 2406.03999).
+"""
+
+from infoprobe.errors import InfoprobeError, InputError, RunFailure
+
+__version__ = "0.1.0"
+
+__all__ = ["InfoprobeError", "InputError", "RunFailure", "__version__"]

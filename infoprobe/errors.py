@@ -1,0 +1,26 @@
+"""One exception family for every user-facing failure.
+
+The CLI turns an :class:`InfoprobeError` into one line on stderr and exits with
+``exit_code``: 2 for bad input (a file, flag or tensor the user can fix), 1 for a
+runtime failure. Library callers catch :class:`InfoprobeError` or the subclasses.
+"""
+
+from __future__ import annotations
+
+
+class InfoprobeError(Exception):
+    """Base class: a failure whose message names what is wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class InputError(InfoprobeError, ValueError):
+    """Bad input: a file, option, checkpoint or tensor that the user must change."""
+
+    exit_code = 2
+
+
+class RunFailure(InfoprobeError, RuntimeError):
+    """A failure while running valid input (out of memory, a model that raises)."""
+
+    exit_code = 1
