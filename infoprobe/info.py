@@ -1,0 +1,525 @@
+"""Matrix information quantities of Song et al. (ICML 2024), computed exactly and fast.
+
+Notation (``DESIGN.md``, "The math"): ``n`` samples, features ``z_i`` in R^d, labels
+``y_i`` in {0..C-1}, head rows ``w_c`` in R^d (bias excluded). Rows are normalised to unit
+length, ``zh_i = z_i/|z_i|`` and ``wh_c = w_c/|w_c|``, and
+
+* ``K_Z = [zh_i . zh_j]`` and ``K_W = [wh_{y_i} . wh_{y_j}]`` are n x n, PSD, unit diagonal;
+* ``H(K) = -sum_k lam_k log lam_k`` over the eigenvalues of ``K / n`` (nats, ``0 log 0 = 0``);
+* ``I(K_Z; K_W) = H(K_Z) + H(K_W) - H(K_Z o K_W)`` with ``o`` the Hadamard product;
+* ``MIR = I / min(H_Z, H_W)`` and ``HDR = |H_Z - H_W| / max(H_Z, H_W)``.
+
+No n x n matrix is formed when a smaller exact one exists. Every entropy is the entropy of
+a small symmetric PSD matrix ``A`` whose nonzero eigenvalues are those of ``K / n``:
+
+* ``K_Z``: ``Zh^T Zh / n`` (d x d) when d < n;
+* ``K_W = P M P^T`` with ``M = Wh Wh^T`` and ``P`` the one-hot labels: ``D^1/2 M D^1/2 / n``
+  (C x C, ``D`` the class counts), since ``P D^-1/2`` has orthonormal columns;
+* ``K_Z o K_W = Phi Phi^T`` with ``Phi_i = zh_i (x) l_{y_i}`` and ``M = L L^T``:
+  ``Phi^T Phi / n = sum_c (Zh_c^T Zh_c) (x) (l_c l_c^T) / n`` of size k*r, after ``Zh`` is
+  rotated onto its k-dimensional row space and ``L`` is the rank-r factor of ``M``.
+
+The route with the smallest matrix is chosen automatically. Eigen-solves run in float64 on
+symmetrised matrices, and round-off negatives are clamped to zero. The entropy's backward
+uses ``dH/dA = U diag(f'(lam)) U^T`` with ``f(lam) = -lam log lam``, which has no
+``1/(lam_i - lam_j)`` terms and so stays finite when eigenvalues repeat (neural collapse).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from infoprobe.errors import InputError
+
+Estimate = Literal["exact", "batch"]
+
+#: Largest matrix side an exact eigen-solve is attempted on by default (float64: 2 GiB).
+DEFAULT_MAX_EXACT_DIM = 16384
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interplay:
+    """Entropies (nats), mutual information and ratios for one set of samples.
+
+    ``estimate`` is ``"exact"`` (the full-set value) or ``"batch"`` (the paper's mean over
+    ``n_batches`` seeded mini-batches of ``batch_size`` samples). ``note`` says why a ratio
+    is NaN (empty when none is). ``n_classes`` is None for :func:`interplay_between`.
+    """
+
+    h_z: float
+    h_w: float
+    h_zw: float
+    mi: float
+    mir: float
+    hdr: float
+    n_samples: int
+    n_classes: int | None
+    estimate: str = "exact"
+    batch_size: int | None = None
+    n_batches: int = 1
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NCOptimum:
+    """MIR and HDR at neural collapse for ``num_classes`` balanced classes (Thm 4.2)."""
+
+    num_classes: int
+    mir: float
+    hdr: float
+    note: str = ""
+
+
+def nc_optimum(num_classes: int) -> NCOptimum:
+    """Closed-form MIR and HDR at neural collapse (Song et al., Thm 4.2 / Cor 4.3).
+
+    For C >= 3 balanced classes whose features collapse onto a simplex-ETF head,
+    ``HDR = 0`` and ``MIR = 1/(C-1) + (C-2)/(C-1) * log(C-2)/log(C-1)``
+    (C = 3: 0.5; C = 10: 0.95235...; C = 100: 0.99781...). For C = 2 both entropies are
+    zero at collapse, so both ratios are 0/0: NaN with a note.
+    """
+    c = int(num_classes)
+    if c != num_classes or c < 2:
+        raise InputError(f"nc_optimum needs an integer number of classes >= 2, got {num_classes!r}")
+    if c == 2:
+        note = "C = 2: both entropies are 0 at neural collapse, so MIR and HDR are undefined"
+        return NCOptimum(2, math.nan, math.nan, note)
+    mir = 1.0 / (c - 1) + (c - 2) / (c - 1) * math.log(c - 2) / math.log(c - 1)
+    return NCOptimum(c, mir, 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# The entropy of a PSD matrix, differentiable with a finite backward
+# --------------------------------------------------------------------------------------
+
+
+def _zero_threshold(eigenvalues: Tensor, size: int) -> float:
+    """Eigenvalues below this are round-off of a true zero: ``lam_max * size * eps``."""
+    top = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
+    return top * max(size, 1) * torch.finfo(eigenvalues.dtype).eps
+
+
+def _entropy_of_eigenvalues(lam: Tensor) -> Tensor:
+    """``-sum lam log lam`` over eigenvalues that sum to 1 in exact arithmetic.
+
+    Round-off is removed before the sum: eigenvalues under :func:`_zero_threshold` are true
+    zeros (``0 log 0 = 0``), and the rest are divided by their sum, which is 1 up to
+    round-off, so that a rank-one matrix has exactly ``H = 0`` rather than ``~1e-16``.
+    """
+    lam = torch.where(lam > _zero_threshold(lam, lam.shape[0]), lam, torch.zeros_like(lam))
+    lam = lam / lam.sum()
+    return -torch.special.xlogy(lam, lam).sum()
+
+
+class _SpectralEntropy(torch.autograd.Function):
+    """``H(A) = -tr(A log A)`` for symmetric PSD ``A``; backward ``U diag(-(log lam + 1)) U^T``.
+
+    Eigenvalues at round-off zero get derivative 0 rather than ``+inf``: every ``A`` here
+    is ``X^T X`` or ``X X^T``, and such directions lie in the null space of ``X`` so they
+    contribute nothing to the gradient with respect to ``X`` (``d(e log e)/de -> 0``).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor) -> Tensor:  # noqa: D401 - autograd signature
+        lam, vec = torch.linalg.eigh(a)
+        ctx.save_for_backward(lam, vec)
+        return _entropy_of_eigenvalues(lam)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:
+        lam, vec = ctx.saved_tensors
+        positive = lam > _zero_threshold(lam, lam.shape[0])
+        slope = -(torch.log(lam.clamp_min(1e-300)) + 1)
+        slope = torch.where(positive, slope, torch.zeros_like(lam))
+        return grad_out * (vec * slope) @ vec.mT
+
+
+def spectral_entropy(a: Tensor) -> Tensor:
+    """Entropy ``-sum lam log lam`` of the eigenvalues of a symmetric PSD matrix.
+
+    ``a``: [m, m], any float dtype (solved in float64 after symmetrising). Returns a 0-dim
+    float64 tensor; differentiable with the finite backward described in the module doc.
+    The caller is responsible for ``a`` having unit trace (eigenvalues summing to 1).
+    """
+    a = a.to(torch.float64)
+    a = (a + a.mT) / 2
+    if a.shape[0] == 0:
+        return a.new_zeros(())
+    if a.requires_grad:
+        return _SpectralEntropy.apply(a)
+    return _entropy_of_eigenvalues(torch.linalg.eigvalsh(a))
+
+
+def matrix_entropy(gram: Tensor) -> Tensor:
+    """Matrix entropy ``H(K) = -sum lam log lam`` over the eigenvalues of ``K / n``.
+
+    ``gram``: [n, n] symmetric PSD with unit diagonal (a normalised Gram matrix), any float
+    dtype. Returns a 0-dim float64 tensor in ``[0, log n]`` (natural log, nats).
+    Raises :class:`InputError` for a non-square, non-finite, asymmetric or non-unit-diagonal
+    matrix, for which the eigenvalues of ``K / n`` would not be a distribution.
+    """
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise InputError(f"gram must be a square [n, n] matrix, got shape {tuple(gram.shape)}")
+    _check_finite(gram, "gram")
+    k = gram.to(torch.float64)
+    n = k.shape[0]
+    if n == 0:
+        raise InputError("gram is empty (n = 0): the entropy needs at least one sample")
+    tol = 1e-6 * max(1.0, float(k.abs().max()))
+    if float((k - k.mT).abs().max()) > tol:
+        raise InputError("gram is not symmetric: pass a Gram matrix K = X X^T")
+    if float((torch.diagonal(k) - 1).abs().max()) > 1e-6:
+        raise InputError(
+            "gram must have a unit diagonal (rows normalised to length 1): "
+            "normalise the rows of X before forming K = X X^T"
+        )
+    return spectral_entropy(k / n)
+
+
+# --------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    bad = (~torch.isfinite(x)).sum().item() if x.is_floating_point() else 0
+    if bad:
+        raise InputError(
+            f"{name} contains {bad} NaN/Inf value(s): check the model and data that produced it"
+        )
+
+
+def _as_float64(x: Tensor, name: str, ndim: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != ndim:
+        raise InputError(f"{name} must be {ndim}-dimensional, got shape {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise InputError(f"{name} must be a float tensor, got dtype {x.dtype}")
+    _check_finite(x, name)
+    # float16/bfloat16 are upcast: their round-off would swamp the small eigenvalues.
+    return x.to(torch.float64)
+
+
+def _normalise_rows(x: Tensor, name: str) -> Tensor:
+    """Rows scaled to unit length; a zero row has no direction, so it is an error."""
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    zero = (norms.squeeze(1) == 0).nonzero().flatten()
+    if zero.numel():
+        shown = ", ".join(str(i) for i in zero[:5].tolist())
+        more = "..." if zero.numel() > 5 else ""
+        raise InputError(
+            f"{name} has {zero.numel()} zero-norm row(s) (rows {shown}{more}) whose direction is "
+            "undefined: drop those samples/classes or use drop_zero_rows=True (--drop-zero-rows)"
+        )
+    return x / norms
+
+
+def _check_labels(labels: Tensor, n: int, num_classes: int) -> Tensor:
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != n:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise InputError(f"labels must be a 1-D tensor of {n} class indices, got {shape}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.to(torch.int64)
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise InputError(
+            f"labels must lie in [0, {num_classes}) for a head with {num_classes} rows, found "
+            f"values in [{int(labels.min())}, {int(labels.max())}]: check --num-classes or labels"
+        )
+    return labels
+
+
+def _drop_zero_rows(
+    features: Tensor, labels: Tensor, head: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Samples kept when zero-norm features, or labels whose head row is zero, are dropped."""
+    keep = torch.linalg.vector_norm(features, dim=1) > 0
+    keep &= torch.linalg.vector_norm(head, dim=1)[labels] > 0
+    return features[keep], labels[keep]
+
+
+# --------------------------------------------------------------------------------------
+# Exact routes: each returns a PSD matrix whose nonzero eigenvalues are those of K / n
+# --------------------------------------------------------------------------------------
+
+
+def _row_space_coordinates(x: Tensor) -> Tensor:
+    """``x`` [n, p] rotated onto its numerical row space: [n, k] with ``x x^T`` unchanged.
+
+    ``x = (x V_k) V_k^T`` up to directions with ``sigma^2 <= sigma_max^2 * p * eps``, whose
+    contribution to ``x x^T`` is round-off.
+    """
+    lam, vec = torch.linalg.eigh(x.mT @ x)
+    keep = lam > _zero_threshold(lam, max(x.shape))
+    return x @ vec[:, keep]
+
+
+def _rank_factor(m: Tensor) -> Tensor:
+    """``L`` [C, r] with ``L L^T = m`` for symmetric PSD ``m``, r its numerical rank."""
+    lam, vec = torch.linalg.eigh((m + m.mT) / 2)
+    keep = lam > _zero_threshold(lam, m.shape[0])
+    return vec[:, keep] * lam[keep].sqrt()
+
+
+def _feature_matrix(zh: Tensor) -> Tensor:
+    """K_Z / n through the smaller of ``Zh^T Zh`` (d x d) and ``Zh Zh^T`` (n x n)."""
+    n, d = zh.shape
+    return (zh.mT @ zh if d < n else zh @ zh.mT) / n
+
+
+def _head_matrix(wh: Tensor, labels: Tensor) -> Tensor:
+    """K_W / n as ``D^1/2 M D^1/2 / n`` over the classes present (C' x C')."""
+    counts = torch.bincount(labels, minlength=wh.shape[0]).to(wh.dtype)
+    present = counts > 0
+    scaled = wh[present] * counts[present].sqrt().unsqueeze(1)
+    return scaled @ scaled.mT / labels.shape[0]
+
+
+def _khatri_rao_matrix(z: Tensor, labels: Tensor, factor: Tensor) -> Tensor:
+    """``sum_c (Z_c^T Z_c) (x) (l_c l_c^T) / n`` for ``K_Z o K_W = Phi Phi^T``.
+
+    ``z`` [n, k] row factor of K_Z, ``factor`` [C, r] with ``L L^T = M``. Returns [k*r, k*r],
+    indexed like ``Phi_i = z_i (x) l_{y_i}`` (row ``a*r + p``). Costs ``O(n k^2 + C k^2 r^2)``.
+    """
+    n, k = z.shape
+    num_classes, r = factor.shape
+    # One k x k Gram per class; a loop keeps memory at O(C k^2) rather than O(n C k).
+    class_grams = torch.stack(
+        [z[labels == c].mT @ z[labels == c] for c in range(num_classes)]
+    )
+    outer = factor.unsqueeze(2) * factor.unsqueeze(1)
+    joint = torch.einsum("cab,cpq->apbq", class_grams, outer)
+    return joint.reshape(k * r, k * r) / n
+
+
+def _hadamard_matrix(za: Tensor, zb: Tensor) -> Tensor:
+    """``(K_A o K_B) / n`` for row factors ``za`` [n, p] and ``zb`` [n, q].
+
+    ``Phi_i = za_i (x) zb_i`` gives ``Phi^T Phi`` of size p*q; the n x n product is used
+    when that is not smaller.
+    """
+    n, p = za.shape
+    q = zb.shape[1]
+    if p * q < n:
+        phi = (za.unsqueeze(2) * zb.unsqueeze(1)).reshape(n, p * q)
+        return phi.mT @ phi / n
+    return (za @ za.mT) * (zb @ zb.mT) / n
+
+
+def _joint_matrix(zh: Tensor, labels: Tensor, wh: Tensor) -> Tensor:
+    """(K_Z o K_W) / n through the smaller of the n x n and Khatri-Rao routes."""
+    n, d = zh.shape
+    if zh.requires_grad or wh.requires_grad:
+        # Rank compression is not differentiable; Wh itself is a factor of M (r = d).
+        factor = wh
+    else:
+        factor = _rank_factor(wh @ wh.mT)
+    if d * factor.shape[1] >= n:
+        return (zh @ zh.mT) * (wh @ wh.mT)[labels][:, labels] / n
+    z = zh if zh.requires_grad else _row_space_coordinates(zh)
+    return _khatri_rao_matrix(z, labels, factor)
+
+
+def _route_size(n: int, d: int, num_classes: int) -> int:
+    """Upper bound of the largest matrix the exact routes solve (before rank compression)."""
+    return max(min(n, d), min(num_classes, n), min(n, d * min(num_classes, d)))
+
+
+def _check_size(size: int, max_exact_dim: int | None, what: str) -> None:
+    if max_exact_dim is not None and size > max_exact_dim:
+        raise InputError(
+            f"the exact {what} needs a {size} x {size} eigen-solve (over max_exact_dim="
+            f"{max_exact_dim}): use the batch estimate (--estimate batch), fewer samples "
+            "(--max-samples) or raise --max-exact-dim"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+
+
+def _ratios(h_a: float, h_b: float, mi: float) -> tuple[float, float, str]:
+    """MIR and HDR from two entropies and their MI; NaN with a reason for 0/0.
+
+    No clamping: a value outside [0, 1] beyond round-off would be a bug to see, not hide.
+    """
+    low, high = min(h_a, h_b), max(h_a, h_b)
+    notes = []
+    if low > 0:
+        mir = mi / low
+    else:
+        mir = math.nan
+        notes.append("MIR is undefined (0/0): an entropy is 0 (one sample, or one class present)")
+    if high > 0:
+        hdr = abs(h_a - h_b) / high
+    else:
+        hdr = math.nan
+        notes.append("HDR is undefined (0/0): both entropies are 0")
+    return mir, hdr, "; ".join(notes)
+
+
+def prepare(
+    features: Tensor, labels: Tensor, head: Tensor, *, drop_zero_rows: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validated float64 unit rows ``(zh [n, d], labels [n] int64, wh [C, d])``.
+
+    Checks shapes, finiteness and the label range; upcasts (float16/bfloat16 round-off would
+    swamp small eigenvalues). Head rows of classes absent from ``labels`` may be zero and
+    stay zero; they never enter K_W. Differentiable in ``features`` and ``head``.
+    """
+    z = _as_float64(features, "features", 2)
+    w = _as_float64(head, "head", 2)
+    if z.shape[1] != w.shape[1]:
+        raise InputError(
+            f"features have d = {z.shape[1]} but head rows have d = {w.shape[1]}: the head "
+            "must be the layer that consumes these features"
+        )
+    if z.shape[0] == 0:
+        raise InputError("features are empty (n = 0): at least one sample is needed")
+    y = _check_labels(labels, z.shape[0], w.shape[0]).to(z.device)
+    w = w.to(z.device)
+    if drop_zero_rows:
+        z, y = _drop_zero_rows(z, y, w)
+        if z.shape[0] == 0:
+            raise InputError("every sample has a zero feature or head row: nothing to measure")
+    zh = _normalise_rows(z, "features")
+    used = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
+    used[y] = True
+    _normalise_rows(w[used], "head")  # raises for a zero row that some label uses
+    norms = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+    wh = w / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return zh, y, wh
+
+
+def entropies(zh: Tensor, labels: Tensor, wh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact ``(H(K_Z), H(K_W), H(K_Z o K_W))`` as 0-dim float64 tensors.
+
+    Inputs as returned by :func:`prepare`. Differentiable in ``zh`` and ``wh``; the route
+    for each entropy is the smallest exact one (module doc).
+    """
+    h_z = spectral_entropy(_feature_matrix(zh))
+    h_w = spectral_entropy(_head_matrix(wh, labels))
+    h_zw = spectral_entropy(_joint_matrix(zh, labels, wh))
+    return h_z, h_w, h_zw
+
+
+def batch_indices(n: int, batch_size: int, seed: int) -> list[Tensor]:
+    """The documented batching of the paper's estimate.
+
+    A ``torch.randperm(n)`` drawn from ``torch.Generator().manual_seed(seed)`` is split into
+    consecutive batches of ``batch_size``; a final batch smaller than ``batch_size`` is
+    dropped whenever at least one full batch exists (entropies depend on the batch size,
+    bounded by ``log B``). With ``n < batch_size`` the single batch is the whole set.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size for the batch estimate must be >= 1, got {batch_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    full = n // batch_size
+    if full == 0:
+        return [order]
+    return list(order[: full * batch_size].split(batch_size))
+
+
+def interplay(
+    features: Tensor,
+    labels: Tensor,
+    head: Tensor,
+    *,
+    estimate: Estimate = "exact",
+    batch_size: int = 256,
+    seed: int = 0,
+    drop_zero_rows: bool = False,
+    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM,
+) -> Interplay:
+    """Entropies, MI, MIR and HDR between penultimate features and classification head.
+
+    Args:
+        features: [n, d] penultimate features (any float dtype; solved in float64).
+        labels: [n] integer class indices in ``[0, C)``.
+        head: [C, d] classifier weights, bias excluded.
+        estimate: ``"exact"`` (full set, default) or ``"batch"``, the paper's mean of
+            mini-batch entropies over :func:`batch_indices` ``(n, batch_size, seed)``; MI,
+            MIR and HDR are then derived from the mean entropies.
+        drop_zero_rows: exclude samples whose feature row, or whose class's head row, is
+            zero (their direction is undefined); by default they raise :class:`InputError`.
+            ``n_samples`` counts the samples kept.
+        max_exact_dim: refuse exact eigen-solves larger than this (None: no limit).
+
+    Returns an :class:`Interplay`. With one sample or one class present an entropy is 0
+    and MIR (and possibly HDR) is NaN with ``note`` saying why; it never raises for that.
+    """
+    with torch.no_grad():
+        zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows)
+        n, d = zh.shape
+        num_classes = wh.shape[0]
+        if estimate == "exact":
+            _check_size(_route_size(n, d, num_classes), max_exact_dim, "interplay")
+            h_z, h_w, h_zw = (float(h) for h in entropies(zh, y, wh))
+            batches, size = 1, None
+        elif estimate == "batch":
+            parts = batch_indices(n, batch_size, seed)
+            _check_size(_route_size(len(parts[0]), d, num_classes), max_exact_dim, "estimate")
+            sums = torch.zeros(3, dtype=torch.float64)
+            for idx in parts:
+                idx = idx.to(zh.device)
+                sums += torch.stack(entropies(zh[idx], y[idx], wh)).cpu()
+            h_z, h_w, h_zw = (float(s) / len(parts) for s in sums)
+            batches, size = len(parts), batch_size
+        else:
+            raise InputError(f"estimate must be 'exact' or 'batch', got {estimate!r}")
+    mi = h_z + h_w - h_zw
+    mir, hdr, note = _ratios(h_z, h_w, mi)
+    return Interplay(h_z, h_w, h_zw, mi, mir, hdr, n, num_classes, estimate, size, batches, note)
+
+
+def interplay_between(
+    features_a: Tensor,
+    features_b: Tensor,
+    *,
+    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM,
+) -> Interplay:
+    """Interplay between two views of the same n samples (e.g. dense vs pruned features).
+
+    ``features_a`` [n, d1] and ``features_b`` [n, d2] give ``K_A`` and ``K_B`` (rows
+    normalised); ``h_z = H(K_A)``, ``h_w = H(K_B)``, ``h_zw = H(K_A o K_B)``. The joint
+    entropy uses the d1'*d2' Khatri-Rao route after rank compression when it is smaller
+    than n. ``n_classes`` is None.
+    """
+    with torch.no_grad():
+        a = _as_float64(features_a, "features_a", 2)
+        b = _as_float64(features_b, "features_b", 2).to(a.device)
+        if a.shape[0] != b.shape[0]:
+            raise InputError(
+                f"features_a has {a.shape[0]} rows but features_b has {b.shape[0]}: both must "
+                "hold the same samples in the same order"
+            )
+        if a.shape[0] == 0:
+            raise InputError("features are empty (n = 0): at least one sample is needed")
+        ah = _normalise_rows(a, "features_a")
+        bh = _normalise_rows(b, "features_b")
+        n = a.shape[0]
+        _check_size(min(n, max(a.shape[1], b.shape[1])), max_exact_dim, "interplay")
+        h_a = float(spectral_entropy(_feature_matrix(ah)))
+        h_b = float(spectral_entropy(_feature_matrix(bh)))
+        ca = _row_space_coordinates(ah) if ah.shape[1] < n else ah
+        cb = _row_space_coordinates(bh) if bh.shape[1] < n else bh
+        _check_size(min(n, ca.shape[1] * cb.shape[1]), max_exact_dim, "joint entropy")
+        h_ab = float(spectral_entropy(_hadamard_matrix(ca, cb)))
+    mi = h_a + h_b - h_ab
+    mir, hdr, note = _ratios(h_a, h_b, mi)
+    return Interplay(h_a, h_b, h_ab, mi, mir, hdr, n, None, note=note)

@@ -1,0 +1,114 @@
+"""One evaluation -> one row of the shared column schema (``DESIGN.md``, CLI contract).
+
+Every command emits rows with :data:`COLUMNS` (lmc adds ``alpha``, prune adds ``ratio,
+sparsity, mir_dense, hdr_dense``, track adds ``step``), so CSV from any command loads
+straight into pandas and joins on these names. ``estimate`` says which entropy estimate a
+row holds: ``exact`` or ``batch(B=..,seed=..)``; ``n_samples`` says on how many samples;
+``note`` says why a ratio is NaN (empty otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+from infoprobe.info import DEFAULT_MAX_EXACT_DIM, Estimate, Interplay, interplay, nc_optimum
+
+COLUMNS: tuple[str, ...] = (
+    "checkpoint",
+    "n_samples",
+    "n_classes",
+    "accuracy",
+    "loss",
+    "h_z",
+    "h_w",
+    "h_zw",
+    "mi",
+    "mir",
+    "hdr",
+    "mir_nc",
+    "hdr_nc",
+    "estimate",
+    "note",
+)
+
+#: Extra columns each command puts before the shared ones.
+SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "analyze": (),
+    "track": ("step",),
+    "lmc": ("alpha",),
+    "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense"),
+}
+
+
+class Evaluated(Protocol):
+    """What a row needs from an evaluation pass (``infoprobe.probe.Evaluation``)."""
+
+    features: Tensor
+    labels: Tensor
+    head: Tensor
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How the information quantities are computed (see :func:`infoprobe.info.interplay`)."""
+
+    estimate: Estimate = "exact"
+    batch_size: int = 256
+    seed: int = 0
+    drop_zero_rows: bool = False
+    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM
+
+    def label(self) -> str:
+        if self.estimate == "exact":
+            return "exact"
+        return f"batch(B={self.batch_size},seed={self.seed})"
+
+
+def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
+    """The interplay between an evaluation's features and its head."""
+    return interplay(
+        evaluation.features,
+        evaluation.labels,
+        evaluation.head,
+        estimate=options.estimate,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        drop_zero_rows=options.drop_zero_rows,
+        max_exact_dim=options.max_exact_dim,
+    )
+
+
+def analysis_row(
+    checkpoint: str, evaluation: Evaluated, options: MeasureOptions = MeasureOptions()
+) -> dict:
+    """A dict with exactly :data:`COLUMNS`, in order, for one evaluated checkpoint.
+
+    ``mir_nc``/``hdr_nc`` are the neural-collapse optimum for the head's class count
+    (NaN for C = 2). Floats are Python floats; NaN marks an undefined ratio.
+    """
+    result = measure(evaluation, options)
+    optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
+    nan = float("nan")
+    row = {
+        "checkpoint": checkpoint,
+        "n_samples": result.n_samples,
+        "n_classes": result.n_classes,
+        "accuracy": float(evaluation.accuracy),
+        "loss": float(evaluation.loss),
+        "h_z": result.h_z,
+        "h_w": result.h_w,
+        "h_zw": result.h_zw,
+        "mi": result.mi,
+        "mir": result.mir,
+        "hdr": result.hdr,
+        "mir_nc": optimum.mir if optimum else nan,
+        "hdr_nc": optimum.hdr if optimum else nan,
+        "estimate": options.label(),
+        "note": result.note,
+    }
+    return row

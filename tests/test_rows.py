@@ -1,0 +1,48 @@
+"""The shared row schema from an evaluation."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from infoprobe.info import interplay, nc_optimum
+from infoprobe.rows import COLUMNS, MeasureOptions, analysis_row
+
+
+def evaluation(num_classes=10, n=200, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(
+        features=torch.randn(n, d, generator=g),
+        labels=torch.randint(0, num_classes, (n,), generator=g),
+        head=torch.randn(num_classes, d, generator=g),
+        loss=1.25,
+        accuracy=0.5,
+    )
+
+
+def test_row_has_the_schema_and_library_values():
+    ev = evaluation()
+    row = analysis_row("model.safetensors", ev)
+    assert tuple(row) == COLUMNS
+    ref = interplay(ev.features, ev.labels, ev.head)
+    assert row["mir"] == ref.mir and row["hdr"] == ref.hdr and row["h_zw"] == ref.h_zw
+    assert row["mir_nc"] == nc_optimum(10).mir and row["hdr_nc"] == 0.0
+    assert (row["checkpoint"], row["accuracy"], row["loss"]) == ("model.safetensors", 0.5, 1.25)
+    assert (row["n_samples"], row["n_classes"], row["estimate"], row["note"]) == (200, 10, "exact", "")
+
+
+def test_batch_estimate_is_labelled():
+    ev = evaluation()
+    row = analysis_row("m", ev, MeasureOptions(estimate="batch", batch_size=64, seed=2))
+    assert row["estimate"] == "batch(B=64,seed=2)"
+    ref = interplay(ev.features, ev.labels, ev.head, estimate="batch", batch_size=64, seed=2)
+    assert row["h_z"] == pytest.approx(ref.h_z, abs=0)
+
+
+def test_two_classes_have_nan_optimum():
+    row = analysis_row("m", evaluation(num_classes=2))
+    assert math.isnan(row["mir_nc"]) and math.isnan(row["hdr_nc"])
+    assert not math.isnan(row["mir"])
