@@ -5,7 +5,28 @@ ICML 2024 (arXiv 2406.03999).
 """
 
 from infoprobe.errors import InfoprobeError, InputError, RunFailure
+from infoprobe.info import (
+    Interplay,
+    NCOptimum,
+    interplay,
+    interplay_between,
+    matrix_entropy,
+    nc_optimum,
+)
+from infoprobe.losses import InterplayLoss
 
 __version__ = "0.1.0"
 
-__all__ = ["InfoprobeError", "InputError", "RunFailure", "__version__"]
+__all__ = [
+    "InfoprobeError",
+    "InputError",
+    "Interplay",
+    "InterplayLoss",
+    "NCOptimum",
+    "RunFailure",
+    "__version__",
+    "interplay",
+    "interplay_between",
+    "matrix_entropy",
+    "nc_optimum",
+]
