@@ -9,12 +9,22 @@ row holds: ``exact`` or ``batch(B=..,seed=..)``; ``n_samples`` says on how many 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from infoprobe.info import DEFAULT_MAX_EXACT_DIM, Estimate, Interplay, interplay, nc_optimum
+from infoprobe.info import (
+    DEFAULT_MAX_EXACT_DIM,
+    Estimate,
+    Interplay,
+    interplay,
+    nc_optimum,
+    spectral_entropy,
+)
 
 COLUMNS: tuple[str, ...] = (
     "checkpoint",
@@ -112,3 +122,76 @@ def analysis_row(
         "note": result.note,
     }
     return row
+
+
+#: Columns of the per-class table (``infoprobe analyze --per-class``).
+PER_CLASS_COLUMNS: tuple[str, ...] = (
+    "checkpoint",
+    "class",
+    "name",
+    "n",
+    "accuracy",
+    "loss",
+    "h_z",
+    "h_z_max",
+    "cos_head",
+)
+
+
+class EvaluatedWithLogits(Evaluated, Protocol):
+    logits: Tensor | None
+
+
+def _within_class_entropy(features: Tensor) -> tuple[float, float]:
+    """``H(K_Z)`` of one class's features (nats) and its ceiling ``log min(n, d)``.
+
+    The nonzero eigenvalues of ``Zh Zh^T / n`` are those of ``Zh^T Zh / n``: the smaller side
+    is solved. Zero feature rows have no direction and are left out.
+    """
+    z = features.to(torch.float64)
+    z = z[torch.linalg.vector_norm(z, dim=1) > 0]
+    n, d = z.shape
+    if n == 0:
+        return float("nan"), float("nan")
+    zh = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    gram = zh.T @ zh if d < n else zh @ zh.T
+    return float(spectral_entropy(gram / n)), math.log(min(n, d))
+
+
+def per_class_rows(
+    checkpoint: str, evaluation: EvaluatedWithLogits, classes: list[str] | None = None
+) -> list[dict]:
+    """One row per class present in the labels, with :data:`PER_CLASS_COLUMNS`.
+
+    ``n`` samples; ``accuracy`` and mean cross-entropy ``loss`` over them (NaN without
+    logits); ``h_z`` the matrix entropy of the class's own normalised features (nats, 0 when
+    they collapse onto one direction, at most ``h_z_max = log min(n, d)``); ``cos_head`` the
+    cosine between the centred class mean (class mean minus global mean) and the class's
+    head row, which is 1 at neural collapse (self-duality, NC3).
+    """
+    labels = evaluation.labels.long()
+    logits = getattr(evaluation, "logits", None)
+    global_mean = evaluation.features.double().mean(0)
+    rows = []
+    for c in torch.unique(labels).tolist():
+        mask = labels == c
+        z = evaluation.features[mask]
+        accuracy = loss = float("nan")
+        if logits is not None:
+            accuracy = float((logits[mask].argmax(1) == c).double().mean())
+            loss = float(F.cross_entropy(logits[mask].double(), labels[mask]))
+        h_z, h_max = _within_class_entropy(z)
+        centred = z.double().mean(0) - global_mean
+        cos = F.cosine_similarity(centred, evaluation.head[c].double(), dim=0)
+        rows.append({
+            "checkpoint": checkpoint,
+            "class": int(c),
+            "name": classes[c] if classes and c < len(classes) else str(c),
+            "n": int(mask.sum()),
+            "accuracy": accuracy,
+            "loss": loss,
+            "h_z": h_z,
+            "h_z_max": h_max,
+            "cos_head": float(cos),
+        })
+    return rows

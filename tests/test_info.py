@@ -103,7 +103,8 @@ def test_rank_compression_shrinks_the_joint_matrix(monkeypatch):
 def test_head_rank_deficient_factor():
     """A head of rank 2 (C = 6 rows in a plane) gives r = 2 and stays exact."""
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(6, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 9, generator=g).double()
+    plane = torch.randn(2, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 2, generator=g, dtype=torch.float64) @ plane
     y = torch.randint(0, 6, (400,), generator=g)
     z = torch.randn(400, 9, generator=g, dtype=torch.float64)
     got = interplay(z, y, w)

@@ -20,7 +20,8 @@ def test_value_matches_interplay():
     ref = interplay(z.detach(), y, w.detach())
     terms = InterplayLoss(0.7, 0.3).terms(z, y, w)
     assert float(terms.mi.detach()) == pytest.approx(ref.mi, abs=1e-12)
-    assert float(terms.loss.detach()) == pytest.approx(-0.7 * ref.mi + 0.3 * abs(ref.h_z - ref.h_w), abs=1e-12)
+    want = -0.7 * ref.mi + 0.3 * abs(ref.h_z - ref.h_w)
+    assert float(terms.loss.detach()) == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize("n,d", [(12, 5), (30, 3)])  # n x n joint route, then Khatri-Rao (d*d < n)

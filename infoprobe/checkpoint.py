@@ -1,0 +1,661 @@
+"""Reading checkpoints, resolving architectures and the trust gate.
+
+Formats:
+
+- ``.safetensors``: one flat state dict; string metadata (``CHECKPOINT_META_KEYS``) may
+  record the architecture and the training step.
+- torch files (``.pt .pth .pth.tar .bin .ckpt``), read with ``torch.load(weights_only=True)``:
+  a bare state dict, or a dict holding it under ``state_dict`` / ``model`` (``state_dict_ema``
+  / ``model_ema`` with ``ema=True``): timm train checkpoints, Lightning checkpoints.
+- Whole pickled modules (``torch.save(model)``) and TorchScript archives run code when
+  loaded; they are refused unless ``trust_checkpoint=True``. A weights-only load that fails
+  because the file holds pickled code never falls back to an unsafe load on its own.
+
+Wrapper prefixes (``module.``, ``_orig_mod.``, Lightning's ``model.``) are stripped when every
+key carries them, or the prefix given as ``strip_prefix`` is taken. Loading is strict: a
+mismatch raises :class:`InputError` listing missing / unexpected keys and shape mismatches
+with the likely cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import pickle
+import re
+import struct
+import sys
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from infoprobe.errors import InputError
+
+__all__ = [
+    "CHECKPOINT_META_KEYS",
+    "CHECKPOINT_SUFFIXES",
+    "LoadedModel",
+    "build_model",
+    "checkpoint_step",
+    "clean_keys",
+    "infer_num_classes",
+    "load_model",
+    "parse_model_kwargs",
+    "read_state_dict",
+    "series_order",
+]
+
+#: safetensors metadata keys that infoprobe reads (all values are strings).
+CHECKPOINT_META_KEYS = ("arch", "num_classes", "in_chans", "model_kwargs", "step", "epoch")
+#: file name endings treated as checkpoints when a directory is expanded.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".pth.tar", ".bin", ".ckpt")
+
+_STATE_KEYS = ("state_dict", "model")
+_EMA_KEYS = ("state_dict_ema", "model_ema")
+_AUTO_PREFIXES = ("module.", "_orig_mod.", "model.")
+_STEP_KEYS = ("step", "global_step", "epoch")
+_HEAD_NAMES = ("head.fc", "fc", "head", "classifier", "last_linear", "linear", "out", "logits")
+_LIST_MAX = 5
+_TRUST_HINT = (
+    "loading it unpickles Python objects, which can run arbitrary code; if you trust the "
+    "file, pass --trust-checkpoint (trust_checkpoint=True), or re-save it as a state dict "
+    "(torch.save(model.state_dict(), ...) or safetensors)"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation.
+
+    ``model`` is in eval mode on cpu in float32; ``arch`` is the timm name or
+    ``file.py:factory`` it was built from (None for a pickled module); ``meta`` holds what
+    the checkpoint recorded (``step``/``epoch``/``arch``..., numbers parsed to int, plus
+    ``format`` and ``source_key``).
+    """
+
+    model: nn.Module
+    arch: str | None
+    num_classes: int
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _existing_file(path: str | Path, what: str = "checkpoint") -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{what} file {p} does not exist; check the path")
+    if not p.is_file():
+        raise InputError(f"{what} {p} is not a file; give a file, not a directory")
+    return p
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    if path.name.endswith(".safetensors"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: u64 little-endian header length, then a JSON object
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _corrupt(path: Path, err: BaseException | str) -> InputError:
+    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return InputError(
+        f"cannot read checkpoint {path}: the file is corrupt, truncated or not a checkpoint "
+        f"({reason}); re-copy or re-save it"
+    )
+
+
+def _unsafe_globals(path: Path, err: BaseException) -> list[str]:
+    """Names of the Python objects a weights-only load refused (empty: not pickled code)."""
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # legacy (non-zip) files: read the names from torch's message
+        found = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return found
+
+
+def _torch_load_safe(path: Path, *, mmap: bool = False) -> Any:
+    kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
+    if mmap and zipfile.is_zipfile(path):
+        kwargs["mmap"] = True
+    # timm train checkpoints store argparse.Namespace under 'args' (timm allowlists it too)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(str(path), **kwargs)
+
+
+def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, dict, str]:
+    """Return (object, safetensors metadata, format) read from ``path``; applies the gate."""
+    if _looks_like_safetensors(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # SafetensorError, OSError, header errors
+            raise _corrupt(path, e) from None
+        return tensors, meta, "safetensors"
+    if _is_torchscript(path):
+        if not trust:
+            raise InputError(f"refusing TorchScript file {path}: {_TRUST_HINT}")
+        try:
+            return torch.jit.load(str(path), map_location="cpu"), {}, "torchscript"
+        except Exception as e:
+            raise _corrupt(path, e) from None
+    try:
+        return _torch_load_safe(path, mmap=mmap), {}, "torch"
+    except pickle.UnpicklingError as e:
+        names = _unsafe_globals(path, e)
+        if not names:
+            raise _corrupt(path, e) from None
+        if not trust:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise InputError(
+                f"refusing checkpoint {path}: it holds pickled Python objects ({shown}); "
+                f"{_TRUST_HINT}"
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise _corrupt(path, e) from None
+    # only reached when the file holds pickled code and the user trusts it
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False), {}, "pickled"
+    except Exception as e:
+        raise _corrupt(path, e) from None
+
+
+# --------------------------------------------------------------------------- state dicts
+
+
+def _parse_value(key: str, value: Any, path: Path) -> Any:
+    if key == "model_kwargs":
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise InputError(
+                f"checkpoint {path} records model_kwargs={value!r}, which is not a JSON object; "
+                "re-save the metadata or pass --model-kwargs"
+            )
+        return parsed
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d*\.\d+", value.strip()):
+        value = float(value)  # e.g. epoch "10.0000"; fractional epochs stay float
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _record_meta(obj: Any, st_meta: dict, path: Path) -> dict:
+    """Architecture, sizes and step recorded by safetensors metadata or a torch dict."""
+    meta: dict[str, Any] = {}
+    for k, v in st_meta.items():
+        meta[k] = _parse_value(k, v, path)
+    if isinstance(obj, dict):
+        for k in ("arch", "num_classes", "in_chans", *_STEP_KEYS):
+            if isinstance(obj.get(k), (str, int, float, Tensor)):
+                meta[k] = _parse_value(k, obj[k], path)
+        # timm train.py 'args' (Namespace) / Lightning 'hyper_parameters' (dict)
+        for holder in (obj.get("args"), obj.get("hyper_parameters")):
+            src = vars(holder) if isinstance(holder, argparse.Namespace) else holder
+            if not isinstance(src, dict):
+                continue
+            for k in ("num_classes", "in_chans"):
+                if isinstance(src.get(k), int):
+                    meta.setdefault(k, src[k])
+            if isinstance(src.get("model_kwargs"), dict) and src["model_kwargs"]:
+                meta.setdefault("model_kwargs", src["model_kwargs"])
+    return meta
+
+
+def _select_state(obj: dict, path: Path, ema: bool) -> tuple[Any, str | None]:
+    keys = _EMA_KEYS if ema else _STATE_KEYS
+    for k in keys:
+        if obj.get(k) is not None:
+            return obj[k], k
+    if ema:
+        raise InputError(
+            f"checkpoint {path} has no EMA weights (no {' or '.join(_EMA_KEYS)} entry; "
+            f"top-level keys: {_short(list(obj))}); drop --ema"
+        )
+    tensors = sum(isinstance(v, Tensor) for v in obj.values())
+    if obj and tensors >= max(1, len(obj) // 2):
+        return obj, None  # a bare state dict
+    raise InputError(
+        f"checkpoint {path} holds no state dict (top-level keys: {_short(list(obj))}); "
+        "save model.state_dict(), or a dict with a 'state_dict' or 'model' entry"
+    )
+
+
+def clean_keys(state_dict: dict[str, Tensor], strip_prefix: str | None = None) -> dict:
+    """Remove wrapper prefixes from state-dict keys.
+
+    ``strip_prefix=None``: timm's ``clean_state_dict`` (``module.``/``_orig_mod.`` per key),
+    then any of ``module.``, ``_orig_mod.``, ``model.`` that *every* key carries.
+    ``strip_prefix="p."``: keep only the keys under ``p.``, without it.
+    ``strip_prefix=""``: keys as they are.
+    """
+    from timm.models._helpers import clean_state_dict
+
+    if strip_prefix == "":
+        return dict(state_dict)
+    if strip_prefix is not None:
+        return {k[len(strip_prefix):]: v for k, v in state_dict.items()
+                if k.startswith(strip_prefix)}
+    sd = clean_state_dict(dict(state_dict))
+    changed = True
+    while changed and sd:
+        changed = False
+        for p in _AUTO_PREFIXES:
+            if all(k.startswith(p) for k in sd):
+                sd = clean_state_dict({k[len(p):]: v for k, v in sd.items()})
+                changed = True
+    return sd
+
+
+def _check_finite(sd: dict[str, Tensor], path: Path) -> None:
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(
+            f"checkpoint {path} has NaN/Inf weights in {len(bad)} tensors ({_short(bad)}); "
+            "the run that wrote it diverged: use an earlier checkpoint"
+        )
+
+
+def _read(path: str | Path, *, ema: bool, strip_prefix: str | None, trust: bool
+          ) -> tuple[dict[str, Tensor], dict, nn.Module | None]:
+    p = _existing_file(path)
+    obj, st_meta, fmt = _read_object(p, trust=trust)
+    meta = _record_meta(obj, st_meta, p)
+    meta["format"] = fmt
+    meta["source_key"] = None
+    module = None
+    if isinstance(obj, dict) and fmt != "safetensors":
+        state, meta["source_key"] = _select_state(obj, p, ema)
+    elif isinstance(obj, dict):
+        if ema:
+            raise InputError(f"safetensors file {p} holds one set of weights, no EMA; drop --ema")
+        state = obj
+    else:
+        state = obj
+    if isinstance(state, nn.Module):  # a trusted pickled module or TorchScript
+        module, state = state, state.state_dict()
+    if not isinstance(state, dict):
+        raise InputError(
+            f"checkpoint {p} holds a {type(state).__name__}, not a state dict or a model; "
+            "save model.state_dict()"
+        )
+    sd = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    cleaned = clean_keys(sd, strip_prefix)
+    if not cleaned:
+        hint = f" under --strip-prefix {strip_prefix!r}" if strip_prefix else ""
+        raise InputError(f"checkpoint {p} holds no weight tensors{hint} (keys: {_short(list(sd))})")
+    _check_finite(cleaned, p)
+    return cleaned, meta, module
+
+
+def read_state_dict(path: str | Path, *, ema: bool = False, strip_prefix: str | None = None,
+                    trust_checkpoint: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """Read a checkpoint's weights and recorded metadata.
+
+    Returns ``(state_dict, meta)``: tensors on cpu in their stored dtype with wrapper
+    prefixes removed (see :func:`clean_keys`), and ``meta`` as in :class:`LoadedModel`.
+    Raises :class:`InputError` for missing/corrupt files, refused pickles, NaN/Inf weights.
+    """
+    sd, meta, _ = _read(path, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint)
+    return sd, meta
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _is_custom(arch: str) -> bool:
+    left, sep, right = arch.rpartition(":")
+    return bool(sep) and bool(right) and left not in ("hf-hub", "hf_hub", "timm", "local-dir")
+
+
+def _import_factory(arch: str):
+    target, _, name = arch.rpartition(":")
+    if target.endswith(".py"):
+        file = Path(target).expanduser()
+        if not file.is_file():
+            raise InputError(f"--arch {arch}: model file {file} does not exist; check the path")
+        # a stable module name per file so repeated builds reuse one import
+        mod_name = "infoprobe_user_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                raise InputError(f"--arch {arch}: importing {file} failed: {e!r}") from None
+            sys.modules[mod_name] = module
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise InputError(
+                f"--arch {arch}: cannot import module '{target}' ({e}); install it or use "
+                "path/to/file.py:factory"
+            ) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise InputError(
+            f"--arch {arch}: '{target}' has no callable '{name}'; callables there: {_short(found)}"
+        )
+    return factory
+
+
+def _unknown_timm(arch: str) -> InputError:
+    import timm
+
+    all_names = timm.list_models()
+    close = timm.list_models(f"*{arch.split('.')[0]}*")[:5]
+    close += [n for n in difflib.get_close_matches(arch, all_names, n=5) if n not in close]
+    hint = f"close names: {', '.join(close[:5])}" if close else "see `timm.list_models()`"
+    return InputError(
+        f"--arch {arch}: unknown timm model ({hint}); or give a custom model as "
+        "path/to/file.py:factory or package.module:factory"
+    )
+
+
+def _accepts(factory, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = None,
+                model_kwargs: dict[str, Any] | None = None,
+                inferred: tuple[str, ...] = ()) -> nn.Module:
+    """Build an untrained model: a timm name (``pretrained=False``, nothing is downloaded) or
+    ``path/to/file.py:factory`` / ``package.module:factory``, called with ``num_classes``,
+    ``in_chans`` (when given) and ``model_kwargs``. Names in ``inferred`` (values guessed from
+    a checkpoint, not given by the user) are dropped for factories that do not take them."""
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if in_chans is not None:
+        kwargs["in_chans"] = int(in_chans)
+    if _is_custom(arch):
+        factory = _import_factory(arch)
+        for name in inferred:
+            if name in kwargs and not _accepts(factory, name):
+                del kwargs[name]
+        try:
+            model = factory(**kwargs)
+        except TypeError as e:
+            raise InputError(
+                f"--arch {arch}: the factory rejected its arguments {sorted(kwargs)} ({e}); "
+                "make it accept num_classes/in_chans, or fix --model-kwargs"
+            ) from None
+        if not isinstance(model, nn.Module):
+            raise InputError(f"--arch {arch}: the factory returned {type(model).__name__}, "
+                             "not a torch.nn.Module")
+        return model
+    import timm
+
+    if arch.partition(":")[0] in ("hf-hub", "hf_hub", "local-dir"):
+        raise InputError(f"--arch {arch}: hub/remote model names are not supported (nothing is "
+                         "downloaded); give the timm architecture name")
+    name = arch.removeprefix("timm:")
+    if not timm.is_model(name):
+        raise _unknown_timm(name)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise InputError(f"--arch {arch}: timm rejected the model options {sorted(kwargs)} ({e}); "
+                         "fix --model-kwargs") from None
+
+
+def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["depth=3", "act='relu'"]`` -> ``{"depth": 3, "act": "relu"}`` (values parsed as JSON
+    when they are JSON, else kept as strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--model-kwargs {item!r}: expected key=value")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw.strip("'\"")
+    return out
+
+
+def _timm_cfg_value(arch: str | None, key: str) -> Any:
+    if not arch or _is_custom(arch):
+        return None
+    try:
+        from timm.models import get_pretrained_cfg_value
+
+        return get_pretrained_cfg_value(arch.removeprefix("timm:"), key)
+    except Exception:  # unknown names are reported by build_model
+        return None
+
+
+def infer_num_classes(state_dict: dict[str, Tensor], arch: str | None = None) -> int | None:
+    """Number of classes from the head weight: timm's recorded classifier name for ``arch``,
+    else the last 2-D (or 1x1 conv) weight named like a head, else the last 2-D weight."""
+    def rows(key: str) -> int | None:
+        w = state_dict.get(key)
+        if w is not None and (w.ndim == 2 or (w.ndim == 4 and w.shape[2:] == (1, 1))):
+            return int(w.shape[0])
+        return None
+
+    classifier = _timm_cfg_value(arch, "classifier")
+    for name in [classifier] if isinstance(classifier, str) else classifier or []:
+        if rows(f"{name}.weight"):
+            return rows(f"{name}.weight")
+    weights = [k for k in state_dict if k.endswith(".weight") and rows(k)]
+    named = [k for k in weights if k[: -len(".weight")].split(".")[-1] in _HEAD_NAMES
+             or k[: -len(".weight")] in _HEAD_NAMES]
+    pick = named[-1] if named else (weights[-1] if weights else None)
+    return rows(pick) if pick else None
+
+
+def _infer_in_chans(state_dict: dict[str, Tensor], arch: str | None) -> int | None:
+    """Input channels from timm's recorded first conv, else the first conv-shaped weight."""
+    first = _timm_cfg_value(arch, "first_conv")
+    if isinstance(first, str):
+        w = state_dict.get(f"{first}.weight")
+    else:
+        w = next((v for k, v in state_dict.items() if k.endswith("weight") and v.ndim >= 3), None)
+    return int(w.shape[1]) if w is not None and w.ndim >= 3 else None
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _short(items: list, n: int = _LIST_MAX) -> str:
+    items = [str(i) for i in items]
+    more = f", +{len(items) - n} more" if len(items) > n else ""
+    return "[" + ", ".join(items[:n]) + more + "]"
+
+
+def _likely_cause(missing, unexpected, mismatched, arch, num_classes) -> str:
+    def prefix_counts(longer: list[str], shorter: set[str]) -> Counter:
+        found: Counter = Counter()
+        for k in longer:
+            parts = k.split(".")
+            for i in range(1, len(parts)):
+                if ".".join(parts[i:]) in shorter:
+                    found[".".join(parts[:i]) + "."] += 1
+                    break
+        return found
+
+    extra = prefix_counts(unexpected, set(missing))
+    if extra and extra.most_common(1)[0][1] >= max(1, len(unexpected) // 2):
+        p = extra.most_common(1)[0][0]
+        return f"unstripped prefix: checkpoint keys start with '{p}'; pass --strip-prefix {p}"
+    lacking = prefix_counts(missing, set(unexpected))
+    if lacking and lacking.most_common(1)[0][1] >= max(1, len(missing) // 2):
+        p = lacking.most_common(1)[0][0]
+        return (f"stripped prefix: the model's keys start with '{p}' and the checkpoint's do "
+                "not; pass --strip-prefix '' to keep the keys as saved")
+    if mismatched and not missing and not unexpected:
+        heads = {ck[0] for _, ck, md in mismatched if ck[1:] == md[1:] and ck[0] != md[0]}
+        if len(mismatched) <= 2 and len(heads) == 1 and all(ck[1:] == md[1:]
+                                                            for _, ck, md in mismatched):
+            return (f"wrong --num-classes: the checkpoint's head has {heads.pop()} outputs, "
+                    f"the model was built with {num_classes}")
+        if len(mismatched) == 1 and len(mismatched[0][1]) >= 3:
+            _, ck, md = mismatched[0]
+            if ck[0] == md[0] and ck[1] != md[1]:
+                return (f"wrong --in-chans: the checkpoint's first layer takes {ck[1]} input "
+                        f"channels, the model {md[1]}")
+    return f"wrong --arch: the checkpoint was not saved from '{arch}' with these options"
+
+
+def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
+                 num_classes: int | None) -> None:
+    expected = model.state_dict()
+    # old checkpoints lack BatchNorm's step counter; it does not affect evaluation
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [(k, tuple(sd[k].shape), tuple(expected[k].shape))
+                  for k in sd if k in expected and sd[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}) {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}) {_short(unexpected)}")
+        if mismatched:
+            shown = [f"{k} checkpoint {c} vs model {m}" for k, c, m in mismatched]
+            parts.append(f"shape mismatches ({len(mismatched)}) {_short(shown, 3)}")
+        cause = _likely_cause(missing, unexpected, mismatched, arch, num_classes)
+        raise InputError(f"checkpoint {path} does not fit model '{arch}': "
+                         f"{'; '.join(parts)}. Likely cause: {cause}")
+    model.load_state_dict(sd, strict=False)
+
+
+def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
+               in_chans: int | None = None, model_kwargs: dict[str, Any] | None = None,
+               ema: bool = False, strip_prefix: str | None = None,
+               trust_checkpoint: bool = False) -> LoadedModel:
+    """Load a checkpoint into its architecture, strictly; eval mode, cpu, float32.
+
+    ``arch`` defaults to the one the checkpoint records (safetensors metadata, timm's
+    'arch'); a recorded ``file.py:factory`` / ``module:factory`` imports code, so it needs
+    ``trust_checkpoint``. ``num_classes`` and ``in_chans`` default to the recorded values,
+    then to the head / first-conv weight shapes. A trusted pickled module or TorchScript is
+    used as it is unless ``arch`` is given, then only its weights are loaded into ``arch``.
+    """
+    p = Path(path).expanduser()
+    sd, meta, module = _read(p, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint)
+    if module is not None and arch is None:
+        model = module.float().eval()
+        n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
+        return LoadedModel(model=model, arch=meta.get("arch"), num_classes=int(n), path=p,
+                           meta=meta)
+    recorded = meta.get("arch") if isinstance(meta.get("arch"), str) else None
+    if arch is None and recorded and _is_custom(recorded) and not trust_checkpoint:
+        raise InputError(
+            f"checkpoint {p} records arch '{recorded}', which imports and runs that code; "
+            f"pass --arch {recorded} yourself or --trust-checkpoint"
+        )
+    arch = arch or recorded
+    if not arch:
+        raise InputError(
+            f"checkpoint {p} does not record its architecture; pass --arch (a timm model name "
+            "or path/to/file.py:factory)"
+        )
+    guessed = tuple(k for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
+                    if v is None and k not in meta)
+    num_classes = num_classes or meta.get("num_classes") or infer_num_classes(sd, arch)
+    in_chans = in_chans or meta.get("in_chans") or _infer_in_chans(sd, arch)
+    kwargs = {**(meta.get("model_kwargs") or {}), **(model_kwargs or {})}
+    model = build_model(arch, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs,
+                        inferred=guessed)
+    _load_strict(model, sd, p, arch, num_classes)
+    model = model.float().eval()
+    if num_classes is None:
+        num_classes = infer_num_classes(model.state_dict()) or 0
+    return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
+
+
+# --------------------------------------------------------------------------- series
+
+
+def checkpoint_step(path: str | Path, *, trust_checkpoint: bool = False) -> int | None:
+    """The 'step', 'global_step' or 'epoch' a checkpoint records (in that order), else None."""
+    p = _existing_file(path)
+    if _looks_like_safetensors(p):  # the header alone: no tensor is read
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                obj, st_meta = {}, dict(f.metadata() or {})
+        except Exception as e:
+            raise _corrupt(p, e) from None
+    else:
+        obj, st_meta, _ = _read_object(p, trust=trust_checkpoint, mmap=True)
+    meta = _record_meta(obj, st_meta, p)
+    for k in _STEP_KEYS:
+        if isinstance(meta.get(k), int):
+            return meta[k]
+    return None
+
+
+def _natural_key(path: Path) -> tuple:
+    parts = re.split(r"(\d+)", path.name)
+    return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in parts if s)
+
+
+def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> list[Path]:
+    """Order checkpoints of one run by training step.
+
+    Directories are expanded to the checkpoint files directly inside them. When every file
+    records a step (:func:`checkpoint_step`) they are sorted by it; otherwise by the numbers
+    in their file names (``ep2`` before ``ep10``).
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir()
+                           if f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
+            if not found:
+                raise InputError(f"directory {p} holds no checkpoint files "
+                                 f"({', '.join(CHECKPOINT_SUFFIXES)})")
+            files.extend(found)
+        else:
+            files.append(_existing_file(p))
+    steps = [checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files]
+    if files and all(s is not None for s in steps):
+        return [f for _, _, f in sorted(zip(steps, map(_natural_key, files), files, strict=True))]
+    return sorted(files, key=_natural_key)

@@ -1,0 +1,840 @@
+"""The ``infoprobe`` command line: parse, call the library, render.
+
+Commands are thin: each hands its arguments to one private function. The options every
+command shares are declared once, on :class:`Options`, and :func:`_shared_options` adds them
+to each command's signature. Failures of the :class:`~infoprobe.errors.InfoprobeError` family
+become one line on stderr and the error's exit code (2 bad input, 1 runtime failure); usage
+errors exit 2; anything unexpected exits 1 with a hint to rerun with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+
+import typer
+from rich.console import Console
+from safetensors import safe_open
+from typer.core import TyperGroup
+
+try:  # typer >= 0.22 vendors click as typer._click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+
+from infoprobe import __version__, checkpoint, probe, report
+from infoprobe import data as datasets
+from infoprobe.errors import InfoprobeError, InputError
+from infoprobe.rows import (
+    COLUMNS,
+    PER_CLASS_COLUMNS,
+    SWEEP_COLUMNS,
+    MeasureOptions,
+    analysis_row,
+    per_class_rows,
+)
+from infoprobe.sweeps import lmc as lmc_lib
+from infoprobe.sweeps import prune as prune_lib
+
+PROG = "infoprobe"
+_FEATURES_KEYS = frozenset({"features", "labels", "head"})
+
+# Help panels group the shared options in `--help`.
+_MODEL = "Model"
+_DATA = "Data"
+_COMPUTE = "Compute"
+_MEASURE = "Measure"
+_OUTPUT = "Output"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _say_error(message: str) -> None:
+    """Print ``infoprobe: error: MESSAGE`` on one line of stderr."""
+    one_line = " ".join(str(message).split())
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"{PROG}: error: {one_line}", markup=False
+    )
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """Map the exception family to exit codes; ``debug`` lets tracebacks through."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click_errors.ClickException):
+        raise
+    except InfoprobeError as e:
+        if debug:
+            raise
+        _say_error(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _say_error("interrupted (finished sweep rows stay in --csv; rerun with --resume)")
+        raise typer.Exit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        _say_error(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        raise typer.Exit(1) from None
+
+
+class _Group(TyperGroup):
+    """Typer's group, with usage errors as one ``infoprobe: error:`` line and exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            e.show()  # a bare `infoprobe analyze` shows the command's help
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx else PROG
+            _say_error(f"{e.format_message().rstrip('.')} (see '{where} --help')")
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            _say_error(e.format_message())
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            _say_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name=PROG,
+    help=(
+        "Analyse trained classifiers with matrix information theory: matrix entropy, "
+        "mutual information, MIR and HDR between penultimate features and the classifier "
+        "head (Song et al., ICML 2024, arXiv 2406.03999)."
+    ),
+    epilog=(
+        "Start with: infoprobe analyze fixtures/lmc/same_init_a.safetensors "
+        "--data fixtures/digits/test.safetensors"
+    ),
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs; examples are code blocks
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import timm
+        import torch
+
+        typer.echo(f"{PROG} {__version__} (torch {torch.__version__}, timm {timm.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Analyse trained classifiers with matrix information theory (arXiv 2406.03999)."""
+
+
+# ----------------------------------------------------------------------------- shared options
+
+
+class Estimate(str, Enum):
+    """Which entropy value a row holds."""
+
+    exact = "exact"
+    batch = "batch"
+
+
+class AmpDtype(str, Enum):
+    """Autocast dtype for --amp."""
+
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class PruneMethod(str, Enum):
+    """How `prune` chooses the weights to zero."""
+
+    global_magnitude = "global-magnitude"
+    layer_magnitude = "layer-magnitude"
+    random = "random"
+
+
+def _opt(*names: str, panel: str, **kwargs: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=panel, **kwargs)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options every command shares, declared once (see :func:`_shared_options`)."""
+
+    # model
+    arch: Annotated[str | None, _opt(
+        "--arch", metavar="NAME", panel=_MODEL,
+        help="Architecture: a timm model name, or path/to/file.py:factory (needs "
+        "--trust-checkpoint). Default: the one the checkpoint records.")] = None
+    num_classes: Annotated[int | None, _opt(
+        "--num-classes", min=1, panel=_MODEL,
+        help="Classes of the head. Default: recorded, else read off the head weight.")] = None
+    in_chans: Annotated[int | None, _opt(
+        "--in-chans", min=1, panel=_MODEL,
+        help="Input channels. Default: recorded, else read off the first layer.")] = None
+    model_kwargs: Annotated[list[str] | None, _opt(
+        "--model-kwargs", metavar="KEY=VALUE", panel=_MODEL,
+        help="Extra model constructor argument (value parsed as JSON when it is JSON); "
+        "repeat for several.")] = None
+    ema: Annotated[bool, _opt(
+        "--ema", panel=_MODEL,
+        help="Use the EMA weights of a train checkpoint (state_dict_ema / model_ema).")] = False
+    strip_prefix: Annotated[str | None, _opt(
+        "--strip-prefix", metavar="PREFIX", panel=_MODEL,
+        help="Strip this key prefix (default: module., _orig_mod., model. when every key "
+        "has it; '' keeps keys as saved).")] = None
+    trust_checkpoint: Annotated[bool, _opt(
+        "--trust-checkpoint", panel=_MODEL,
+        help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, "
+        "file.py:factory). Only for files you trust.")] = False
+    head: Annotated[str | None, _opt(
+        "--head", metavar="MODULE", panel=_MODEL,
+        help="Dotted name of the classifier layer. Default: timm's get_classifier(), "
+        "else the last Linear.")] = None
+    # data
+    data: Annotated[str | None, _opt(
+        "--data", metavar="DATA", panel=_DATA,
+        help="Evaluation data: a tensor file (.safetensors/.pt/.npz with x and y), an "
+        "image folder or a CIFAR folder. Not needed for features files.")] = None
+    split: Annotated[str | None, _opt(
+        "--split", panel=_DATA, help="Split subfolder of an image dataset (e.g. val).")] = None
+    max_samples: Annotated[int | None, _opt(
+        "--max-samples", min=1, panel=_DATA,
+        help="Seeded class-stratified subsample of this size.")] = None
+    seed: Annotated[int, _opt(
+        "--seed", panel=_DATA,
+        help="Seed of the subsample, the batch estimate and random pruning.")] = 0
+    input_size: Annotated[str | None, _opt(
+        "--input-size", metavar="N|C,H,W", panel=_DATA,
+        help="Image size for image folders. Default: the model's.")] = None
+    mean: Annotated[str | None, _opt(
+        "--mean", metavar="M1,M2,..", panel=_DATA,
+        help="Normalisation mean per channel. Default: the model's.")] = None
+    std: Annotated[str | None, _opt(
+        "--std", metavar="S1,S2,..", panel=_DATA,
+        help="Normalisation std per channel. Default: the model's.")] = None
+    crop_pct: Annotated[float | None, _opt(
+        "--crop-pct", min=0.0, max=1.0, panel=_DATA,
+        help="Center-crop fraction for image folders.")] = None
+    interpolation: Annotated[str | None, _opt(
+        "--interpolation", panel=_DATA,
+        help="Resize interpolation for image folders (bilinear, bicubic, ...).")] = None
+    workers: Annotated[int, _opt(
+        "--workers", min=0, panel=_DATA, help="Processes decoding images.")] = 0
+    # compute
+    device: Annotated[str, _opt(
+        "--device", metavar="auto|cpu|cuda[:k]|mps", panel=_COMPUTE,
+        help="Where the model runs; auto takes a GPU when there is one.")] = "auto"
+    batch_size: Annotated[int, _opt(
+        "--batch-size", min=1, panel=_COMPUTE,
+        help="Evaluation batch size (halved and retried on out-of-memory).")] = 256
+    amp: Annotated[bool, _opt(
+        "--amp", panel=_COMPUTE, help="Mixed precision (autocast, see --amp-dtype).")] = False
+    amp_dtype: Annotated[AmpDtype, _opt(
+        "--amp-dtype", panel=_COMPUTE, help="Autocast dtype for --amp.")] = AmpDtype.bf16
+    channels_last: Annotated[bool, _opt(
+        "--channels-last", panel=_COMPUTE, help="channels_last memory format (CUDA).")] = False
+    # measure
+    estimate: Annotated[Estimate, _opt(
+        "--estimate", panel=_MEASURE,
+        help="exact: the full-set entropies; batch: the paper's mean over mini-batches.")
+    ] = Estimate.exact
+    estimate_batch_size: Annotated[int, _opt(
+        "--estimate-batch-size", min=1, panel=_MEASURE,
+        help="Mini-batch size of --estimate batch.")] = 256
+    drop_zero_rows: Annotated[bool, _opt(
+        "--drop-zero-rows", panel=_MEASURE,
+        help="Leave out samples whose features are all zero (else an error).")] = False
+    max_exact_dim: Annotated[int, _opt(
+        "--max-exact-dim", min=0, panel=_MEASURE,
+        help="Refuse exact eigen-solves larger than this (0: no limit).")] = 16384
+    # output
+    csv: Annotated[str | None, _opt(
+        "--csv", metavar="FILE", panel=_OUTPUT, help="Write rows as CSV ('-': stdout).")] = None
+    json_out: Annotated[str | None, _opt(
+        "--json", metavar="FILE", panel=_OUTPUT,
+        help="Write rows and run metadata as JSON ('-': stdout).")] = None
+    debug: Annotated[bool, _opt(
+        "--debug", panel=_OUTPUT, help="Show tracebacks instead of one-line errors.")] = False
+
+
+def _panel(annotation: Any) -> str | None:
+    """The help panel named in an ``Annotated[..., typer.Option(...)]``."""
+    metadata = getattr(annotation, "__metadata__", ())
+    return next((m.rich_help_panel for m in metadata if hasattr(m, "rich_help_panel")), None)
+
+
+def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Give ``func`` (last parameter ``opts: Options``) every :class:`Options` field as an option.
+
+    typer reads a command's parameters from its signature, so the wrapper's signature is
+    ``func``'s own parameters followed by the fields of :class:`Options`; the wrapper collects
+    those into one ``Options`` and runs ``func`` under :func:`_errors`.
+    """
+    own = get_type_hints(func, include_extras=True)
+    shared = get_type_hints(Options, include_extras=True)
+    names = [f.name for f in dataclasses.fields(Options)]
+    params = [
+        p.replace(annotation=own[p.name], kind=inspect.Parameter.KEYWORD_ONLY
+                  if p.default is not inspect.Parameter.empty else p.kind)
+        for p in inspect.signature(func).parameters.values()
+        if p.name != "opts"
+    ]
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                          annotation=shared[f.name])
+        for f in dataclasses.fields(Options)
+    ]
+    # help panels appear in order of first use: the command's own panels, then the shared
+    # ones, with the command's output options joining the shared Output panel at its end
+    params.sort(key=lambda p: _panel(p.annotation) == _OUTPUT and p.name not in names)
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> None:
+        opts = Options(**{name: kwargs.pop(name) for name in names})
+        with _errors(opts.debug):
+            func(**kwargs, opts=opts)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+# Command-specific options used by more than one command.
+SaveFeatures = Annotated[str | None, _opt(
+    "--save-features", metavar="FILE", panel=_OUTPUT,
+    help="Save features, labels, head and logits as .safetensors (use {name} for the "
+    "checkpoint's file stem when there are several); analyze such a file without --data.")]
+Plot = Annotated[str | None, _opt(
+    "--plot", metavar="FILE.png", panel=_OUTPUT, help="Plot the rows (needs matplotlib).")]
+Resume = Annotated[bool, _opt(
+    "--resume", panel=_OUTPUT,
+    help="Keep the rows already in --csv FILE and compute only the missing points.")]
+
+
+# ----------------------------------------------------------------------------- commands
+
+_DIGITS = "--data fixtures/digits/test.safetensors"
+
+
+def _examples(*commands: str) -> str:
+    """The epilog of a command's help: one example per paragraph."""
+    return "**Examples**\n\n" + "\n\n".join(f"    $ {c}" for c in commands)
+
+
+_ANALYZE_EXAMPLES = _examples(
+    f"infoprobe analyze fixtures/lmc/same_init_a.safetensors {_DIGITS}",
+    f"infoprobe analyze fixtures/label_smoothing/*.safetensors {_DIGITS} --csv ls.csv",
+    "infoprobe analyze model.pth --arch resnet18 --num-classes 10 --data cifar/ --per-class",
+    "infoprobe analyze features.safetensors --json -",
+)
+_TRACK_EXAMPLES = _examples(
+    f"infoprobe track fixtures/series {_DIGITS} --plot series.png",
+    "infoprobe track run/ep*.pth --arch resnet18 --data val/ --csv dynamics.csv",
+)
+_LMC_EXAMPLES = _examples(
+    f"infoprobe lmc fixtures/lmc/same_init_a.safetensors fixtures/lmc/same_init_b.safetensors "
+    f"{_DIGITS} --steps 5",
+    "infoprobe lmc a.pth b.pth --data val/ --alphas 0,0.25,0.5,0.75,1 --reset-bn "
+    "--bn-data train/ --bn-batches 20 --csv lmc.csv --resume --plot lmc.png",
+)
+_PRUNE_EXAMPLES = _examples(
+    f"infoprobe prune fixtures/lmc/same_init_a.safetensors {_DIGITS} --ratios 0,0.5,0.9",
+    "infoprobe prune model.pth --data val/ --ratios 0,0.3,0.6,0.9 --method layer-magnitude "
+    "--csv prune.csv --resume --plot prune.png",
+)
+
+
+@app.command(epilog=_ANALYZE_EXAMPLES)
+@_shared_options
+def analyze(
+    checkpoints: Annotated[list[str], typer.Argument(
+        metavar="CKPT...", help="Checkpoints (or features .safetensors files) to compare.",
+        show_default=False)],
+    per_class: Annotated[bool, _opt(
+        "--per-class", panel=_OUTPUT,
+        help="Add a per-class table: n, accuracy, loss, within-class feature entropy and "
+        "the cosine between class mean and head row.")] = False,
+    save_features: SaveFeatures = None,
+    *,
+    opts: Options,
+) -> None:
+    """Measure checkpoints on one dataset: one row per checkpoint."""
+    _analyze(checkpoints, per_class, save_features, opts)
+
+
+@app.command(epilog=_TRACK_EXAMPLES)
+@_shared_options
+def track(
+    paths: Annotated[list[str], typer.Argument(
+        metavar="CKPT...|DIR", help="Checkpoints of one run, or folders holding them.",
+        show_default=False)],
+    plot: Plot = None,
+    save_features: SaveFeatures = None,
+    *,
+    opts: Options,
+) -> None:
+    """Measure a checkpoint series (training dynamics, grokking): one row per step.
+
+    Checkpoints are ordered by the step, global_step or epoch they record, else by the
+    number in their file name, which also gives the step column.
+    """
+    _track(paths, plot, save_features, opts)
+
+
+@app.command(epilog=_LMC_EXAMPLES)
+@_shared_options
+def lmc(
+    a: Annotated[str, typer.Argument(metavar="A", help="Checkpoint at alpha = 0.")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Checkpoint at alpha = 1.")],
+    steps: Annotated[int | None, _opt(
+        "--steps", min=2, panel="Sweep",
+        help="Evenly spaced alphas from 0 to 1 (default 11).")] = None,
+    alphas: Annotated[str | None, _opt(
+        "--alphas", metavar="A1,A2,..", panel="Sweep", help="Explicit alphas.")] = None,
+    reset_bn: Annotated[bool, _opt(
+        "--reset-bn", panel="Sweep",
+        help="Re-estimate BatchNorm statistics at each alpha from --bn-data (REPAIR-style).")
+    ] = False,
+    bn_data: Annotated[str | None, _opt(
+        "--bn-data", metavar="DATA", panel="Sweep",
+        help="Data for --reset-bn, usually the training set.")] = None,
+    bn_batches: Annotated[int | None, _opt(
+        "--bn-batches", metavar="K", min=1, panel="Sweep",
+        help="Batches of --bn-data per reset (default: all).")] = None,
+    resume: Resume = False,
+    plot: Plot = None,
+    *,
+    opts: Options,
+) -> None:
+    """Linear mode connectivity: theta(alpha) = (1-alpha) A + alpha B, one row per alpha.
+
+    The loss and accuracy barriers are printed under the table and written to the JSON.
+    Each finished row is appended to --csv at once, so an interrupted sweep keeps it.
+    """
+    _lmc(a, b, _LmcSweep(steps, alphas, reset_bn, bn_data, bn_batches), resume, plot, opts)
+
+
+@app.command(epilog=_PRUNE_EXAMPLES)
+@_shared_options
+def prune(
+    checkpoint: Annotated[str, typer.Argument(metavar="CKPT", help="Dense checkpoint.")],
+    ratios: Annotated[str, _opt(
+        "--ratios", metavar="R1,R2,..", panel="Sweep",
+        help="Fractions of the prunable weights to zero, each in [0, 1).")],
+    method: Annotated[PruneMethod, _opt(
+        "--method", panel="Sweep",
+        help="global-magnitude (one L1 threshold over all layers), layer-magnitude (per "
+        "layer) or random.")] = PruneMethod.global_magnitude,
+    include_head: Annotated[bool, _opt(
+        "--include-head", panel="Sweep", help="Prune the classifier head too.")] = False,
+    iterative: Annotated[bool, _opt(
+        "--iterative", panel="Sweep",
+        help="Prune each ratio on top of the previous one instead of from the dense "
+        "weights.")] = False,
+    resume: Resume = False,
+    plot: Plot = None,
+    *,
+    opts: Options,
+) -> None:
+    """Unstructured pruning sweep of Conv/Linear weights: one row per ratio.
+
+    There is no fine-tuning: each row measures the pruned weights as they are. mir_dense and
+    hdr_dense compare the pruned model's features with the dense model's on the same samples.
+    """
+    _prune(checkpoint, _PruneSweep(ratios, method.value, include_head, iterative), resume,
+           plot, opts)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name=PROG)
+
+
+# ----------------------------------------------------------------------------- option helpers
+
+
+def _numbers(text: str | None, flag: str, kind: type) -> tuple | None:
+    """``"0.5,0.5,0.5"`` -> ``(0.5, 0.5, 0.5)``; InputError naming ``flag`` otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in re.split(r"[,\s]+", text.strip()) if v)
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers")
+    return values
+
+
+def _input_size(text: str | None) -> int | tuple[int, ...] | None:
+    values = _numbers(text, "--input-size", int)
+    if values is None:
+        return None
+    if len(values) not in (1, 3) or min(values) < 1:
+        raise InputError(f"--input-size {text!r}: give N or C,H,W with positive integers")
+    return values[0] if len(values) == 1 else values
+
+
+def _measure(opts: Options) -> MeasureOptions:
+    return MeasureOptions(
+        estimate=opts.estimate.value,
+        batch_size=opts.estimate_batch_size,
+        seed=opts.seed,
+        drop_zero_rows=opts.drop_zero_rows,
+        max_exact_dim=opts.max_exact_dim or None,
+    )
+
+
+def _load_kwargs(opts: Options) -> dict[str, Any]:
+    return dict(
+        arch=opts.arch,
+        num_classes=opts.num_classes,
+        in_chans=opts.in_chans,
+        model_kwargs=checkpoint.parse_model_kwargs(opts.model_kwargs),
+        ema=opts.ema,
+        strip_prefix=opts.strip_prefix,
+        trust_checkpoint=opts.trust_checkpoint,
+    )
+
+
+def _eval_kwargs(opts: Options) -> dict[str, Any]:
+    return dict(
+        head=opts.head,
+        device=opts.device,
+        batch_size=opts.batch_size,
+        amp=opts.amp_dtype.value if opts.amp else False,
+        channels_last=opts.channels_last,
+    )
+
+
+def _data(spec: str, opts: Options, model: Any, progress: Any, max_samples: int | None):
+    """Load ``spec`` with the data options (decoded once per process, see data.py)."""
+    return datasets.load_data(
+        spec,
+        model=model,
+        split=opts.split,
+        max_samples=max_samples,
+        seed=opts.seed,
+        input_size=_input_size(opts.input_size),
+        mean=_numbers(opts.mean, "--mean", float),
+        std=_numbers(opts.std, "--std", float),
+        crop_pct=opts.crop_pct,
+        interpolation=opts.interpolation,
+        workers=opts.workers,
+        progress=progress,
+    )
+
+
+def _is_features_file(path: str) -> bool:
+    """A .safetensors file holding 'features', 'labels' and 'head' (see probe.save_features)."""
+    if not path.lower().endswith(".safetensors") or not Path(path).is_file():
+        return False
+    try:
+        with safe_open(path, framework="pt") as f:
+            return _FEATURES_KEYS <= set(f.keys())
+    except Exception:  # unreadable: let the checkpoint loader report it
+        return False
+
+
+def _check_inputs(paths: list[str], opts: Options, *, allow_features: bool) -> list[bool]:
+    """Which inputs are features files; InputError for missing files or a missing --data."""
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            raise InputError(f"{p} does not exist; check the path")
+    features = [_is_features_file(p) for p in paths]
+    if any(features) and not allow_features:
+        first = paths[features.index(True)]
+        raise InputError(f"{first} is a features file; this command needs checkpoints")
+    if not all(features):
+        if opts.data is None:
+            first = paths[features.index(False)]
+            raise InputError(f"--data is required to evaluate checkpoint {first} (only features "
+                             "files need none)")
+        if not Path(opts.data).expanduser().exists():
+            raise InputError(f"--data {opts.data} does not exist; check the path")
+    return features
+
+
+def _preflight(opts: Options, *, plot: str | None = None, save_features: str | None = None,
+               resume: bool = False, several: bool = False) -> None:
+    """Every check that needs no model: conflicts, output paths, the device, option values.
+
+    Runs before any computation, so a typo costs nothing and leaves no partial output.
+    """
+    probe.resolve_device(opts.device)
+    _load_kwargs(opts)  # parses --model-kwargs
+    _input_size(opts.input_size)
+    _numbers(opts.mean, "--mean", float)
+    _numbers(opts.std, "--std", float)
+    if opts.csv == report.STDOUT and opts.json_out == report.STDOUT:
+        raise InputError("--csv - and --json - both write to stdout; send one to a file")
+    if resume and (opts.csv is None or opts.csv == report.STDOUT):
+        raise InputError("--resume continues the rows in --csv FILE; give --csv FILE")
+    report.check_output(opts.csv, "--csv")
+    report.check_output(opts.json_out, "--json")
+    if plot is not None:
+        report.check_plot_path(plot)
+    if save_features is not None:
+        if several and "{name}" not in save_features:
+            raise InputError(f"--save-features {save_features}: several checkpoints need a "
+                             "{name} placeholder, e.g. feats-{name}.safetensors")
+        report.check_output(save_features.replace("{name}", "x"), "--save-features")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _stdout() -> Console:
+    # a pipe or file gets wide tables rather than folded cells; a terminal keeps its width
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _log(message: str) -> None:
+    Console(stderr=True, highlight=False).print(message, style="dim", markup=False)
+
+
+def _progress():
+    return report.RichProgress()
+
+
+def _load(path: str, opts: Options):
+    return checkpoint.load_model(path, **_load_kwargs(opts))
+
+
+def _evaluate(path: str, is_features: bool, opts: Options, progress: Any):
+    """(evaluation, class names) for a checkpoint on --data, or for a features file."""
+    if is_features:
+        return probe.load_features(path), None
+    loaded = _load(path, opts)
+    data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
+    evaluation = probe.evaluate(loaded.model, data, **_eval_kwargs(opts), progress=progress)
+    return evaluation, data.classes
+
+
+def _save_features(template: str | None, path: str, evaluation: Any) -> None:
+    if template is None:
+        return
+    target = template.replace("{name}", Path(path).name.split(".")[0])
+    probe.save_features(target, evaluation)
+    _log(f"wrote features {target}")
+
+
+def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
+          extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
+    """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files."""
+    columns = SWEEP_COLUMNS[command] + COLUMNS
+    if report.STDOUT not in (opts.csv, opts.json_out):
+        console = _stdout()
+        report.render_rows(console, rows, columns, title=title, key=key)
+        if after is not None:
+            after(console)
+    if opts.csv is not None:
+        report.write_csv(opts.csv, rows, columns)
+    if opts.json_out is not None:
+        report.write_json(opts.json_out, report.run_payload(command, rows, columns,
+                                                            **(extra or {})))
+    for target in (opts.csv, opts.json_out):
+        if target not in (None, report.STDOUT):
+            _log(f"wrote {target}")
+
+
+def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
+             opts: Options) -> None:
+    _preflight(opts, save_features=save_features, several=len(checkpoints) > 1)
+    features = _check_inputs(checkpoints, opts, allow_features=True)
+    measure = _measure(opts)
+    rows, classes_rows = [], []
+    with _progress() as progress:
+        for i, (path, is_features) in enumerate(zip(checkpoints, features, strict=True)):
+            _log(f"[{i + 1}/{len(checkpoints)}] {path}")
+            evaluation, classes = _evaluate(path, is_features, opts, progress)
+            _save_features(save_features, path, evaluation)
+            rows.append(analysis_row(path, evaluation, measure))
+            if per_class:
+                classes_rows += per_class_rows(path, evaluation, classes)
+
+    def per_class_tables(console: Console) -> None:
+        for path in checkpoints:
+            mine = [r for r in classes_rows if r["checkpoint"] == path]
+            report.render_rows(console, mine, PER_CLASS_COLUMNS, title=f"per class: {path}")
+
+    extra = {"data": opts.data, "per_class": classes_rows} if per_class else {"data": opts.data}
+    _emit("analyze", rows, opts, title="infoprobe analyze", extra=extra,
+          after=per_class_tables if per_class else None)
+
+
+def _step(path: Path, position: int, opts: Options) -> int:
+    """The recorded step, else the last number in the file name, else the position."""
+    recorded = checkpoint.checkpoint_step(path, trust_checkpoint=opts.trust_checkpoint)
+    if recorded is not None:
+        return recorded
+    numbers = re.findall(r"\d+", path.name)
+    return int(numbers[-1]) if numbers else position
+
+
+def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:
+    _preflight(opts, plot=plot, save_features=save_features, several=True)
+    ordered = checkpoint.series_order(paths, trust_checkpoint=opts.trust_checkpoint)
+    features = _check_inputs([str(p) for p in ordered], opts, allow_features=True)
+    measure = _measure(opts)
+    rows = []
+    with _progress() as progress:
+        for i, (path, is_features) in enumerate(zip(ordered, features, strict=True)):
+            step = _step(path, i, opts)
+            _log(f"[{i + 1}/{len(ordered)}] step {step}: {path}")
+            evaluation, _ = _evaluate(str(path), is_features, opts, progress)
+            _save_features(save_features, str(path), evaluation)
+            rows.append({"step": step, **analysis_row(str(path), evaluation, measure)})
+    _emit("track", rows, opts, title="infoprobe track", extra={"data": opts.data})
+    if plot is not None:
+        report.plot_track(rows, plot)
+        _log(f"wrote {plot}")
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class _LmcSweep:
+    steps: int | None
+    alphas: str | None
+    reset_bn: bool
+    bn_data: str | None
+    bn_batches: int | None
+
+    def check(self) -> None:
+        """Conflicting or incomplete sweep options (exit 2 before any work)."""
+        if self.steps is not None and self.alphas is not None:
+            raise InputError("--steps and --alphas conflict; give one of them")
+        if self.reset_bn and self.bn_data is None:
+            raise InputError("--reset-bn needs --bn-data (usually the training set)")
+        if not self.reset_bn and (self.bn_data is not None or self.bn_batches is not None):
+            raise InputError("--bn-data and --bn-batches only apply with --reset-bn")
+        if self.bn_data is not None and not Path(self.bn_data).expanduser().exists():
+            raise InputError(f"--bn-data {self.bn_data} does not exist; check the path")
+
+
+@dataclass(frozen=True)
+class _PruneSweep:
+    ratios: str
+    method: str
+    include_head: bool
+    iterative: bool
+
+
+def _sweep_csv(command: str, key: str, name: str, n_samples: int, resume: bool,
+               opts: Options, measure: MeasureOptions) -> report.SweepCsv:
+    """The sweep's incremental CSV; resumed rows must come from the same run."""
+    log = report.SweepCsv(opts.csv, SWEEP_COLUMNS[command] + COLUMNS, key, resume=resume)
+    for row in log.rows:
+        # with --drop-zero-rows the count depends on the weights, so it cannot be compared
+        samples_differ = row["n_samples"] != n_samples and not measure.drop_zero_rows
+        if row["checkpoint"] != name or row["estimate"] != measure.label() or samples_differ:
+            raise InputError(
+                f"--resume: {opts.csv} holds rows of another run ({row['checkpoint']}, "
+                f"{row['estimate']}, {row['n_samples']} samples; this run: {name}, "
+                f"{measure.label()}, {n_samples} samples); remove it or write to another --csv")
+    if log.rows:
+        _log(f"resuming: {len(log.rows)} finished rows in {opts.csv}")
+    return log
+
+
+def _run_sweep(log: report.SweepCsv, rows: Iterator[dict], total: int) -> list[dict]:
+    """Record each finished row as it comes; the rows ordered by key."""
+    for row in rows:
+        log.add(row)
+        _log(f"[{len(log.rows)}/{total}] {log.key} {report.format_value(log.key, row[log.key])}: "
+             f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}")
+    return log.sorted_rows()
+
+
+def _lmc(a: str, b: str, sweep: _LmcSweep, resume: bool, plot: str | None,
+         opts: Options) -> None:
+    sweep.check()
+    _preflight(opts, plot=plot, resume=resume)
+    _check_inputs([a, b], opts, allow_features=False)
+    alphas = lmc_lib.parse_alphas(sweep.steps, sweep.alphas)
+    measure = _measure(opts)
+    name = f"{a}→{b}"
+    read = dict(ema=opts.ema, strip_prefix=opts.strip_prefix,
+                trust_checkpoint=opts.trust_checkpoint)
+    state_a, _ = checkpoint.read_state_dict(a, **read)
+    state_b, _ = checkpoint.read_state_dict(b, **read)
+    lmc_lib.check_compatible(state_a, state_b, a, b)
+    loaded = _load(a, opts)
+    with _progress() as progress:
+        data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
+        log = _sweep_csv("lmc", "alpha", name, len(data), resume, opts, measure)
+        bn_data = None
+        if sweep.reset_bn:
+            # K batches are all a reset reads, so decode no more than that
+            limit = sweep.bn_batches * opts.batch_size if sweep.bn_batches else None
+            bn_data = _data(sweep.bn_data, opts, loaded.model, progress, limit)
+        rows = _run_sweep(log, lmc_lib.lmc_sweep(
+            loaded.model, state_a, state_b, data, alphas, name=name,
+            eval_kwargs=_eval_kwargs(opts), measure=measure, bn_data=bn_data,
+            bn_batches=sweep.bn_batches, bn_seed=opts.seed, skip=log.done, progress=progress),
+            len(alphas))
+    found = lmc_lib.barriers(rows)
+
+    def show_barriers(console: Console) -> None:
+        report.render_barriers(console, found)
+
+    _emit("lmc", rows, opts, title=f"infoprobe lmc {name}", key="alpha",
+          extra={"data": opts.data, "a": a, "b": b, "reset_bn": sweep.reset_bn,
+                 "barriers": found},
+          after=show_barriers)
+    if plot is not None:
+        report.plot_lmc(rows, plot, title=name)
+        _log(f"wrote {plot}")
+
+
+def _prune(checkpoint: str, sweep: _PruneSweep, resume: bool, plot: str | None,
+           opts: Options) -> None:
+    ratios = prune_lib.parse_ratios(sweep.ratios)
+    _preflight(opts, plot=plot, resume=resume)
+    _check_inputs([checkpoint], opts, allow_features=False)
+    measure = _measure(opts)
+    loaded = _load(checkpoint, opts)
+    with _progress() as progress:
+        data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
+        log = _sweep_csv("prune", "ratio", checkpoint, len(data), resume, opts, measure)
+        rows = _run_sweep(log, prune_lib.prune_sweep(
+            loaded.model, data, ratios, method=sweep.method, include_head=sweep.include_head,
+            seed=opts.seed, iterative=sweep.iterative, name=checkpoint,
+            eval_kwargs=_eval_kwargs(opts), measure=measure, skip=log.done,
+            progress=progress), len(ratios))
+    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({sweep.method}, "
+          "no fine-tuning)", key="ratio",
+          extra={"data": opts.data, "method": sweep.method, "include_head": sweep.include_head,
+                 "iterative": sweep.iterative})
+    if plot is not None:
+        report.plot_prune(rows, plot, title=f"{checkpoint}: {sweep.method}, no fine-tuning")
+        _log(f"wrote {plot}")

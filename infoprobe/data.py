@@ -1,0 +1,433 @@
+"""Datasets as labelled tensors, and the in-memory cache of decoded inputs.
+
+A data spec is a path:
+
+- a tensor file (``.safetensors``, ``.pt``/``.pth``, ``.npz``) holding inputs ``x`` (aliases
+  ``inputs``/``images``/``data``) and integer labels ``y`` (``labels``/``targets``); the
+  inputs are fed to the model as they are (cast to float32);
+- a folder with one subfolder per class (optionally under a split folder such as ``val/``),
+  or a torchvision CIFAR-10/100 folder already on disk (``cifar-10-batches-py`` /
+  ``cifar-100-python`` or its parent). Images go through timm's dataset factory and timm's
+  eval transform resolved from the model, overridable by ``input_size``, ``mean``, ``std``,
+  ``crop_pct``, ``interpolation``. Nothing is ever downloaded.
+
+``max_samples`` takes a seeded, class-stratified subsample. Decoded inputs are kept in a
+:class:`DataCache` keyed by path and transform configuration, so sweeps over many models
+decode the data once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from infoprobe.errors import InputError
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "TENSOR_SUFFIXES",
+    "DataCache",
+    "LabelledTensors",
+    "load_data",
+    "model_in_chans",
+    "resolve_transform_config",
+    "stratified_indices",
+    "validate_labels",
+]
+
+TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
+_INPUT_KEYS = ("x", "inputs", "images", "data")
+_LABEL_KEYS = ("y", "labels", "targets")
+_CIFAR_DIRS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
+_TRAIN_SPLITS = ("train", "training")
+_EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation", "test")
+_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+@dataclass
+class LabelledTensors:
+    """A whole dataset in memory.
+
+    ``inputs``: float32 [n, ...] exactly as fed to the model; ``labels``: int64 [n], >= 0;
+    ``source``: where it came from; ``classes``: class names by index when known.
+    Instances served from a cache are shared: treat the tensors as read-only.
+    """
+
+    inputs: Tensor
+    labels: Tensor
+    source: str
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class DataCache:
+    """Least-recently-used store of decoded datasets.
+
+    Keys are built by :func:`load_data` from the resolved path, file stamp, split, transform
+    configuration and subsample; ``hits`` / ``misses`` count lookups.
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self.max_entries = max_entries
+        self._store: OrderedDict[Hashable, LabelledTensors] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_load(self, key: Hashable, load: Callable[[], LabelledTensors]) -> LabelledTensors:
+        if key in self._store:
+            self.hits += 1
+            self._store.move_to_end(key)
+            return self._store[key]
+        self.misses += 1
+        value = load()
+        self._store[key] = value
+        while len(self._store) > self.max_entries:
+            self._store.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+DEFAULT_CACHE = DataCache()
+
+
+# --------------------------------------------------------------------------- subsampling
+
+
+def stratified_indices(labels: Tensor, max_samples: int | None, seed: int = 0) -> Tensor:
+    """Indices (int64, ascending) of a seeded subsample of ``max_samples`` that keeps each
+    class's share (largest-remainder rounding); all indices when ``max_samples >= n``."""
+    n = int(labels.shape[0])
+    if max_samples is not None and max_samples < 1:
+        raise InputError(f"--max-samples {max_samples}: must be at least 1")
+    if max_samples is None or max_samples >= n:
+        return torch.arange(n)
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts.double() * max_samples / n
+    take = quota.floor().long()
+    short = max_samples - int(take.sum())
+    # stable sort: equal remainders go to the lower class index
+    extra = torch.argsort(-(quota - take), stable=True)[:short]
+    take[extra] += 1
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = (labels == c).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+# --------------------------------------------------------------------------- tensor files
+
+
+def _class_names(raw: str | None) -> list[str] | None:
+    """Class names from metadata: a JSON list or comma-separated; None when absent/odd."""
+    if not raw:
+        return None
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        names = raw.split(",")
+    return [str(c).strip() for c in names] if isinstance(names, list) else None
+
+
+def _read_tensor_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                found = {k: f.get_tensor(k) for k in f.keys()}
+            return found, _class_names(meta.get("classes"))
+        if suffix == ".npz":
+            import numpy as np
+
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k].copy()) for k in z.files}, None
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"cannot read data file {path}: corrupt, truncated or holding "
+                         f"non-tensor objects ({reason}); save a dict of tensors") from None
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        return {"x": obj[0], "y": obj[1]}, None
+    if not isinstance(obj, dict):
+        raise InputError(f"data file {path} holds a {type(obj).__name__}; save a dict "
+                         "{'x': inputs, 'y': labels}")
+    classes = obj.get("classes")
+    return obj, list(classes) if isinstance(classes, (list, tuple)) else None
+
+
+def _pick(found: dict, aliases: tuple[str, ...], what: str, path: Path) -> Tensor:
+    for k in aliases:
+        if k in found:
+            v = found[k]
+            if not isinstance(v, Tensor):
+                raise InputError(f"data file {path}: '{k}' is a {type(v).__name__}, not a tensor")
+            return v
+    raise InputError(f"data file {path} has no {what} (looked for {', '.join(aliases)}; "
+                     f"found {', '.join(map(str, found)) or 'nothing'}); rename the entry")
+
+
+def validate_labels(labels: Tensor, n: int, source: str) -> Tensor:
+    """Check class indices: shape [n], integral values >= 0; returns them as int64."""
+    if labels.ndim != 1:
+        raise InputError(f"{source}: labels have shape {tuple(labels.shape)}; expected class "
+                         f"indices of shape [{n}] (for one-hot labels save y.argmax(1))")
+    if labels.shape[0] != n:
+        raise InputError(f"{source}: {n} inputs but {labels.shape[0]} labels; they must match")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise InputError(f"{source}: labels have dtype {labels.dtype}; expected integers")
+    if labels.is_floating_point():
+        if not (torch.isfinite(labels).all() and (labels == labels.round()).all()):
+            raise InputError(f"{source}: labels are not integers; save integer class indices")
+    labels = labels.long()
+    if n and labels.min() < 0:
+        raise InputError(f"{source}: labels include {int(labels.min())}; class indices must "
+                         "be >= 0")
+    return labels
+
+
+def _load_tensor_file(path: Path) -> LabelledTensors:
+    found, classes = _read_tensor_file(path)
+    x = _pick(found, _INPUT_KEYS, "inputs", path)
+    y = _pick(found, _LABEL_KEYS, "labels", path)
+    if x.ndim < 2:
+        raise InputError(f"data file {path}: inputs have shape {tuple(x.shape)}; expected "
+                         "[n, ...] with one row per sample")
+    if x.shape[0] == 0:
+        raise InputError(f"data file {path} is empty (0 samples)")
+    labels = validate_labels(y, int(x.shape[0]), f"data file {path}")
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise InputError(f"data file {path}: inputs contain NaN/Inf; clean the data")
+    return LabelledTensors(inputs=x, labels=labels, source=str(path), classes=classes)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def model_in_chans(model: nn.Module | None) -> int | None:
+    """Input channels of ``model``: timm's recorded first conv, else the first conv layer."""
+    if model is None:
+        return None
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if isinstance(first, str):
+        try:
+            return int(model.get_submodule(first).in_channels)
+        except AttributeError:
+            pass
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(m.in_channels)
+    return None
+
+
+def _fit_channels(values: Sequence[float], chans: int, flag: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == chans:
+        return values
+    if len(values) == 1:
+        return values * chans
+    if chans == 1:  # a grey model with an RGB default: use the mean of the channel stats
+        return (sum(values) / len(values),)
+    raise InputError(f"{flag} has {len(values)} values; the model takes {chans} channels")
+
+
+def resolve_transform_config(model: nn.Module | None = None, *,
+                             input_size: int | Sequence[int] | None = None,
+                             mean: Sequence[float] | None = None,
+                             std: Sequence[float] | None = None, crop_pct: float | None = None,
+                             interpolation: str | None = None) -> dict[str, Any]:
+    """timm's eval data config for ``model`` (``pretrained_cfg``, first conv's channels) with
+    the overrides applied: keys input_size (C, H, W), interpolation, mean, std, crop_pct,
+    crop_mode. ``input_size`` may be S, (H, W) or (C, H, W)."""
+    from timm.data import resolve_data_config
+
+    chans = model_in_chans(model)
+    if input_size is not None:
+        size = (input_size,) * 2 if isinstance(input_size, int) else tuple(input_size)
+        if len(size) == 2:
+            size = (chans or 3, *size)
+        if len(size) != 3 or min(size) < 1:
+            raise InputError(f"--input-size {input_size}: give S, H W or C H W (positive)")
+        input_size = tuple(int(s) for s in size)
+    args = {"input_size": input_size, "interpolation": interpolation, "crop_pct": crop_pct,
+            "mean": None, "std": None}  # always truthy, so model=None works
+    cfg = resolve_data_config(args=args, model=model)
+    c = input_size[0] if input_size else (chans or cfg["input_size"][0])
+    cfg["input_size"] = (c, *cfg["input_size"][1:])
+    cfg["mean"] = _fit_channels(mean if mean is not None else cfg["mean"], c, "--mean")
+    cfg["std"] = _fit_channels(std if std is not None else cfg["std"], c, "--std")
+    if min(cfg["std"]) <= 0:
+        raise InputError(f"--std {cfg['std']}: values must be positive")
+    if not 0 < float(cfg["crop_pct"]) <= 1:
+        raise InputError(f"--crop-pct {cfg['crop_pct']}: must be in (0, 1]")
+    return cfg
+
+
+def _cifar(root: Path) -> tuple[str, Path] | None:
+    if root.name in _CIFAR_DIRS:
+        return _CIFAR_DIRS[root.name], root.parent
+    for sub, name in _CIFAR_DIRS.items():
+        if (root / sub).is_dir():
+            return name, root
+    return None
+
+
+def _open_image_dataset(root: Path, split: str | None):
+    """timm dataset, its labels (no decoding) and class names."""
+    from timm.data import create_dataset
+    from timm.data.dataset_factory import _search_split
+
+    cifar = _cifar(root)
+    if cifar:
+        name, base = cifar
+        if split is not None and split not in _TRAIN_SPLITS + _EVAL_SPLITS:
+            raise InputError(f"--split {split}: CIFAR has 'train' and 'test' splits")
+        try:
+            ds = create_dataset(f"torch/{name}", root=str(base), split=split or "validation",
+                                download=False)
+        except (RuntimeError, OSError) as e:
+            raise InputError(f"CIFAR folder {base} is incomplete or corrupted ({e}); place the "
+                             "original python-version archive contents there") from None
+        return ds, [int(t) for t in ds.targets], list(ds.classes)
+    if split is not None and Path(_search_split(str(root), split)) == root:
+        subs = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise InputError(f"--split {split}: no such split folder in {root} (subfolders: "
+                         f"{', '.join(subs[:8]) or 'none'})")
+    try:
+        ds = create_dataset("", root=str(root), split=split or "validation")
+    except RuntimeError as e:
+        raise InputError(f"image folder {root} is empty: {str(e).splitlines()[0]}; put one "
+                         "subfolder of images per class in it") from None
+    classes = sorted(ds.reader.class_to_idx, key=ds.reader.class_to_idx.get)
+    ds._max_retries = 1  # timm substitutes the next image for a broken one; fail instead
+    return ds, [int(t) for _, t in ds.reader.samples], classes
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Decode + transform the chosen samples of a timm/torchvision image dataset."""
+
+    def __init__(self, ds, indices: list[int], transform, mode: str) -> None:
+        self.ds, self.indices, self.transform, self.mode = ds, indices, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int):
+        i = self.indices[j]
+        try:
+            img, target = self.ds[i][:2]
+            return self.transform(img.convert(self.mode)), int(target)
+        except (OSError, RuntimeError, ValueError) as e:
+            name = self.ds.filename(i, absolute=True) if hasattr(self.ds, "filename") else i
+            raise InputError(f"cannot decode image {name} ({e}); remove or replace it") from None
+
+
+def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
+                 workers: int, progress) -> LabelledTensors:
+    from timm.data import create_transform
+
+    ds, targets, classes = _open_image_dataset(root, split)
+    if not targets:
+        raise InputError(f"dataset {root} is empty (0 samples)")
+    chosen = stratified_indices(torch.tensor(targets), max_samples, seed).tolist()
+    mode = _IMAGE_MODES.get(cfg["input_size"][0])
+    if mode is None:
+        raise InputError(f"images can be decoded to 1, 3 or 4 channels, not "
+                         f"{cfg['input_size'][0]}; check --input-size / --in-chans")
+    try:
+        transform = create_transform(
+            input_size=cfg["input_size"], is_training=False, interpolation=cfg["interpolation"],
+            mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"],
+            crop_mode=cfg.get("crop_mode"))
+    except (KeyError, ValueError) as e:
+        raise InputError(f"--interpolation {cfg['interpolation']}: not supported by timm ({e})"
+                         ) from None
+    loader = torch.utils.data.DataLoader(_Decode(ds, chosen, transform, mode), batch_size=64,
+                                         num_workers=workers)
+    xs, ys = [], []
+    if progress is not None:
+        progress.start(len(chosen), f"decoding {root.name}")
+    try:
+        for x, y in loader:
+            xs.append(x)
+            ys.append(y)
+            if progress is not None:
+                progress.advance(len(y))
+    except InputError:
+        raise
+    except Exception as e:  # errors raised in worker processes arrive wrapped
+        raise InputError(str(e).strip().splitlines()[-1]) from None
+    finally:
+        if progress is not None:
+            progress.stop()
+    source = f"{root}" + (f" [{split}]" if split else "")
+    return LabelledTensors(inputs=torch.cat(xs).float(), labels=torch.cat(ys).long(),
+                           source=source, classes=classes)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | None = None,
+              max_samples: int | None = None, seed: int = 0,
+              input_size: int | Sequence[int] | None = None,
+              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+              crop_pct: float | None = None, interpolation: str | None = None,
+              workers: int = 0, cache: DataCache | None = DEFAULT_CACHE,
+              progress: Any = None) -> LabelledTensors:
+    """Load a dataset as :class:`LabelledTensors` (see the module docstring for specs).
+
+    ``model`` resolves the image transform (ignored for tensor files); ``workers`` decode
+    images in parallel; ``cache=None`` disables caching; ``progress`` is a ProgressSink
+    (``start``/``advance``/``stop``) for image decoding.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InputError(f"data {path} does not exist; give a tensor file "
+                         f"({', '.join(TENSOR_SUFFIXES)}) or an image folder")
+    resolved = path.resolve()
+    if path.is_file():
+        if path.suffix.lower() not in TENSOR_SUFFIXES:
+            raise InputError(f"data file {path}: unknown type '{path.suffix}'; use "
+                             f"{', '.join(TENSOR_SUFFIXES)} or an image folder")
+        stat = path.stat()
+        key: Hashable = ("tensors", str(resolved), stat.st_mtime_ns, stat.st_size, max_samples,
+                         seed)
+
+        def load() -> LabelledTensors:
+            full = _load_tensor_file(path)
+            idx = stratified_indices(full.labels, max_samples, seed)
+            if len(idx) == len(full):
+                return full
+            return LabelledTensors(full.inputs[idx], full.labels[idx], full.source, full.classes)
+    else:
+        cfg = resolve_transform_config(model, input_size=input_size, mean=mean, std=std,
+                                       crop_pct=crop_pct, interpolation=interpolation)
+        key = ("images", str(resolved), split, tuple(sorted((k, str(v)) for k, v in cfg.items())),
+               max_samples, seed)
+
+        def load() -> LabelledTensors:
+            return _load_images(path, split, cfg, max_samples, seed, workers, progress)
+    if cache is None:
+        return load()
+    return cache.get_or_load(key, load)

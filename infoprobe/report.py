@@ -1,0 +1,544 @@
+"""Rendering: progress on stderr; rows -> rich tables, CSV, JSON and plots.
+
+This is the only formatting code; only this module and cli.py import rich. Output files are
+written atomically (a temporary file in the same folder, then ``os.replace``); '-' means
+standard output. A sweep's CSV is rewritten after every finished row (:class:`SweepCsv`), so
+an interrupted sweep keeps its rows and ``--resume`` can skip them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from infoprobe.errors import InputError
+
+__all__ = [
+    "STDOUT",
+    "RichProgress",
+    "SweepCsv",
+    "atomic_write",
+    "atomic_write_text",
+    "check_output",
+    "check_plot_path",
+    "csv_text",
+    "format_value",
+    "json_text",
+    "jsonable",
+    "plot_lmc",
+    "plot_prune",
+    "plot_track",
+    "read_csv_rows",
+    "render_barriers",
+    "render_rows",
+    "require_matplotlib",
+    "row_notes",
+    "rows_frame",
+    "short_names",
+    "run_payload",
+    "write_csv",
+    "write_json",
+]
+
+
+class RichProgress:
+    """A :class:`infoprobe.probe.ProgressSink` drawing a transient rich bar on stderr.
+
+    ``enabled=None`` shows the bar only when stderr is a terminal, so logs and pipes stay
+    clean. One bar at a time: ``start`` opens it, ``advance`` moves it, ``stop`` removes it.
+    Usable as a context manager, which guarantees ``stop``.
+    """
+
+    def __init__(self, *, enabled: bool | None = None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+        self.completed = 0
+        self.total = 0
+
+    def start(self, total: int, description: str) -> None:
+        self.stop()
+        self.completed, self.total = 0, int(total)
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.enabled,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=self.total)
+
+    def advance(self, n: int) -> None:
+        self.completed += int(n)
+        if self._progress is not None:
+            self._progress.advance(self._task, int(n))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+    def __enter__(self) -> RichProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# =========================================================================================
+# Rows -> rich tables, CSV, JSON and plots (the only formatting code; cli.py calls it)
+# =========================================================================================
+
+#: The file name that means standard output for --csv / --json.
+STDOUT = "-"
+
+#: Columns shown with four decimals in tables (CSV keeps full precision).
+_INT_COLUMNS = frozenset({"n_samples", "n_classes", "step", "class", "n"})
+_SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
+#: Columns that move from the table into its caption when every row holds the same value.
+_CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "estimate", "mir_nc", "hdr_nc")
+_HIDDEN_COLUMNS = frozenset({"note"})  # printed as notes under the table
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def format_value(column: str, value: Any) -> str:
+    """A cell for a human: ints plain, alpha/ratio short, other floats with 4 decimals."""
+    if value is None or _is_nan(value):
+        return "nan"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if column in _INT_COLUMNS or isinstance(value, int):
+        return f"{int(value)}"
+    value = value + 0.0  # -0.0 -> 0.0: an entropy of -0 reads as a sign error
+    if column in _SHORT_FLOAT_COLUMNS:
+        return f"{value:.6g}"
+    return f"{value:.4f}"
+
+
+def row_notes(rows: Sequence[dict], label: str = "checkpoint") -> list[str]:
+    """One line per distinct non-empty ``note``, naming the rows it applies to."""
+    by_note: dict[str, list[str]] = {}
+    names = (short_names([str(r.get(label)) for r in rows]) if label == "checkpoint"
+             else [f"{label} {format_value(label, r.get(label))}" for r in rows])
+    for row, name in zip(rows, names, strict=True):
+        note = row.get("note") or ""
+        if isinstance(note, str) and note:
+            by_note.setdefault(note, []).append(name)
+    return [f"{', '.join(where)}: {note}" for note, where in by_note.items()]
+
+
+def _constant(rows: Sequence[dict], column: str) -> bool:
+    values = [format_value(column, row.get(column)) for row in rows]
+    return bool(values) and all(v == values[0] for v in values)
+
+
+def short_names(paths: Sequence[str]) -> list[str]:
+    """The shortest distinct trailing parts of ``paths``, without a suffix they all share.
+
+    ``["runs/a/last.pt", "runs/b/last.pt"]`` -> ``["a/last", "b/last"]``: tables stay
+    narrow while every row remains identifiable (the CSV keeps the full paths).
+    """
+    parts = [Path(str(p)).parts or (str(p),) for p in paths]
+    suffixes = {Path(str(p)).suffix for p in paths}
+    for depth in range(1, max((len(x) for x in parts), default=1) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            break
+    if len(suffixes) == 1 and suffixes != {""}:
+        suffix = suffixes.pop()
+        names = [n[: -len(suffix)] if n.endswith(suffix) else n for n in names]
+    return names
+
+
+def render_rows(
+    console: Console,
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    key: str | None = None,
+) -> None:
+    """Print ``rows`` as a rich table, then the notes that explain NaN cells.
+
+    Values that every row shares (sample count, class count, estimate, NC optimum) go into
+    the caption, one checkpoint shared by all rows (a sweep, a per-class table) is left to
+    the title, and checkpoints are shown by their shortest distinct names, so that the
+    numbers fit a terminal; the CSV and JSON keep every column in full. ``key`` names the
+    sweep column (alpha, ratio), which labels the notes.
+    """
+    constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
+    hidden = set(constant) | _HIDDEN_COLUMNS
+    if "checkpoint" in constant:
+        constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
+        if key is None and len(rows) == 1:
+            hidden.discard("checkpoint")  # a one-row table keeps its checkpoint in view
+    shown = [c for c in columns if c not in hidden]
+    if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
+        shown.remove("name")  # class names that are just the indices
+    caption = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
+    table = Table(title=title, caption=caption or None, caption_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for column in shown:
+        text = column in ("checkpoint", "name")
+        table.add_column(column, justify="left" if text else "right", no_wrap=not text,
+                         overflow="fold", min_width=None if text else len(column))
+    labels = short_names([str(r.get("checkpoint")) for r in rows])
+    for row, label in zip(rows, labels, strict=True):
+        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c))
+                        for c in shown))
+    console.print(table)
+    label = key if key is not None else "checkpoint"
+    for line in row_notes(rows, label):
+        console.print(f"note: {line}", style="yellow", highlight=False, markup=False)
+
+
+def _cell(column: str, value: Any) -> Text:
+    text = format_value(column, value)
+    return Text(text, style="dim" if text == "nan" else "")
+
+
+def render_barriers(console: Console, barriers: dict[str, Any]) -> None:
+    """The LMC barriers under the table: value and alpha of each, then their note."""
+    parts = [
+        f"{what} barrier {format_value(what, barriers[f'{what}_barrier'])} at alpha "
+        f"{format_value('alpha', barriers[f'{what}_barrier_alpha'])}"
+        for what in ("loss", "accuracy")
+    ]
+    console.print("barriers: " + "; ".join(parts), highlight=False, markup=False)
+    if barriers.get("note"):
+        console.print(f"note: {barriers['note']}", style="yellow", highlight=False, markup=False)
+
+
+# ----------------------------------------------------------------------- output paths
+
+
+def check_output(path: str | os.PathLike | None, flag: str) -> None:
+    """Raise :class:`InputError` unless ``path`` can be written ('-' and None pass).
+
+    Called before any computation, so that a typo in an output path costs nothing.
+    """
+    if path is None or str(path) == STDOUT:
+        return
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"{flag} {p}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise InputError(f"{flag} {p}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {p}: folder {parent} is not writable")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise InputError(f"{flag} {p}: the file exists and is not writable")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    Readers never see a half-written file, and an interrupted write leaves the previous
+    file intact: the temporary file lives in the same folder, so ``os.replace`` is atomic.
+    """
+    p = Path(path).expanduser()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------- CSV
+
+
+def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN)."""
+    return pd.DataFrame.from_records(list(rows), columns=list(columns))
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell."""
+    return rows_frame(rows, columns).to_csv(index=False, lineterminator="\n")
+
+
+def write_csv(target: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str],
+              stream: TextIO | None = None) -> None:
+    """Write rows to ``target`` atomically, or to ``stream`` (stdout) when target is '-'."""
+    text = csv_text(rows, columns)
+    if str(target) == STDOUT:
+        (stream or sys.stdout).write(text)
+    else:
+        atomic_write_text(target, text)
+
+
+def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]:
+    """Rows of a CSV written by :func:`write_csv` with the same ``columns``.
+
+    Raises :class:`InputError` when the file has other columns (another command's output,
+    or not infoprobe's). Empty notes come back as '' and integer columns as ints.
+    """
+    p = Path(path).expanduser()
+    try:
+        frame = pd.read_csv(p, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        return []
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {p} to resume ({e}); remove it or drop --resume") from None
+    if list(frame.columns) != list(columns):
+        raise InputError(
+            f"{p} has columns {list(frame.columns)[:6]}..., not this command's "
+            f"{list(columns)[:6]}...: it was written by another command; remove it or drop "
+            "--resume")
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return [_typed(row) for row in records]
+
+
+def _typed(row: dict) -> dict:
+    out = {}
+    for column, value in row.items():
+        if column in ("note", "checkpoint", "estimate") and value is None:
+            value = ""
+        elif value is None:
+            value = math.nan
+        elif column in _INT_COLUMNS and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        out[column] = value
+    return out
+
+
+class SweepCsv:
+    """The CSV of a sweep, rewritten atomically after every finished row.
+
+    An interrupted sweep thus keeps its finished rows, and ``resume=True`` starts from the
+    rows already in the file: :attr:`done` holds their ``key`` values (alpha, ratio) so
+    the sweep can skip them. ``path=None`` or '-' keeps the rows in memory only.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, columns: Sequence[str], key: str, *,
+                 resume: bool = False) -> None:
+        self.path = None if path is None or str(path) == STDOUT else Path(path).expanduser()
+        self.columns = tuple(columns)
+        self.key = key
+        self.rows: list[dict] = []
+        if resume and self.path is not None and self.path.exists():
+            self.rows = read_csv_rows(self.path, self.columns)
+
+    @property
+    def done(self) -> tuple[float, ...]:
+        """The key values of the finished rows."""
+        return tuple(float(row[self.key]) for row in self.rows)
+
+    def add(self, row: dict) -> None:
+        """Record one finished row and rewrite the file."""
+        self.rows.append({c: row.get(c) for c in self.columns})
+        if self.path is not None:
+            write_csv(self.path, self.rows, self.columns)
+
+    def sorted_rows(self) -> list[dict]:
+        """The rows ordered by their key (resumed rows interleave with new ones)."""
+        return sorted(self.rows, key=lambda row: float(row[self.key]))
+
+
+# ----------------------------------------------------------------------- JSON
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf as None (valid JSON), paths as str, tensors/numpy as Python."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy / torch scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(payload: dict) -> str:
+    """Pretty, strict JSON (no NaN tokens) ending in a newline."""
+    return json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(target: str | os.PathLike, payload: dict, stream: TextIO | None = None) -> None:
+    """Write ``payload`` to ``target`` atomically, or to ``stream`` (stdout) for '-'."""
+    text = json_text(payload)
+    if str(target) == STDOUT:
+        (stream or sys.stdout).write(text)
+    else:
+        atomic_write_text(target, text)
+
+
+def run_payload(command: str, rows: Sequence[dict], columns: Sequence[str],
+                **extra: Any) -> dict:
+    """The JSON document of a run: command, estimate, n_samples, columns, rows, ``extra``.
+
+    ``estimate`` and ``n_samples`` are single values when every row shares them, else lists.
+    """
+    def shared(column: str) -> Any:
+        values = [row.get(column) for row in rows]
+        return values[0] if values and all(v == values[0] for v in values) else values
+
+    from infoprobe import __version__
+
+    return {
+        "command": command,
+        "infoprobe_version": __version__,
+        "estimate": shared("estimate"),
+        "n_samples": shared("n_samples"),
+        "columns": list(columns),
+        "rows": [{c: row.get(c) for c in columns} for row in rows],
+        **extra,
+    }
+
+
+# ----------------------------------------------------------------------- plots
+
+
+def require_matplotlib(flag: str = "--plot") -> None:
+    """Raise :class:`InputError` when matplotlib (the optional ``plot`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError(f"{flag} needs matplotlib: pip install 'infoprobe[plot]'") from None
+
+
+def check_plot_path(path: str | os.PathLike, flag: str = "--plot") -> None:
+    """Check matplotlib, the file type and the folder before any computation."""
+    require_matplotlib(flag)
+    from matplotlib.figure import Figure
+
+    kinds = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        raise InputError(f"{flag} {path}: unknown image type '.{suffix}'; use one of "
+                         f"{', '.join('.' + k for k in sorted(kinds))}")
+    check_output(path, flag)
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
+    fmt = Path(path).suffix.lower().lstrip(".")
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, dpi=120))
+
+
+def _series(rows: Sequence[dict], x: str, y: str) -> tuple[list, list]:
+    ordered = sorted(rows, key=lambda row: float(row[x]))
+    return [row[x] for row in ordered], [row[y] for row in ordered]
+
+
+def _nc_reference(axis: Any, rows: Sequence[dict]) -> None:
+    """Horizontal lines at the neural-collapse optimum (MIR_NC, and HDR = 0)."""
+    mir_nc = [row["mir_nc"] for row in rows if not _is_nan(row.get("mir_nc", math.nan))]
+    if mir_nc:
+        axis.axhline(mir_nc[0], color="C0", linestyle="--", linewidth=1,
+                     label=f"MIR at neural collapse ({mir_nc[0]:.3f})")
+        axis.axhline(0.0, color="C1", linestyle=":", linewidth=1, label="HDR at neural collapse")
+
+
+def plot_track(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """MIR, HDR and accuracy against training step, with the NC optimum for reference."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for column, style in (("mir", "o-"), ("hdr", "s-"), ("accuracy", "^-")):
+        ax.plot(*_series(rows, "step", column), style, label=column.upper()
+                if column != "accuracy" else "accuracy")
+    _nc_reference(ax, rows)
+    ax.set_xlabel("step")
+    ax.set_ylabel("value")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title or "information interplay over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save_figure(fig, path)
+
+
+def plot_lmc(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss and accuracy against alpha (left), MIR and HDR against alpha (right)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.plot(*_series(rows, "alpha", "loss"), "o-", color="C3", label="loss")
+    left.set_ylabel("loss")
+    twin = left.twinx()
+    twin.plot(*_series(rows, "alpha", "accuracy"), "^-", color="C2", label="accuracy")
+    twin.set_ylabel("accuracy")
+    left.legend(loc="upper left", fontsize="small")
+    twin.legend(loc="upper right", fontsize="small")
+    right.plot(*_series(rows, "alpha", "mir"), "o-", label="MIR")
+    right.plot(*_series(rows, "alpha", "hdr"), "s-", label="HDR")
+    _nc_reference(right, rows)
+    right.legend(fontsize="small")
+    for ax in (left, right):
+        ax.set_xlabel("alpha")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "linear mode connectivity")
+    return _save_figure(fig, path)
+
+
+def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Accuracy (left) and MIR/HDR against the head and the dense features (right) vs ratio."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.plot(*_series(rows, "ratio", "accuracy"), "^-", color="C2", label="accuracy")
+    left.set_ylabel("accuracy")
+    left.legend(fontsize="small")
+    for column, style in (("mir", "o-"), ("hdr", "s-"), ("mir_dense", "o--"),
+                          ("hdr_dense", "s--")):
+        right.plot(*_series(rows, "ratio", column), style, label=column)
+    right.legend(fontsize="small")
+    for ax in (left, right):
+        ax.set_xlabel("pruning ratio")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "unstructured pruning (no fine-tuning)")
+    return _save_figure(fig, path)

@@ -1,0 +1,268 @@
+"""Rendering rows: table cells, atomic files, CSV round trips and resume, JSON, plots."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from infoprobe import report
+from infoprobe.errors import InputError
+from infoprobe.rows import COLUMNS, SWEEP_COLUMNS
+
+LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
+
+
+def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: float = 0.75,
+        note: str = "") -> dict:
+    """A complete lmc row with made-up numbers."""
+    values = dict(
+        alpha=alpha, checkpoint=checkpoint, n_samples=450, n_classes=10, accuracy=0.9,
+        loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
+        mir_nc=0.9523507825397208, hdr_nc=0.0, estimate="exact", note=note,
+    )
+    return {c: values[c] for c in LMC_COLUMNS}
+
+
+def render(rows, columns=LMC_COLUMNS, **kwargs) -> str:
+    out = io.StringIO()
+    report.render_rows(Console(file=out, width=200), rows, columns, **kwargs)
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- cells, tables
+
+
+@pytest.mark.parametrize(("column", "value", "text"), [
+    ("mir", 0.123456, "0.1235"),
+    ("h_z", -0.0, "0.0000"),
+    ("mir", math.nan, "nan"),
+    ("n_samples", 450, "450"),
+    ("step", 210, "210"),
+    ("alpha", 0.25, "0.25"),
+    ("ratio", 1 / 3, "0.333333"),
+    ("checkpoint", "a.pt", "a.pt"),
+    ("note", None, "nan"),
+])
+def test_format_value(column, value, text):
+    assert report.format_value(column, value) == text
+
+
+def test_short_names_are_distinct_and_drop_a_shared_suffix():
+    assert report.short_names(["runs/a/last.pt", "runs/b/last.pt"]) == ["a/last", "b/last"]
+    assert report.short_names(["x/ls0.0.safetensors", "y/ls0.1.safetensors"]) == ["ls0.0", "ls0.1"]
+    assert report.short_names(["a.pt", "b.pth"]) == ["a.pt", "b.pth"]
+    assert report.short_names(["same.pt", "same.pt"]) == ["same", "same"]
+
+
+def test_table_moves_shared_values_to_the_caption_and_prints_notes():
+    rows = [row(0.0), row(0.5, mir=math.nan, note="MIR is undefined (0/0)"), row(1.0)]
+    text = render(rows, title="lmc", key="alpha")
+    assert "n_samples=450" in text and "mir_nc=0.9524" in text and "estimate=exact" in text
+    header = next(line for line in text.splitlines() if "accuracy" in line)
+    assert "n_samples" not in header and "checkpoint" not in header and "note" not in header
+    assert "nan" in text
+    assert "note: alpha 0.5: MIR is undefined (0/0)" in text
+
+
+def test_one_row_table_keeps_its_checkpoint():
+    columns = COLUMNS
+    one = {c: v for c, v in row().items() if c in columns}
+    assert "checkpoint" in render([one], columns)
+    two = [one, {**one, "checkpoint": "runs/b.safetensors"}]
+    text = render(two, columns)
+    assert " a " in text and " b " in text  # shortest distinct names
+
+
+def test_barriers_line():
+    out = io.StringIO()
+    report.render_barriers(Console(file=out, width=200), {
+        "loss_barrier": 0.5, "loss_barrier_alpha": 0.5, "accuracy_barrier": math.nan,
+        "accuracy_barrier_alpha": math.nan, "note": "accuracy barrier is NaN"})
+    text = out.getvalue()
+    assert "loss barrier 0.5000 at alpha 0.5" in text
+    assert "accuracy barrier nan at alpha nan" in text and "note: accuracy barrier is NaN" in text
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def test_check_output_accepts_stdout_none_and_writable_paths(tmp_path):
+    report.check_output(None, "--csv")
+    report.check_output("-", "--csv")
+    report.check_output(tmp_path / "new.csv", "--csv")
+
+
+def test_check_output_rejects_bad_paths(tmp_path):
+    with pytest.raises(InputError, match="--csv .*folder .* does not exist"):
+        report.check_output(tmp_path / "missing" / "out.csv", "--csv")
+    with pytest.raises(InputError, match="--json .*is a directory"):
+        report.check_output(tmp_path, "--json")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_check_output_rejects_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            report.check_output(locked / "out.csv", "--csv")
+    finally:
+        locked.chmod(stat.S_IRWXU)
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    report.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+
+    def fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.atomic_write(target, fail)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def test_csv_round_trip_is_exact_and_loads_in_pandas(tmp_path):
+    rows = [row(0.0), row(1 / 3, mir=math.nan, note="MIR is undefined"), row(1.0)]
+    path = tmp_path / "lmc.csv"
+    report.write_csv(path, rows, LMC_COLUMNS)
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == list(LMC_COLUMNS)
+    assert math.isnan(frame["mir"][1]) and frame["alpha"][1] == 1 / 3
+    back = report.read_csv_rows(path, LMC_COLUMNS)
+    for got, want in zip(back, rows, strict=True):
+        assert got.keys() == want.keys()
+        for c in LMC_COLUMNS:
+            assert got[c] == want[c] or (math.isnan(got[c]) and math.isnan(want[c]))
+    assert isinstance(back[0]["n_samples"], int)
+
+
+def test_csv_to_stdout_stream():
+    out = io.StringIO()
+    report.write_csv("-", [row()], LMC_COLUMNS, stream=out)
+    assert out.getvalue().splitlines()[0] == ",".join(LMC_COLUMNS)
+
+
+def test_read_csv_rows_rejects_other_columns(tmp_path):
+    path = tmp_path / "other.csv"
+    pd.DataFrame({"ratio": [0.5]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="another command"):
+        report.read_csv_rows(path, LMC_COLUMNS)
+
+
+def test_sweep_csv_writes_every_row_and_resumes(tmp_path):
+    path = tmp_path / "sweep.csv"
+    log = report.SweepCsv(path, LMC_COLUMNS, "alpha")
+    log.add(row(1.0))
+    assert len(pd.read_csv(path)) == 1  # on disk after the first row
+    log.add(row(0.0))
+    resumed = report.SweepCsv(path, LMC_COLUMNS, "alpha", resume=True)
+    assert resumed.done == (1.0, 0.0)
+    resumed.add(row(0.5))
+    assert [r["alpha"] for r in resumed.sorted_rows()] == [0.0, 0.5, 1.0]
+    assert len(pd.read_csv(path)) == 3
+    fresh = report.SweepCsv(path, LMC_COLUMNS, "alpha")  # no --resume: start over
+    assert fresh.rows == [] and fresh.done == ()
+
+
+def test_sweep_csv_in_memory_for_stdout():
+    log = report.SweepCsv("-", LMC_COLUMNS, "alpha", resume=True)
+    log.add(row())
+    assert log.path is None and len(log.rows) == 1
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def test_json_has_rows_metadata_and_no_nan_tokens(tmp_path):
+    rows = [row(0.0), row(1.0, mir=math.nan)]
+    payload = report.run_payload("lmc", rows, LMC_COLUMNS, barriers={"loss_barrier": math.nan})
+    path = tmp_path / "out.json"
+    report.write_json(path, payload)
+    text = path.read_text()
+    assert "NaN" not in text
+    doc = json.loads(text)
+    assert doc["command"] == "lmc" and doc["estimate"] == "exact" and doc["n_samples"] == 450
+    assert doc["columns"] == list(LMC_COLUMNS) and doc["rows"][1]["mir"] is None
+    assert doc["barriers"] == {"loss_barrier": None}
+
+
+def test_json_lists_values_that_differ_between_rows():
+    rows = [row(), {**row(), "n_samples": 100}]
+    assert report.run_payload("lmc", rows, LMC_COLUMNS)["n_samples"] == [450, 100]
+
+
+def test_jsonable_converts_paths_and_scalars():
+    import numpy as np
+    import torch
+
+    assert report.jsonable({"p": Path("a/b"), "t": torch.tensor(2.5), "n": np.float64(1.0),
+                            "inf": math.inf}) == {"p": "a/b", "t": 2.5, "n": 1.0, "inf": None}
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def test_plots_are_written(tmp_path):
+    track_rows = [{**row(), "step": s, "mir": 0.5 + s / 1000} for s in (0, 10, 100)]
+    lmc_rows = [row(a) for a in (0.0, 0.5, 1.0)]
+    prune_rows = [{**row(), "ratio": r, "mir_dense": 1 - r, "hdr_dense": r} for r in (0, 0.5)]
+    for plot, rows, name in ((report.plot_track, track_rows, "t.png"),
+                             (report.plot_lmc, lmc_rows, "l.svg"),
+                             (report.plot_prune, prune_rows, "p.pdf")):
+        path = tmp_path / name
+        report.check_plot_path(path)
+        plot(rows, path)
+        assert path.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.svg", "p.pdf", "t.png"]
+
+
+def test_plot_path_checks(tmp_path):
+    with pytest.raises(InputError, match="unknown image type '.txt'"):
+        report.check_plot_path(tmp_path / "plot.txt")
+    with pytest.raises(InputError, match="does not exist"):
+        report.check_plot_path(tmp_path / "no" / "plot.png")
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(InputError, match=r"pip install 'infoprobe\[plot\]'"):
+        report.require_matplotlib()
