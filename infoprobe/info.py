@@ -435,6 +435,28 @@ def batch_indices(n: int, batch_size: int, seed: int) -> list[Tensor]:
     return list(order[: full * batch_size].split(batch_size))
 
 
+def _estimated(
+    entropies_of, n: int, estimate: str, batch_size: int, seed: int, check_size
+) -> tuple[tuple[float, float, float], int, int | None]:
+    """The three entropies, exact or as the mean over :func:`batch_indices` batches.
+
+    ``entropies_of(idx)`` gives the three entropies on samples ``idx`` (None: all);
+    ``check_size(m)`` refuses an exact solve on ``m`` samples that is too large.
+    Returns ``(entropies, n_batches, batch_size or None)``.
+    """
+    if estimate == "exact":
+        check_size(n)
+        return tuple(float(h) for h in entropies_of(None)), 1, None
+    if estimate != "batch":
+        raise InputError(f"estimate must be 'exact' or 'batch', got {estimate!r}")
+    parts = batch_indices(n, batch_size, seed)
+    check_size(len(parts[0]))
+    sums = torch.zeros(3, dtype=torch.float64)
+    for idx in parts:
+        sums += torch.stack(entropies_of(idx)).cpu()
+    return tuple(float(s) / len(parts) for s in sums), len(parts), batch_size
+
+
 def interplay(
     features: Tensor,
     labels: Tensor,
@@ -467,38 +489,69 @@ def interplay(
         zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows)
         n, d = zh.shape
         num_classes = wh.shape[0]
-        if estimate == "exact":
-            _check_size(_route_size(n, d, num_classes), max_exact_dim, "interplay")
-            h_z, h_w, h_zw = (float(h) for h in entropies(zh, y, wh))
-            batches, size = 1, None
-        elif estimate == "batch":
-            parts = batch_indices(n, batch_size, seed)
-            _check_size(_route_size(len(parts[0]), d, num_classes), max_exact_dim, "estimate")
-            sums = torch.zeros(3, dtype=torch.float64)
-            for idx in parts:
-                idx = idx.to(zh.device)
-                sums += torch.stack(entropies(zh[idx], y[idx], wh)).cpu()
-            h_z, h_w, h_zw = (float(s) / len(parts) for s in sums)
-            batches, size = len(parts), batch_size
-        else:
-            raise InputError(f"estimate must be 'exact' or 'batch', got {estimate!r}")
+
+        def entropies_of(idx):
+            if idx is None:
+                return entropies(zh, y, wh)
+            idx = idx.to(zh.device)
+            return entropies(zh[idx], y[idx], wh)
+
+        def check_size(m):
+            _check_size(_route_size(m, d, num_classes), max_exact_dim, "interplay")
+
+        (h_z, h_w, h_zw), batches, size = _estimated(
+            entropies_of, n, estimate, batch_size, seed, check_size
+        )
     mi = h_z + h_w - h_zw
     mir, hdr, note = _ratios(h_z, h_w, mi)
     return Interplay(h_z, h_w, h_zw, mi, mir, hdr, n, num_classes, estimate, size, batches, note)
+
+
+def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:
+    """``H(K_Z)`` of features alone: [n, d] -> nats in ``[0, log min(n, d)]``.
+
+    Solved on the smaller of the d x d and n x n sides. ``drop_zero_rows`` leaves out rows
+    without a direction (else they raise :class:`InputError`); no rows left gives NaN.
+    """
+    with torch.no_grad():
+        z = _as_float64(features, "features", 2)
+        if drop_zero_rows:
+            z = z[torch.linalg.vector_norm(z, dim=1) > 0]
+        if z.shape[0] == 0:
+            return math.nan
+        return float(spectral_entropy(_feature_matrix(_normalise_rows(z, "features"))))
+
+
+def _between_entropies(ah: Tensor, bh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact ``(H(K_A), H(K_B), H(K_A o K_B))`` for unit rows ``ah`` [n, p], ``bh`` [n, q]."""
+    n = ah.shape[0]
+    ca = _row_space_coordinates(ah) if ah.shape[1] < n else ah
+    cb = _row_space_coordinates(bh) if bh.shape[1] < n else bh
+    return (
+        spectral_entropy(_feature_matrix(ah)),
+        spectral_entropy(_feature_matrix(bh)),
+        spectral_entropy(_hadamard_matrix(ca, cb)),
+    )
 
 
 def interplay_between(
     features_a: Tensor,
     features_b: Tensor,
     *,
+    estimate: Estimate = "exact",
+    batch_size: int = 256,
+    seed: int = 0,
+    drop_zero_rows: bool = False,
     max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM,
 ) -> Interplay:
     """Interplay between two views of the same n samples (e.g. dense vs pruned features).
 
     ``features_a`` [n, d1] and ``features_b`` [n, d2] give ``K_A`` and ``K_B`` (rows
     normalised); ``h_z = H(K_A)``, ``h_w = H(K_B)``, ``h_zw = H(K_A o K_B)``. The joint
-    entropy uses the d1'*d2' Khatri-Rao route after rank compression when it is smaller
-    than n. ``n_classes`` is None.
+    entropy uses the d1'*d2' Khatri-Rao route (``Phi_i = a_i (x) b_i``) after rank
+    compression when it is smaller than n. ``estimate``, ``batch_size``, ``seed`` and
+    ``max_exact_dim`` are as for :func:`interplay`; ``drop_zero_rows`` drops samples with a
+    zero row in either view. ``n_classes`` is None.
     """
     with torch.no_grad():
         a = _as_float64(features_a, "features_a", 2)
@@ -508,18 +561,30 @@ def interplay_between(
                 f"features_a has {a.shape[0]} rows but features_b has {b.shape[0]}: both must "
                 "hold the same samples in the same order"
             )
+        if drop_zero_rows:
+            keep = (torch.linalg.vector_norm(a, dim=1) > 0) & (
+                torch.linalg.vector_norm(b, dim=1) > 0
+            )
+            a, b = a[keep], b[keep]
         if a.shape[0] == 0:
             raise InputError("features are empty (n = 0): at least one sample is needed")
         ah = _normalise_rows(a, "features_a")
         bh = _normalise_rows(b, "features_b")
         n = a.shape[0]
-        _check_size(min(n, max(a.shape[1], b.shape[1])), max_exact_dim, "interplay")
-        h_a = float(spectral_entropy(_feature_matrix(ah)))
-        h_b = float(spectral_entropy(_feature_matrix(bh)))
-        ca = _row_space_coordinates(ah) if ah.shape[1] < n else ah
-        cb = _row_space_coordinates(bh) if bh.shape[1] < n else bh
-        _check_size(min(n, ca.shape[1] * cb.shape[1]), max_exact_dim, "joint entropy")
-        h_ab = float(spectral_entropy(_hadamard_matrix(ca, cb)))
+
+        def entropies_of(idx):
+            if idx is None:
+                return _between_entropies(ah, bh)
+            idx = idx.to(ah.device)
+            return _between_entropies(ah[idx], bh[idx])
+
+        def check_size(m):
+            widest = max(a.shape[1], b.shape[1])
+            _check_size(min(m, widest * widest), max_exact_dim, "interplay")
+
+        (h_a, h_b, h_ab), batches, size = _estimated(
+            entropies_of, n, estimate, batch_size, seed, check_size
+        )
     mi = h_a + h_b - h_ab
     mir, hdr, note = _ratios(h_a, h_b, mi)
-    return Interplay(h_a, h_b, h_ab, mi, mir, hdr, n, None, note=note)
+    return Interplay(h_a, h_b, h_ab, mi, mir, hdr, n, None, estimate, size, batches, note)

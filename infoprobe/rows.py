@@ -21,9 +21,9 @@ from infoprobe.info import (
     DEFAULT_MAX_EXACT_DIM,
     Estimate,
     Interplay,
+    feature_entropy,
     interplay,
     nc_optimum,
-    spectral_entropy,
 )
 
 COLUMNS: tuple[str, ...] = (
@@ -142,22 +142,6 @@ class EvaluatedWithLogits(Evaluated, Protocol):
     logits: Tensor | None
 
 
-def _within_class_entropy(features: Tensor) -> tuple[float, float]:
-    """``H(K_Z)`` of one class's features (nats) and its ceiling ``log min(n, d)``.
-
-    The nonzero eigenvalues of ``Zh Zh^T / n`` are those of ``Zh^T Zh / n``: the smaller side
-    is solved. Zero feature rows have no direction and are left out.
-    """
-    z = features.to(torch.float64)
-    z = z[torch.linalg.vector_norm(z, dim=1) > 0]
-    n, d = z.shape
-    if n == 0:
-        return float("nan"), float("nan")
-    zh = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
-    gram = zh.T @ zh if d < n else zh @ zh.T
-    return float(spectral_entropy(gram / n)), math.log(min(n, d))
-
-
 def per_class_rows(
     checkpoint: str, evaluation: EvaluatedWithLogits, classes: list[str] | None = None
 ) -> list[dict]:
@@ -180,7 +164,9 @@ def per_class_rows(
         if logits is not None:
             accuracy = float((logits[mask].argmax(1) == c).double().mean())
             loss = float(F.cross_entropy(logits[mask].double(), labels[mask]))
-        h_z, h_max = _within_class_entropy(z)
+        # Zero rows have no direction and are left out of the class's entropy.
+        h_z = feature_entropy(z, drop_zero_rows=True)
+        h_max = math.log(min(len(z), z.shape[1]))
         centred = z.double().mean(0) - global_mean
         cos = F.cosine_similarity(centred, evaluation.head[c].double(), dim=0)
         rows.append({

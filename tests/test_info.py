@@ -362,3 +362,34 @@ def test_invariances(case, seed):
         assert (other.h_z, other.h_w, other.h_zw) == pytest.approx(
             (base.h_z, base.h_w, base.h_zw), abs=EXACT
         )
+
+
+def test_between_batch_estimate_and_zero_rows():
+    g = torch.Generator().manual_seed(9)
+    a = torch.randn(130, 7, generator=g, dtype=torch.float64)
+    b = a + 0.5 * torch.randn(130, 7, generator=g, dtype=torch.float64)
+    got = interplay_between(a, b, estimate="batch", batch_size=40, seed=1)
+    parts = batch_indices(130, 40, 1)
+    want = sum(interplay_between(a[p], b[p]).h_zw for p in parts) / len(parts)
+    assert got.h_zw == pytest.approx(want, abs=EXACT)
+    assert (got.estimate, got.n_batches, got.batch_size) == ("batch", 3, 40)
+    b[5] = 0
+    with pytest.raises(InputError, match="features_b has 1 zero-norm row"):
+        interplay_between(a, b)
+    kept = interplay_between(a, b, drop_zero_rows=True)
+    assert kept.n_samples == 129
+    assert kept.h_zw == pytest.approx(interplay_between(a[b.norm(dim=1) > 0],
+                                                        b[b.norm(dim=1) > 0]).h_zw, abs=EXACT)
+
+
+def test_feature_entropy():
+    z, _, _ = random_case(60, 9, 2, 3)
+    zh = z / z.norm(dim=1, keepdim=True)
+    assert info.feature_entropy(z) == pytest.approx(brute_entropy(zh @ zh.T), abs=EXACT)
+    z[0] = 0
+    with pytest.raises(InputError, match="zero-norm"):
+        info.feature_entropy(z)
+    assert info.feature_entropy(z, drop_zero_rows=True) == pytest.approx(
+        brute_entropy(zh[1:] @ zh[1:].T), abs=EXACT
+    )
+    assert math.isnan(info.feature_entropy(torch.zeros(3, 4), drop_zero_rows=True))

@@ -32,7 +32,7 @@ from torch.nn.utils import prune
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
-from infoprobe.info import Interplay, _ratios, batch_indices, interplay_between
+from infoprobe.info import Interplay, interplay_between
 from infoprobe.rows import MeasureOptions
 from infoprobe.sweeps import (
     DEFAULT_MEASURE,
@@ -188,26 +188,17 @@ class _DenseWeights:
 
 
 def _dense_interplay(dense: Tensor, pruned: Tensor, options: MeasureOptions) -> Interplay:
-    """MIR/HDR between dense features [n, d] and pruned features [n, d] (same samples).
-
-    Follows ``options`` like :func:`infoprobe.rows.measure`: ``drop_zero_rows`` drops
-    samples with a zero row on either side; ``estimate="batch"`` averages the entropies
-    over the same seeded batches as the features-vs-head estimate, then derives MI/MIR/HDR.
-    """
-    if options.drop_zero_rows:
-        keep = (dense.norm(dim=1) > 0) & (pruned.norm(dim=1) > 0)
-        dense, pruned = dense[keep], pruned[keep]
-    if options.estimate != "batch":
-        return interplay_between(dense, pruned, max_exact_dim=options.max_exact_dim)
-    parts = batch_indices(dense.shape[0], options.batch_size, options.seed)
-    results = [interplay_between(dense[i], pruned[i], max_exact_dim=options.max_exact_dim)
-               for i in parts]
-    h_a, h_b, h_ab = (sum(getattr(r, f) for r in results) / len(results)
-                      for f in ("h_z", "h_w", "h_zw"))
-    mi = h_a + h_b - h_ab
-    mir, hdr, note = _ratios(h_a, h_b, mi)
-    return Interplay(h_a, h_b, h_ab, mi, mir, hdr, dense.shape[0], None, "batch",
-                     options.batch_size, len(parts), note)
+    """MIR/HDR between dense features [n, d] and pruned features [n, d] (same samples),
+    following ``options`` like :func:`infoprobe.rows.measure` (same batches, same drops)."""
+    return interplay_between(
+        dense,
+        pruned,
+        estimate=options.estimate,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        drop_zero_rows=options.drop_zero_rows,
+        max_exact_dim=options.max_exact_dim,
+    )
 
 
 def _prune_row(ratio: float, targets: list[Target], dense: probe.Evaluation,
