@@ -106,3 +106,23 @@ def _quiet_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         yield
+
+
+@pytest.fixture
+def evaluate_calls():
+    """``evaluate_calls(monkeypatch)`` wraps probe.evaluate and returns the list that
+    receives the model of every call (to count passes and check the model object)."""
+    from infoprobe import probe
+
+    def install(monkeypatch) -> list[nn.Module]:
+        seen: list[nn.Module] = []
+        real = probe.evaluate
+
+        def spy(model, *args, **kwargs):
+            seen.append(model)
+            return real(model, *args, **kwargs)
+
+        monkeypatch.setattr(probe, "evaluate", spy)
+        return seen
+
+    return install

@@ -79,19 +79,6 @@ def assert_rows_close(got: dict, want: dict, rel: float = 0.0, abs_: float = 0.0
     assert got["estimate"] == want["estimate"]
 
 
-def evaluated_models(monkeypatch) -> list[nn.Module]:
-    """Wrap probe.evaluate; the returned list receives the model of every call."""
-    seen: list[nn.Module] = []
-    real = probe.evaluate
-
-    def spy(model, *args, **kwargs):
-        seen.append(model)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(probe, "evaluate", spy)
-    return seen
-
-
 def fresh_model(state: dict) -> nn.Module:
     model = make_model(7)
     model.load_state_dict(state)
@@ -190,14 +177,14 @@ def test_symmetry_a_to_b_at_alpha_equals_b_to_a_at_one_minus_alpha(states, data)
         assert_rows_close(row, by_alpha[round(1 - row["alpha"], 9)], rel=1e-5, abs_=1e-6)
 
 
-def test_one_model_object_and_no_deep_copy(states, data, monkeypatch):
+def test_one_model_object_and_no_deep_copy(states, data, monkeypatch, evaluate_calls):
     a, b = states
     model = fresh_model(a)
     def no_deepcopy(*args, **kwargs):
         raise AssertionError("deepcopy called")
 
     monkeypatch.setattr(copy, "deepcopy", no_deepcopy)
-    seen = evaluated_models(monkeypatch)
+    seen = evaluate_calls(monkeypatch)
     rows = list(lmc_sweep(model, a, b, data, [0.0, 0.5, 1.0], eval_kwargs=EVAL))
     assert len(rows) == 3 and len(seen) == 3 and all(m is model for m in seen)
     # afterwards the model holds the last point's weights (B)
@@ -213,12 +200,14 @@ def test_state_taken_from_the_model_itself_is_not_corrupted(states, data):
     assert_rows_close(rows[1], alone)
 
 
-def test_resume_skips_finished_alphas_and_gives_the_same_rows(states, data, monkeypatch):
+def test_resume_skips_finished_alphas_and_gives_the_same_rows(
+    states, data, monkeypatch, evaluate_calls
+):
     a, b = states
     model = fresh_model(a)
     alphas = parse_alphas(steps=5)
     full = list(lmc_sweep(model, a, b, data, alphas, eval_kwargs=EVAL))
-    calls = evaluated_models(monkeypatch)
+    calls = evaluate_calls(monkeypatch)
     sweep = lmc_sweep(model, a, b, data, alphas, eval_kwargs=EVAL)
     finished = [next(sweep), next(sweep)]  # interrupted after two rows
     sweep.close()

@@ -82,19 +82,6 @@ def assert_rows_close(got: dict, want: dict, rel: float = 0.0) -> None:
         assert (math.isnan(g) and math.isnan(w)) or g == pytest.approx(w, rel=rel), key
 
 
-def evaluated_models(monkeypatch) -> list[nn.Module]:
-    """Wrap probe.evaluate; the returned list receives the model of every call."""
-    seen: list[nn.Module] = []
-    real = probe.evaluate
-
-    def spy(model, *args, **kwargs):
-        seen.append(model)
-        return real(model, *args, **kwargs)
-
-    monkeypatch.setattr(probe, "evaluate", spy)
-    return seen
-
-
 def zero_patterns(model: nn.Module) -> list[torch.Tensor]:
     return [(m.weight == 0).clone() for m in model.modules()
             if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -222,10 +209,10 @@ def test_pruned_rows_are_the_analysis_of_the_pruned_model():
     assert rows[1]["hdr_dense"] > 0 and rows[0]["hdr_dense"] == 0
 
 
-def test_ratio_zero_equals_analyze(data, monkeypatch):
+def test_ratio_zero_equals_analyze(data, monkeypatch, evaluate_calls):
     model = efficientnet()
     alone = analysis_row("m", probe.evaluate(efficientnet(), data, **EVAL))
-    calls = evaluated_models(monkeypatch)
+    calls = evaluate_calls(monkeypatch)
     rows = list(prune_sweep(model, data, [0.0, 0.3], name="m", eval_kwargs=EVAL))
     assert len(calls) == 2  # the dense evaluation serves ratio 0
     assert {k: rows[0][k] for k in COLUMNS} == alone
@@ -343,13 +330,13 @@ def test_model_is_dense_after_an_early_stop_or_a_failure(data, monkeypatch):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
-def test_no_deep_copy_and_one_model_object(data, monkeypatch):
+def test_no_deep_copy_and_one_model_object(data, monkeypatch, evaluate_calls):
     model = efficientnet()
     def no_deepcopy(*args, **kwargs):
         raise AssertionError("deepcopy called")
 
     monkeypatch.setattr(copy, "deepcopy", no_deepcopy)
-    seen = evaluated_models(monkeypatch)
+    seen = evaluate_calls(monkeypatch)
     rows = list(prune_sweep(model, data, [0.2, 0.5], method="random", eval_kwargs=EVAL))
     assert len(rows) == 2 and len(seen) == 3 and all(m is model for m in seen)
 
@@ -361,13 +348,13 @@ def test_channels_last_weights_can_be_pruned(data):
     assert row["sparsity"] == round(0.5 * total) / total
 
 
-def test_resume_skips_finished_ratios(data, monkeypatch):
+def test_resume_skips_finished_ratios(data, monkeypatch, evaluate_calls):
     model = efficientnet()
     ratios = [0.0, 0.3, 0.6]
     for iterative in (False, True):
         full = list(prune_sweep(model, data, ratios, method="random", iterative=iterative,
                                 eval_kwargs=EVAL))
-        calls = evaluated_models(monkeypatch)
+        calls = evaluate_calls(monkeypatch)
         rest = list(prune_sweep(model, data, ratios, method="random", iterative=iterative,
                                 skip=[0.0, 0.3], eval_kwargs=EVAL))
         assert len(calls) == 2 and [r["ratio"] for r in rest] == [0.6]  # dense + 0.6

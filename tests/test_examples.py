@@ -1,0 +1,83 @@
+"""The examples keep working: each one runs with ``--quick`` into a temporary folder.
+
+The scripts run in this process (importing torch and timm once keeps the file fast); each
+must write its CSV, with the shared column schema and its own columns, a PNG figure and a
+summary. The full runs (minutes each) are not part of the test suite; see docs/results.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from infoprobe.rows import COLUMNS
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+#: script -> (CSV, PNG, the script's own columns)
+OUTPUTS = {
+    "01_training_dynamics": ("training_dynamics.csv", "training_dynamics.png",
+                             ("split", "step", "epoch")),
+    "02_label_smoothing": ("label_smoothing.csv", "label_smoothing.png",
+                           ("split", "seed", "label_smoothing")),
+    "03_lmc": ("lmc.csv", "lmc.png", ("pair", "bn_reset", "alpha")),
+    "04_pruning": ("pruning.csv", "pruning.png",
+                   ("method", "ratio", "sparsity", "mir_dense", "hdr_dense")),
+    "05_grokking": ("grokking.csv", "grokking.png", ("split", "step", "weight_norm")),
+    "06_interplay_loss": ("interplay_loss.csv", "interplay_loss.png",
+                          ("seed", "arm", "lambda_mi", "lambda_hdr")),
+}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_example_quick_run_writes_csv_and_png(name, tmp_path):
+    out = tmp_path / name
+    _load(name).main(["--quick", "--out", str(out)])
+    csv, png, own = OUTPUTS[name]
+    frame = pd.read_csv(out / csv)
+    assert len(frame) > 0
+    missing = [c for c in (*own, *COLUMNS) if c not in frame.columns]
+    assert not missing, f"{csv} lacks {missing}"
+    assert frame["mir"].between(0, 1).all() and frame["hdr"].between(0, 1).all()
+    assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(json.loads((out / "summary.json").read_text()), dict)
+
+
+def test_every_example_is_tested():
+    scripts = {p.stem for p in EXAMPLES.glob("[0-9][0-9]_*.py")}
+    assert scripts == set(OUTPUTS)
+
+
+def test_grokking_model_takes_integer_and_float_tokens():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from grokking_model import factory, modular_addition
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    x, y = modular_addition(7)
+    assert x.shape == (49, 2) and x.dtype == torch.int64 and int(y[-1]) == (6 + 6) % 7
+    model = factory(num_classes=7, in_chans=None, d_embed=4, d_hidden=8).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x.float()))
+        assert model.forward_features(x).shape == (49, model.num_features)
+    assert model.get_classifier() is model.head
