@@ -1,13 +1,12 @@
 """A small model for modular addition, loadable by infoprobe as a custom architecture.
 
-Give it to infoprobe as ``--arch examples/grokking_model.py:factory`` (the path is relative to
-the working directory; an absolute path works from anywhere). infoprobe calls
+Give it to infoprobe as ``--arch examples/grokking_model.py:factory`` (a relative path is looked
+for in the working directory, then beside a checkpoint that records it). infoprobe calls
 ``factory(num_classes=..., **model_kwargs)`` with what the checkpoint records.
 
 The input is a pair of tokens ``(a, b)`` with ``a, b`` in ``0..p-1``, shaped ``[n, 2]``; the
-target is ``(a + b) mod p``. Tensor-file datasets reach the model as float tensors (infoprobe's
-data loader converts inputs to float32), so :meth:`ModAddMLP.forward_features` rounds and casts
-them back to integer token ids.
+target is ``(a + b) mod p``. infoprobe feeds int64 token ids from tensor files as they are;
+float token ids (from other loaders) are rounded back to integers.
 
 Shape of the network (an MLP in the style of Liu et al., "Omnigrok", and Gromov, "Grokking
 modular arithmetic")::
@@ -54,7 +53,7 @@ class ModAddMLP(nn.Module):
     def _tokens(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != 2:
             raise ValueError(f"expected token pairs of shape [n, 2], got {tuple(x.shape)}")
-        if x.is_floating_point():  # tensor files arrive as float32; token ids are exact there
+        if x.is_floating_point():  # float token ids are exact up to 2**24
             x = x.round()
         return x.long()
 

@@ -343,10 +343,14 @@ def _is_custom(arch: str) -> bool:
     return bool(sep) and bool(right) and left not in ("hf-hub", "hf_hub", "timm", "local-dir")
 
 
-def _import_factory(arch: str):
+def _import_factory(arch: str, base: Path | None = None):
+    """The factory of ``file.py:name`` or ``package.module:name``. A relative ``file.py``
+    is found from the working directory, else (``base``) beside the checkpoint recording it."""
     target, _, name = arch.rpartition(":")
     if target.endswith(".py"):
         file = Path(target).expanduser()
+        if not file.is_file() and base is not None and (base / file).is_file():
+            file = base / file
         if not file.is_file():
             raise InputError(f"--arch {arch}: model file {file} does not exist; check the path")
         # a stable module name per file so repeated builds reuse one import
@@ -400,18 +404,19 @@ def _accepts(factory, name: str) -> bool:
 
 def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = None,
                 model_kwargs: dict[str, Any] | None = None,
-                inferred: tuple[str, ...] = ()) -> nn.Module:
+                inferred: tuple[str, ...] = (), base: Path | None = None) -> nn.Module:
     """Build an untrained model: a timm name (``pretrained=False``, nothing is downloaded) or
     ``path/to/file.py:factory`` / ``package.module:factory``, called with ``num_classes``,
     ``in_chans`` (when given) and ``model_kwargs``. Names in ``inferred`` (values guessed from
-    a checkpoint, not given by the user) are dropped for factories that do not take them."""
+    a checkpoint, not given by the user) are dropped for factories that do not take them.
+    ``base``: a folder where a relative ``file.py`` is also looked for (the checkpoint's)."""
     kwargs = dict(model_kwargs or {})
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
     if in_chans is not None:
         kwargs["in_chans"] = int(in_chans)
     if _is_custom(arch):
-        factory = _import_factory(arch)
+        factory = _import_factory(arch, base)
         for name in inferred:
             if name in kwargs and not _accepts(factory, name):
                 del kwargs[name]
@@ -588,6 +593,7 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
             f"checkpoint {p} records arch '{recorded}', which imports and runs that code; "
             f"pass --arch {recorded} yourself or --trust-checkpoint"
         )
+    base = p.parent if arch is None else None  # a recorded file.py may sit beside the file
     arch = arch or recorded
     if not arch:
         raise InputError(
@@ -600,7 +606,7 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     in_chans = in_chans or meta.get("in_chans") or _infer_in_chans(sd, arch)
     kwargs = {**(meta.get("model_kwargs") or {}), **(model_kwargs or {})}
     model = build_model(arch, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs,
-                        inferred=guessed)
+                        inferred=guessed, base=base)
     _load_strict(model, sd, p, arch, num_classes)
     model = model.float().eval()
     if num_classes is None:

@@ -62,7 +62,7 @@ _OUTPUT = "Output"
 def _say_error(message: str) -> None:
     """Print ``infoprobe: error: MESSAGE`` on one line of stderr."""
     one_line = " ".join(str(message).split())
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
+    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
         f"{PROG}: error: {one_line}", markup=False
     )
 
@@ -613,11 +613,13 @@ def _preflight(opts: Options, *, plot: str | None = None, save_features: str | N
 
 def _stdout() -> Console:
     # a pipe or file gets wide tables rather than folded cells; a terminal keeps its width
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _log(message: str) -> None:
-    Console(stderr=True, highlight=False).print(message, style="dim", markup=False)
+    Console(stderr=True, highlight=False, emoji=False).print(
+        message, style="dim", markup=False
+    )
 
 
 def _progress():

@@ -4,7 +4,8 @@ A data spec is a path:
 
 - a tensor file (``.safetensors``, ``.pt``/``.pth``, ``.npz``) holding inputs ``x`` (aliases
   ``inputs``/``images``/``data``) and integer labels ``y`` (``labels``/``targets``); the
-  inputs are fed to the model as they are (cast to float32);
+  inputs are fed to the model as they are (int32/int64 token ids kept, others cast to
+  float32);
 - a folder with one subfolder per class (optionally under a split folder such as ``val/``),
   or a torchvision CIFAR-10/100 folder already on disk (``cifar-10-batches-py`` /
   ``cifar-100-python`` or its parent). Images go through timm's dataset factory and timm's
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
+# Integer dtypes that models index with (nn.Embedding); inputs of these stay integer.
+_INDEX_DTYPES = (torch.int32, torch.int64)
 _INPUT_KEYS = ("x", "inputs", "images", "data")
 _LABEL_KEYS = ("y", "labels", "targets")
 _CIFAR_DIRS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
@@ -55,7 +58,8 @@ _IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 class LabelledTensors:
     """A whole dataset in memory.
 
-    ``inputs``: float32 [n, ...] exactly as fed to the model; ``labels``: int64 [n], >= 0;
+    ``inputs``: [n, ...] exactly as fed to the model (float32, or int32/int64 token ids);
+    ``labels``: int64 [n], >= 0;
     ``source``: where it came from; ``classes``: class names by index when known.
     Instances served from a cache are shared: treat the tensors as read-only.
     """
@@ -215,8 +219,11 @@ def _load_tensor_file(path: Path) -> LabelledTensors:
     if x.shape[0] == 0:
         raise InputError(f"data file {path} is empty (0 samples)")
     labels = validate_labels(y, int(x.shape[0]), f"data file {path}")
-    x = x.float()
-    if not torch.isfinite(x).all():
+    if x.is_complex():
+        raise InputError(f"data file {path}: inputs have dtype {x.dtype}; store real inputs")
+    if x.dtype not in _INDEX_DTYPES:
+        x = x.float()  # the model's weights are float32; int32/int64 token ids stay as they are
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise InputError(f"data file {path}: inputs contain NaN/Inf; clean the data")
     return LabelledTensors(inputs=x, labels=labels, source=str(path), classes=classes)
 

@@ -70,7 +70,7 @@ class RichProgress:
     """
 
     def __init__(self, *, enabled: bool | None = None, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, emoji=False)
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.enabled = enabled

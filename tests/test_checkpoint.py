@@ -121,6 +121,21 @@ def test_custom_file_factory_and_inferred_sizes(tmp_path):
     assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
 
 
+def test_recorded_relative_factory_is_found_beside_the_checkpoint(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_custom_model(run_dir)  # run/model.py
+    ref = ck.build_model(f"{run_dir / 'model.py'}:factory", num_classes=3, in_chans=1).eval()
+    p = run_dir / "w.safetensors"
+    save_file(ref.state_dict(), str(p), metadata={"arch": "model.py:factory"})
+    monkeypatch.chdir(tmp_path)  # model.py is not in the working directory
+    loaded = ck.load_model(p, trust_checkpoint=True)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
+    with pytest.raises(InputError, match="does not exist"):
+        ck.load_model(p, arch="model.py:factory")  # a user-given path is not re-based
+
+
 def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()

@@ -315,6 +315,12 @@ def test_bad_input_is_one_line_and_exit_2(args, words, monkeypatch):
     one_line_error(run(*args, code=2), *words)
 
 
+def test_error_text_is_printed_literally():
+    """rich must not turn ':factory:' into an emoji or '[...]' into markup."""
+    result = run("analyze", A, *FAST, "--arch", "[missing].py:factory", code=2)
+    assert "--arch [missing].py:factory: model file [missing].py" in result.stderr
+
+
 def test_runtime_failure_exits_1(monkeypatch):
     def boom(*args, **kwargs):
         raise RunFailure("out of memory at batch size 1; use --device cpu")

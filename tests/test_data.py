@@ -54,6 +54,13 @@ def test_integral_float_labels_accepted_and_int_inputs_cast(tmp_path):
     assert d.inputs.dtype == torch.float32 and d.inputs[5, 1] == 11.0
 
 
+def test_token_id_inputs_stay_integer(tmp_path):
+    p = tmp_path / "tokens.pt"
+    torch.save({"x": torch.tensor([[1, 2], [3, 4]]), "y": torch.tensor([0, 1])}, p)
+    d = load_data(p, cache=None)
+    assert d.inputs.dtype == torch.int64 and d.inputs.tolist() == [[1, 2], [3, 4]]
+
+
 @pytest.mark.parametrize(("content", "match"), [
     ({"x": torch.zeros(0, 3), "y": torch.zeros(0, dtype=torch.long)}, "empty"),
     ({"x": torch.zeros(4, 3), "y": torch.tensor([0.0, 0.5, 1.0, 2.0])}, "not integers"),
