@@ -458,6 +458,10 @@ def prune(
         "--iterative", panel="Sweep",
         help="Prune each ratio on top of the previous one instead of from the dense "
         "weights.")] = False,
+    dense_metrics: Annotated[bool, _opt(
+        "--dense-metrics/--no-dense-metrics", panel="Sweep",
+        help="Compute mir_dense/hdr_dense (pruned vs dense features): one more exact "
+        "eigen-solve per ratio, up to n x n.")] = True,
     resume: Resume = False,
     plot: Plot = None,
     *,
@@ -468,8 +472,8 @@ def prune(
     There is no fine-tuning: each row measures the pruned weights as they are. mir_dense and
     hdr_dense compare the pruned model's features with the dense model's on the same samples.
     """
-    _prune(checkpoint, _PruneSweep(ratios, method.value, include_head, iterative), resume,
-           plot, opts)
+    sweep = _PruneSweep(ratios, method.value, include_head, iterative, dense_metrics)
+    _prune(checkpoint, sweep, resume, plot, opts)
 
 
 def main() -> None:
@@ -749,6 +753,7 @@ class _PruneSweep:
     method: str
     include_head: bool
     iterative: bool
+    dense_metrics: bool
 
 
 def _sweep_csv(command: str, key: str, name: str, n_samples: int, resume: bool,
@@ -830,8 +835,8 @@ def _prune(checkpoint: str, sweep: _PruneSweep, resume: bool, plot: str | None,
         log = _sweep_csv("prune", "ratio", checkpoint, len(data), resume, opts, measure)
         rows = _run_sweep(log, prune_lib.prune_sweep(
             loaded.model, data, ratios, method=sweep.method, include_head=sweep.include_head,
-            seed=opts.seed, iterative=sweep.iterative, name=checkpoint,
-            eval_kwargs=_eval_kwargs(opts), measure=measure, skip=log.done,
+            seed=opts.seed, iterative=sweep.iterative, dense_metrics=sweep.dense_metrics,
+            name=checkpoint, eval_kwargs=_eval_kwargs(opts), measure=measure, skip=log.done,
             progress=progress), len(ratios))
     _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({sweep.method}, "
           "no fine-tuning)", key="ratio",

@@ -262,6 +262,17 @@ def test_prune_ratio_zero_equals_analyze_and_sparsity_is_measured(tmp_path):
     assert "no fine-tuning" in result.stdout
 
 
+def test_prune_without_dense_metrics(tmp_path):
+    with_dense, without = tmp_path / "a.csv", tmp_path / "b.csv"
+    run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", with_dense)
+    run("prune", A, *FAST, "--ratios", "0,0.5", "--no-dense-metrics", "--csv", without)
+    a, b = pd.read_csv(with_dense), pd.read_csv(without)
+    assert a["hdr_dense"][0] == pytest.approx(0.0, abs=1e-12)  # dense vs itself
+    assert b["mir_dense"].isna().all() and b["hdr_dense"].isna().all()
+    assert b["note"].str.contains("dense_metrics=False").all()
+    assert a["mir"].tolist() == b["mir"].tolist()
+
+
 def test_prune_resume_skips_finished_ratios(tmp_path, monkeypatch):
     csv = tmp_path / "prune.csv"
     run("prune", A, *FAST, "--ratios", "0", "--csv", csv)
