@@ -107,16 +107,16 @@ def test_check_output_rejects_bad_paths(tmp_path):
         report.check_output(tmp_path, "--json")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_check_output_rejects_read_only_folder(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(InputError, match="not writable"):
-            report.check_output(locked / "out.csv", "--csv")
-    finally:
-        locked.chmod(stat.S_IRWXU)
+def test_check_output_rejects_read_only_folder_and_file(tmp_path, monkeypatch):
+    # os.access stands in for permissions: as root (CI) a chmod would not deny anything
+    existing = tmp_path / "old.csv"
+    existing.write_text("x")
+    monkeypatch.setattr(report.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(InputError, match="folder .* is not writable"):
+        report.check_output(tmp_path / "out.csv", "--csv")
+    monkeypatch.setattr(report.os, "access", lambda path, mode: Path(path) != existing)
+    with pytest.raises(InputError, match="exists and is not writable"):
+        report.check_output(existing, "--csv")
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
