@@ -364,7 +364,10 @@ def _ratios(h_a: float, h_b: float, mi: float) -> tuple[float, float, str]:
         mir = mi / low
     else:
         mir = math.nan
-        notes.append("MIR is undefined (0/0): an entropy is 0 (one sample, or one class present)")
+        notes.append(
+            "MIR is undefined (0/0): an entropy is 0, so all vectors on that side point one "
+            "way (one sample, one class present, or features collapsed to one direction)"
+        )
     if high > 0:
         hdr = abs(h_a - h_b) / high
     else:
