@@ -16,7 +16,6 @@ classes) and the entropy-difference ratio HDR falls toward 0.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -72,11 +71,8 @@ def main(argv=None) -> None:
     rows.insert(2, "epoch", rows["step"] / spe)
     C.write_csv(rows, args.out / "training_dynamics.csv")
     summary = summarise(rows)
-    summary["seconds"] = round(timer.seconds, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.out / "training_dynamics.png")
-    C.log(json.dumps(summary, indent=2))
-    C.log(f"wrote {args.out / 'training_dynamics.csv'} and .png ({timer})")
+    C.finish(args.out, "training_dynamics", summary, timer)
 
 
 def summarise(rows) -> dict:

@@ -15,7 +15,6 @@ toward the neural-collapse optimum, along with its accuracy gain.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -80,11 +79,8 @@ def main(argv=None) -> None:
             if frame[col].nunique() > 1 and frame.label_smoothing.nunique() > 1:
                 summary[f"{split}_spearman_eps_{col}"] = round(
                     float(frame.label_smoothing.corr(frame[col], method="spearman")), 3)
-    summary["seconds"] = round(timer.seconds, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.out / "label_smoothing.png")
-    C.log(table.to_string())
-    C.log(f"wrote {args.out / 'label_smoothing.csv'} and .png ({timer})")
+    C.finish(args.out, "label_smoothing", summary, timer, show=table.to_string())
 
 
 def plot(rows, path: Path) -> None:

@@ -88,11 +88,8 @@ def main(argv=None) -> None:
             "hdr_ends_mean": round(float(ends.hdr.mean()), 4),
             "hdr_max_inside": round(float(inner.hdr.max()), 4) if len(inner) else None,
         }
-    summary["seconds"] = round(timer.seconds, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.out / "lmc.png")
-    C.log(json.dumps(summary, indent=2))
-    C.log(f"wrote {args.out / 'lmc.csv'} and .png ({timer})")
+    C.finish(args.out, "lmc", summary, timer)
 
 
 def plot(rows, path: Path) -> None:

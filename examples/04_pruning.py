@@ -17,7 +17,6 @@ HDR up), tracking the loss of accuracy.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -79,11 +78,8 @@ def main(argv=None) -> None:
                 float(frame.ratio.corr(frame.hdr_dense, method="spearman")), 3)
             summary[method]["spearman_accuracy_mir_dense"] = round(
                 float(frame.accuracy.corr(frame.mir_dense, method="spearman")), 3)
-    summary["seconds"] = round(timer.seconds, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(rows, args.out / "pruning.png")
-    C.log(json.dumps(summary, indent=2))
-    C.log(f"wrote {args.out / 'pruning.csv'} and .png ({timer})")
+    C.finish(args.out, "pruning", summary, timer)
 
 
 def plot(rows, path: Path) -> None:

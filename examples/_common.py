@@ -321,3 +321,11 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     v = torch.tensor(list(values), dtype=torch.float64)
     return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
+
+
+def finish(out: Path, name: str, summary: dict, timer, show: str | None = None) -> None:
+    """Write ``summary.json`` (with the run time) and log it, or ``show`` when given."""
+    summary["seconds"] = round(timer.seconds, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(show if show is not None else json.dumps(summary, indent=2))
+    log(f"wrote {out / (name + '.csv')} and .png ({timer})")
