@@ -32,6 +32,7 @@ import struct
 import sys
 import zipfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -506,9 +507,46 @@ def _infer_in_chans(state_dict: dict[str, Tensor], arch: str | None) -> int | No
 
 
 def _short(items: list, n: int = _LIST_MAX) -> str:
+    return "[" + short_list(items, n) + "]"
+
+
+def short_list(items: list, n: int = _LIST_MAX) -> str:
+    """The first ``n`` items, comma-separated, then ``+K more``: for one-line errors."""
     items = [str(i) for i in items]
     more = f", +{len(items) - n} more" if len(items) > n else ""
-    return "[" + ", ".join(items[:n]) + more + "]"
+    return ", ".join(items[:n]) + more
+
+
+@dataclass(frozen=True)
+class StateDiff:
+    """How two state dicts differ: keys only in each, and ``(key, shape_a, shape_b)`` of
+    tensors whose shape or kind (floating point or not) differs."""
+
+    only_a: list[str]
+    only_b: list[str]
+    mismatched: list[tuple[str, tuple, tuple]]
+
+    def __bool__(self) -> bool:
+        return bool(self.only_a or self.only_b or self.mismatched)
+
+
+def _optional_key(key: str) -> bool:
+    # Old checkpoints lack BatchNorm's step counter; it never affects evaluation.
+    return key.endswith("num_batches_tracked")
+
+
+def compare_states(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> StateDiff:
+    """The differences between two state dicts, BatchNorm step counters ignored."""
+    return StateDiff(
+        only_a=[k for k in a if k not in b and not _optional_key(k)],
+        only_b=[k for k in b if k not in a and not _optional_key(k)],
+        mismatched=[
+            (k, tuple(a[k].shape), tuple(b[k].shape))
+            for k in a
+            if k in b and (a[k].shape != b[k].shape
+                           or a[k].is_floating_point() != b[k].is_floating_point())
+        ],
+    )
 
 
 def _likely_cause(missing, unexpected, mismatched, arch, num_classes) -> str:
@@ -547,13 +585,9 @@ def _likely_cause(missing, unexpected, mismatched, arch, num_classes) -> str:
 
 def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
                  num_classes: int | None) -> None:
-    expected = model.state_dict()
-    # old checkpoints lack BatchNorm's step counter; it does not affect evaluation
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [(k, tuple(sd[k].shape), tuple(expected[k].shape))
-                  for k in sd if k in expected and sd[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
+    diff = compare_states(sd, model.state_dict())
+    missing, unexpected, mismatched = diff.only_b, diff.only_a, diff.mismatched
+    if diff:
         parts = []
         if missing:
             parts.append(f"missing keys ({len(missing)}) {_short(missing)}")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from infoprobe import probe
+from infoprobe.checkpoint import compare_states, short_list
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, RunFailure
 from infoprobe.rows import MeasureOptions
@@ -47,41 +48,21 @@ __all__ = [
 
 #: ``--steps`` when neither ``--steps`` nor ``--alphas`` is given.
 DEFAULT_STEPS = 11
-_SHOWN = 3  # keys listed per kind of mismatch in an error message
-
-
-def _optional(key: str) -> bool:
-    # Old checkpoints lack BatchNorm's step counter; it never affects evaluation.
-    return key.endswith("num_batches_tracked")
-
-
-def _shown(items: list[str]) -> str:
-    more = f", +{len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
 
 
 def _mismatches(
     state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], name_a: str, name_b: str
 ) -> list[str]:
-    """Descriptions of the keys and shapes that differ (optional keys ignored)."""
-    only_a = [k for k in state_a if k not in state_b and not _optional(k)]
-    only_b = [k for k in state_b if k not in state_a and not _optional(k)]
-    shapes = [
-        f"{k} {tuple(state_a[k].shape)} vs {tuple(state_b[k].shape)}"
-        for k in state_a
-        if k in state_b
-        and (
-            state_a[k].shape != state_b[k].shape
-            or state_a[k].is_floating_point() != state_b[k].is_floating_point()
-        )
-    ]
+    """Descriptions of the keys and shapes that differ (BatchNorm step counters ignored)."""
+    diff = compare_states(state_a, state_b)
+    shapes = [f"{k} {sa} vs {sb}" for k, sa, sb in diff.mismatched]
     parts = []
-    if only_a:
-        parts.append(f"{len(only_a)} keys only in {name_a} ({_shown(only_a)})")
-    if only_b:
-        parts.append(f"{len(only_b)} keys only in {name_b} ({_shown(only_b)})")
+    if diff.only_a:
+        parts.append(f"{len(diff.only_a)} keys only in {name_a} ({short_list(diff.only_a, 3)})")
+    if diff.only_b:
+        parts.append(f"{len(diff.only_b)} keys only in {name_b} ({short_list(diff.only_b, 3)})")
     if shapes:
-        parts.append(f"{len(shapes)} shape/dtype mismatches ({_shown(shapes)})")
+        parts.append(f"{len(shapes)} shape/dtype mismatches ({short_list(shapes, 3)})")
     return parts
 
 
