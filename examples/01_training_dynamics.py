@@ -41,10 +41,7 @@ def main(argv=None) -> None:
     spe = config.steps_per_epoch(len(train["y"]))
     save_at = set(C.log_spaced_steps(total, 4 if args.quick else args.checkpoints))
 
-    ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for old in ckpt_dir.glob("*.safetensors"):
-        old.unlink()
+    ckpt_dir = C.fresh_checkpoint_dir(args.out)
 
     def on_step(step, model):
         if step in save_at:

@@ -36,10 +36,7 @@ def main(argv=None) -> None:
     timer = C.Timer()
     seeds = list(range(1 if args.quick else args.seeds))
     train, test, train_path, test_path = C.digits(args.out)
-    ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for old in ckpt_dir.glob("*.safetensors"):
-        old.unlink()
+    ckpt_dir = C.fresh_checkpoint_dir(args.out)
     runs = []
     for seed in seeds:
         for eps in EPSILONS:

@@ -78,10 +78,7 @@ def main(argv=None) -> None:
     model = factory(num_classes=args.p, **model_kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay, betas=(0.9, 0.98))
-    ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for old in ckpt_dir.glob("*.safetensors"):
-        old.unlink()
+    ckpt_dir = C.fresh_checkpoint_dir(args.out)
     history = []
     for step in range(args.steps + 1):
         if step % args.every == 0:

@@ -52,10 +52,7 @@ def main(argv=None) -> None:
         return criterion(features, labels, model.get_classifier().weight)
 
     arms = {"ce": None, "ce+interplay": interplay_term}
-    ckpt_dir = args.out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for old in ckpt_dir.glob("*.safetensors"):
-        old.unlink()
+    ckpt_dir = C.fresh_checkpoint_dir(args.out)
     runs = []
     for seed in seeds:
         for arm, extra in arms.items():

@@ -329,3 +329,13 @@ def finish(out: Path, name: str, summary: dict, timer, show: str | None = None) 
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log(show if show is not None else json.dumps(summary, indent=2))
     log(f"wrote {out / (name + '.csv')} and .png ({timer})")
+
+
+def fresh_checkpoint_dir(out: Path) -> Path:
+    """``out/checkpoints``, created, with checkpoints of an earlier run removed (so that
+    ``infoprobe track`` on the folder sees this run only)."""
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for old in ckpt_dir.glob("*.safetensors"):
+        old.unlink()
+    return ckpt_dir
