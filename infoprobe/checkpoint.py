@@ -54,6 +54,7 @@ __all__ = [
     "parse_model_kwargs",
     "read_state_dict",
     "series_order",
+    "series_steps",
 ]
 
 #: safetensors metadata keys that infoprobe reads (all values are strings).
@@ -676,13 +677,8 @@ def _natural_key(path: Path) -> tuple:
     return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in parts if s)
 
 
-def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> list[Path]:
-    """Order checkpoints of one run by training step.
-
-    Directories are expanded to the checkpoint files directly inside them. When every file
-    records a step (:func:`checkpoint_step`) they are sorted by it; otherwise by the numbers
-    in their file names (``ep2`` before ``ep10``).
-    """
+def _checkpoint_files(paths: list[str | Path]) -> list[Path]:
+    """Files as given, with directories expanded to the checkpoint files directly inside."""
     files: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
@@ -695,7 +691,29 @@ def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> 
             files.extend(found)
         else:
             files.append(_existing_file(p))
-    steps = [checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files]
-    if files and all(s is not None for s in steps):
-        return [f for _, _, f in sorted(zip(steps, map(_natural_key, files), files, strict=True))]
-    return sorted(files, key=_natural_key)
+    return files
+
+
+def series_steps(paths: list[str | Path], *,
+                 trust_checkpoint: bool = False) -> list[tuple[Path, int]]:
+    """Checkpoints of one run with their training step, ordered by it.
+
+    Directories are expanded to the checkpoint files directly inside them. When every file
+    records a step (:func:`checkpoint_step`) that is the step; otherwise every step is the
+    last number in the file name (``ep2`` before ``ep10``), or the position without one, so
+    the steps of one series always come from one source.
+    """
+    files = _checkpoint_files(paths)
+    recorded = [checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files]
+    if files and all(s is not None for s in recorded):
+        return [(f, s) for s, _, f in sorted(zip(recorded, map(_natural_key, files), files,
+                                                 strict=True))]
+    ordered = sorted(files, key=_natural_key)
+    numbers = [re.findall(r"\d+", f.name) for f in ordered]
+    return [(f, int(n[-1]) if n else i) for i, (f, n) in enumerate(zip(ordered, numbers,
+                                                                       strict=True))]
+
+
+def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> list[Path]:
+    """The checkpoints of :func:`series_steps`, without their steps."""
+    return [f for f, _ in series_steps(paths, trust_checkpoint=trust_checkpoint)]

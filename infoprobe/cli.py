@@ -23,7 +23,6 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
-from safetensors import safe_open
 from typer.core import TyperGroup
 
 try:  # typer >= 0.22 vendors click as typer._click
@@ -46,7 +45,6 @@ from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 
 PROG = "infoprobe"
-_FEATURES_KEYS = frozenset({"features", "labels", "head"})
 
 # Help panels group the shared options in `--help`.
 _MODEL = "Model"
@@ -556,23 +554,12 @@ def _data(spec: str, opts: Options, model: Any, progress: Any, max_samples: int 
     )
 
 
-def _is_features_file(path: str) -> bool:
-    """A .safetensors file holding 'features', 'labels' and 'head' (see probe.save_features)."""
-    if not path.lower().endswith(".safetensors") or not Path(path).is_file():
-        return False
-    try:
-        with safe_open(path, framework="pt") as f:
-            return _FEATURES_KEYS <= set(f.keys())
-    except Exception:  # unreadable: let the checkpoint loader report it
-        return False
-
-
 def _check_inputs(paths: list[str], opts: Options, *, allow_features: bool) -> list[bool]:
     """Which inputs are features files; InputError for missing files or a missing --data."""
     for p in paths:
         if not Path(p).expanduser().exists():
             raise InputError(f"{p} does not exist; check the path")
-    features = [_is_features_file(p) for p in paths]
+    features = [probe.is_features_file(p) for p in paths]
     if any(features) and not allow_features:
         first = paths[features.index(True)]
         raise InputError(f"{first} is a features file; this command needs checkpoints")
@@ -696,25 +683,15 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
           after=per_class_tables if per_class else None)
 
 
-def _step(path: Path, position: int, opts: Options) -> int:
-    """The recorded step, else the last number in the file name, else the position."""
-    recorded = checkpoint.checkpoint_step(path, trust_checkpoint=opts.trust_checkpoint)
-    if recorded is not None:
-        return recorded
-    numbers = re.findall(r"\d+", path.name)
-    return int(numbers[-1]) if numbers else position
-
-
 def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:
     _preflight(opts, plot=plot, save_features=save_features, several=True)
-    ordered = checkpoint.series_order(paths, trust_checkpoint=opts.trust_checkpoint)
-    features = _check_inputs([str(p) for p in ordered], opts, allow_features=True)
+    series = checkpoint.series_steps(paths, trust_checkpoint=opts.trust_checkpoint)
+    features = _check_inputs([str(p) for p, _ in series], opts, allow_features=True)
     measure = _measure(opts)
     rows = []
     with _progress() as progress:
-        for i, (path, is_features) in enumerate(zip(ordered, features, strict=True)):
-            step = _step(path, i, opts)
-            _log(f"[{i + 1}/{len(ordered)}] step {step}: {path}")
+        for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
+            _log(f"[{i + 1}/{len(series)}] step {step}: {path}")
             evaluation, _ = _evaluate(str(path), is_features, opts, progress)
             _save_features(save_features, str(path), evaluation)
             rows.append({"step": step, **analysis_row(str(path), evaluation, measure)})

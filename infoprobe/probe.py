@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "find_head",
     "head_weight",
+    "is_features_file",
     "load_features",
     "resolve_device",
     "save_features",
@@ -366,6 +367,22 @@ def save_features(path: str | Path, evaluation: Evaluation) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def is_features_file(path: str | Path) -> bool:
+    """Whether ``path`` is a .safetensors file holding 'features', 'labels' and 'head'
+    (see :func:`save_features`); only the header is read. Unreadable files give False, so
+    that the checkpoint loader reports them."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.name.lower().endswith(".safetensors") or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {"features", "labels", "head"} <= set(f.keys())
+    except Exception:
+        return False
 
 
 def load_features(path: str | Path) -> Evaluation:

@@ -308,6 +308,7 @@ def test_checkpoint_step_and_series_order(tmp_path, timm_model):
     assert ck.checkpoint_step(tmp_path / "c.pth.tar") == 9
     order = ck.series_order([tmp_path])
     assert [p.name for p in order] == ["c.pth.tar", "a.ckpt", "b.safetensors"]
+    assert [s for _, s in ck.series_steps([tmp_path])] == [9, 50, 200]
     # no recorded steps: numbers in file names, naturally ordered
     names = ["ep10.pt", "ep2.pt", "ep1.pt"]
     for n in names:
@@ -318,6 +319,10 @@ def test_checkpoint_step_and_series_order(tmp_path, timm_model):
     with pytest.raises(InputError, match="no checkpoint files"):
         (tmp_path / "empty").mkdir()
         ck.series_order([tmp_path / "empty"])
+    # one file without a recorded step: every step comes from the file names (or position)
+    mixed = [tmp_path / "b.safetensors", tmp_path / "ep10.pt", tmp_path / "a.ckpt"]
+    assert [(p.name, s) for p, s in ck.series_steps(mixed)] == [
+        ("a.ckpt", 0), ("b.safetensors", 1), ("ep10.pt", 10)]
 
 
 def test_parse_model_kwargs():

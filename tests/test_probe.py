@@ -305,3 +305,16 @@ def test_bundled_checkpoint_on_bundled_digits():
     series = sorted((FIXTURES / "series").glob("*.safetensors"), reverse=True)
     steps = [int(p.stem[-3:]) for p in series_order(series)]
     assert steps == [0, 25, 32, 40, 60, 210]
+
+
+def test_is_features_file(tmp_path):
+    from infoprobe.probe import Evaluation, is_features_file, save_features
+
+    ev = Evaluation(features=torch.randn(4, 3), logits=None, labels=torch.tensor([0, 1, 0, 1]),
+                    head=torch.randn(2, 3), loss=float("nan"), accuracy=float("nan"))
+    assert is_features_file(save_features(tmp_path / "f.safetensors", ev))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    assert not is_features_file(tmp_path / "w.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    assert not is_features_file(tmp_path / "bad.safetensors")
+    assert not is_features_file(tmp_path / "missing.safetensors")
