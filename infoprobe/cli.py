@@ -769,10 +769,11 @@ def _lmc(a: str, b: str, sweep: _LmcSweep, resume: bool, plot: str | None,
     name = f"{a}→{b}"
     read = dict(ema=opts.ema, strip_prefix=opts.strip_prefix,
                 trust_checkpoint=opts.trust_checkpoint)
-    state_a, _ = checkpoint.read_state_dict(a, **read)
+    loaded = _load(a, opts)
+    # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
+    state_a = loaded.model.state_dict()
     state_b, _ = checkpoint.read_state_dict(b, **read)
     lmc_lib.check_compatible(state_a, state_b, a, b)
-    loaded = _load(a, opts)
     with _progress() as progress:
         data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
         log = _sweep_csv("lmc", "alpha", name, len(data), resume, opts, measure)
