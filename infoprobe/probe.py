@@ -232,6 +232,135 @@ def _prepare(model: nn.Module, dev: torch.device, memory_format) -> list[nn.Modu
     return training
 
 
+def _checked_labels(labels: Tensor, num_classes: int, source: str) -> Tensor:
+    """``labels`` as int64; InputError when one lies outside the head's [0, C)."""
+    labels = labels.long()
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise InputError(
+            f"labels of {source} lie in [{int(labels.min())}, {int(labels.max())}] but the "
+            f"model's head has {num_classes} classes [0, {num_classes}); check --data or "
+            "--num-classes")
+    return labels
+
+
+@contextlib.contextmanager
+def _hooked(head: nn.Module):
+    """Yield the list that a forward pre-hook on ``head`` fills with the head's inputs."""
+    captured: list[Tensor] = []
+    try:
+        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    except Exception as e:  # TorchScript modules refuse Python hooks
+        raise RunFailure(f"cannot hook the head ({e}); load TorchScript weights into a Python "
+                         "model with --arch") from None
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        captured.clear()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module, dev: torch.device, memory_format):
+    """:func:`_prepare` the model; restore the modules' training flags on the way out."""
+    training = _prepare(model, dev, memory_format)
+    try:
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+@contextlib.contextmanager
+def _reporting(progress: ProgressSink | None, total: int, description: str):
+    """Start ``progress`` (when given) and stop it even when the pass fails."""
+    if progress is None:
+        yield
+        return
+    progress.start(total, description)
+    try:
+        yield
+    finally:
+        progress.stop()
+
+
+class _Outputs:
+    """cpu buffers for features [n, d] and logits [n, C], written batch by batch.
+
+    On CUDA they are pinned, so the copies queue behind the compute instead of one large
+    pageable transfer at the end; ``finite`` stays on the device (no sync per batch).
+    """
+
+    def __init__(self, n: int, num_classes: int, dim: int, dev: torch.device) -> None:
+        self.pin = dev.type == "cuda"
+        self.dev = dev
+        self.features = torch.empty(n, dim, pin_memory=self.pin)
+        self.logits = torch.empty(n, num_classes, pin_memory=self.pin)
+        self.finite = torch.ones((), dtype=torch.bool, device=dev)
+
+    def put(self, start: int, z: Tensor, logits: Tensor) -> None:
+        self.finite &= torch.isfinite(z).all()
+        self.features[start:start + len(z)].copy_(z, non_blocking=self.pin)
+        self.logits[start:start + len(z)].copy_(logits, non_blocking=self.pin)
+
+    def done(self) -> None:
+        if self.pin:
+            torch.cuda.current_stream(self.dev).synchronize()
+
+
+def _forward(model: nn.Module, x: Tensor, captured: list[Tensor], shape: tuple[int, int],
+             start: int) -> tuple[Tensor, Tensor]:
+    """(features [b, d], logits [b, C]) of one batch; out-of-memory errors pass through."""
+    captured.clear()
+    try:
+        logits = _logits_of(model(x))
+    except _OOM:
+        captured.clear()
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
+        raise _rejected(model, x, e, start) from None
+    if len(captured) != 1:
+        raise RunFailure(
+            f"the head ran {len(captured)} times in one forward pass; pick the "
+            "classifier with --head (TorchScript: load the weights with --arch)")
+    b, (num_classes, dim) = len(x), shape
+    z = captured[0].reshape(b, -1)
+    if z.shape[1] != dim or tuple(logits.shape) != (b, num_classes):
+        raise RunFailure(
+            f"head input {tuple(captured[0].shape)} / logits {tuple(logits.shape)} "
+            f"do not fit a [{num_classes}, {dim}] classifier on a batch of {b}; "
+            "pick the classifier with --head")
+    return z, logits
+
+
+def _run_pass(model: nn.Module, inputs: Tensor, captured: list[Tensor], out: _Outputs,
+              shape: tuple[int, int], batch_size: int, memory_format,
+              progress: ProgressSink | None) -> None:
+    """Fill ``out`` with every sample of ``inputs``, ``batch_size`` at a time; a batch that
+    runs out of memory is retried at half the size (like timm's validate.py), and the
+    smaller size is kept for the rest of the pass."""
+    n, start, bs = len(inputs), 0, batch_size
+    while start < n:
+        x = inputs[start:start + bs].to(out.dev, non_blocking=True)
+        if memory_format is not None and x.ndim == 4:
+            x = x.contiguous(memory_format=memory_format)
+        try:
+            z, logits = _forward(model, x, captured, shape, start)
+        except _OOM:
+            if bs == 1:
+                raise RunFailure("out of memory at batch size 1; use a smaller model, "
+                                 "--amp bf16 or --device cpu") from None
+            del x
+            bs //= 2
+            if out.dev.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        out.put(start, z, logits)
+        start += len(x)
+        if progress is not None:
+            progress.advance(len(x))
+    out.done()
+
+
 def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str | None = None,
              device: str | torch.device = "auto", batch_size: int = 256,
              amp: str | bool | None = False, channels_last: bool = False,
@@ -253,86 +382,21 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
     dev = resolve_device(device)
     head_mod = head if isinstance(head, nn.Module) else find_head(model, head_path=head)
     weight = head_weight(head_mod)
-    num_classes, dim = weight.shape
-    labels = data.labels.long()
-    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise InputError(
-            f"labels of {data.source} lie in [{int(labels.min())}, {int(labels.max())}] but the "
-            f"model's head has {num_classes} classes [0, {num_classes}); check --data or "
-            "--num-classes")
+    shape = (int(weight.shape[0]), int(weight.shape[1]))
+    labels = _checked_labels(data.labels, shape[0], data.source)
     dtype = _amp_dtype(amp)
     autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
                 else contextlib.nullcontext())
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
-
-    captured: list[Tensor] = []
-    try:
-        handle = head_mod.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-    except Exception as e:  # TorchScript modules refuse Python hooks
-        raise RunFailure(f"cannot hook the head ({e}); load TorchScript weights into a Python "
-                         "model with --arch") from None
-    # results go straight to (pinned, on CUDA) cpu buffers: the copies queue behind the
-    # compute instead of one large pageable transfer at the end
-    pin = dev.type == "cuda"
-    features = torch.empty(n, dim, pin_memory=pin)
-    logits_out = torch.empty(n, num_classes, pin_memory=pin)
-    finite = torch.ones((), dtype=torch.bool, device=dev)
-    training = _prepare(model, dev, memory_format)
-    start, bs = 0, batch_size
-    if progress is not None:
-        progress.start(n, "evaluating")
-    try:
-        with torch.no_grad(), autocast:
-            while start < n:
-                x = data.inputs[start:start + bs].to(dev, non_blocking=True)
-                if memory_format is not None and x.ndim == 4:
-                    x = x.contiguous(memory_format=memory_format)
-                captured.clear()
-                try:
-                    logits = _logits_of(model(x))
-                except _OOM:
-                    if bs == 1:
-                        raise RunFailure("out of memory at batch size 1; use a smaller model, "
-                                         "--amp bf16 or --device cpu") from None
-                    del x
-                    captured.clear()
-                    bs //= 2  # like timm validate.py: retry this batch at half the size
-                    if dev.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
-                    raise _rejected(model, x, e, start) from None
-                if len(captured) != 1:
-                    raise RunFailure(
-                        f"the head ran {len(captured)} times in one forward pass; pick the "
-                        "classifier with --head (TorchScript: load the weights with --arch)")
-                b = len(x)
-                z = captured[0].reshape(b, -1)
-                if z.shape[1] != dim or tuple(logits.shape) != (b, num_classes):
-                    raise RunFailure(
-                        f"head input {tuple(captured[0].shape)} / logits {tuple(logits.shape)} "
-                        f"do not fit a [{num_classes}, {dim}] classifier on a batch of {b}; "
-                        "pick the classifier with --head")
-                finite &= torch.isfinite(z).all()
-                features[start:start + b].copy_(z, non_blocking=pin)
-                logits_out[start:start + b].copy_(logits, non_blocking=pin)
-                start += b
-                if progress is not None:
-                    progress.advance(b)
-        if pin:
-            torch.cuda.current_stream(dev).synchronize()
-    finally:
-        handle.remove()
-        captured.clear()
-        for m in training:
-            m.training = True
-        if progress is not None:
-            progress.stop()
-    if not bool(finite):
-        _check_features(features, data.source)
-    return Evaluation(features=features, logits=logits_out, labels=labels, head=weight,
-                      loss=float(F.cross_entropy(logits_out, labels)),
-                      accuracy=float((logits_out.argmax(1) == labels).double().mean()))
+    out = _Outputs(n, *shape, dev)
+    with (_hooked(head_mod) as captured, _eval_mode(model, dev, memory_format),
+          _reporting(progress, n, "evaluating"), torch.no_grad(), autocast):
+        _run_pass(model, data.inputs, captured, out, shape, batch_size, memory_format, progress)
+    if not bool(out.finite):
+        _check_features(out.features, data.source)
+    return Evaluation(features=out.features, logits=out.logits, labels=labels, head=weight,
+                      loss=float(F.cross_entropy(out.logits, labels)),
+                      accuracy=float((out.logits.argmax(1) == labels).double().mean()))
 
 
 def _check_features(features: Tensor, source: str) -> None:
