@@ -7,6 +7,14 @@ Formats:
 - torch files (``.pt .pth .pth.tar .bin .ckpt``), read with ``torch.load(weights_only=True)``:
   a bare state dict, or a dict holding it under ``state_dict`` / ``model`` (``state_dict_ema``
   / ``model_ema`` with ``ema=True``): timm train checkpoints, Lightning checkpoints.
+- a folder written by timm's ``save_for_hf`` / ``push_to_hub`` (``config.json`` with
+  ``architecture``, ``num_classes``, ``model_args`` and ``pretrained_cfg``, beside
+  ``model.safetensors`` or ``pytorch_model.bin``), given as the folder or as a file in it;
+  ``arch="local-dir:PATH"`` reads the architecture from such a folder's config as timm does.
+  Its ``pretrained_cfg`` (mean, std, input size, crop, interpolation) becomes the model's, so
+  it drives the evaluation transform.
+- ``safetensors.torch.save_model`` files: tied weights stored once, the dropped names
+  recorded in the metadata as ``dropped -> kept``, are restored.
 - Whole pickled modules (``torch.save(model)``) and TorchScript archives run code when
   loaded; they are refused unless ``trust_checkpoint=True``. A weights-only load that fails
   because the file holds pickled code never falls back to an unsafe load on its own.
@@ -48,10 +56,13 @@ __all__ = [
     "LoadedModel",
     "build_model",
     "checkpoint_step",
+    "checkpoint_files",
     "clean_keys",
+    "hf_folder",
     "infer_num_classes",
     "load_model",
     "parse_model_kwargs",
+    "read_hf_config",
     "read_state_dict",
     "series_order",
     "series_steps",
@@ -62,6 +73,15 @@ CHECKPOINT_META_KEYS = ("arch", "num_classes", "in_chans", "model_kwargs", "step
 #: file name endings treated as checkpoints when a directory is expanded.
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".pth.tar", ".bin", ".ckpt")
 
+#: weight files of a ``save_for_hf`` folder, in timm's order of preference.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+HF_CONFIG = "config.json"
+#: ``pretrained_cfg`` entries that describe the evaluation transform; only these are taken
+#: from a config.json (never a file, url or hub id).
+_DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size",
+                  "interpolation", "mean", "std", "crop_pct", "test_crop_pct", "crop_mode")
+#: ``hyper_parameters`` (Lightning) / ``args`` (timm train.py) entries naming the arch.
+_ARCH_HPARAMS = ("arch", "architecture", "model_name", "model", "backbone")
 _STATE_KEYS = ("state_dict", "model")
 _EMA_KEYS = ("state_dict_ema", "model_ema")
 _AUTO_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -104,6 +124,57 @@ def _existing_file(path: str | Path, what: str = "checkpoint") -> Path:
     return p
 
 
+def hf_folder(path: str | Path) -> Path | None:
+    """The ``save_for_hf`` folder ``path`` names (the folder, its config.json or one of
+    :data:`HF_WEIGHT_FILES` in it), else None."""
+    p = Path(path).expanduser()
+    folder = p if p.is_dir() else p.parent
+    if not (folder / HF_CONFIG).is_file():
+        return None
+    if p.is_dir() or p.name == HF_CONFIG or p.name in HF_WEIGHT_FILES:
+        return folder
+    return None
+
+
+def _folder_weights(folder: Path, given: Path) -> Path:
+    """The weights file of a ``save_for_hf`` folder: the file given, else timm's first."""
+    if given.is_file() and given.name != HF_CONFIG:
+        return given
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(f"folder {folder} has a {HF_CONFIG} but no weights file (looked for "
+                     f"{', '.join(HF_WEIGHT_FILES)}); save the weights there")
+
+
+def read_hf_config(folder: str | Path) -> dict:
+    """What a ``save_for_hf`` folder's config.json records, parsed by timm
+    (``load_model_config_from_path``, local files only): ``arch``, ``num_classes``,
+    ``model_kwargs`` (its ``model_args``) and ``pretrained_cfg`` (the transform entries of
+    :data:`_DATA_CFG_KEYS`, lists as tuples)."""
+    from timm.models._hub import load_model_config_from_path
+
+    folder = Path(folder).expanduser()
+    try:
+        cfg, arch, model_args = load_model_config_from_path(folder)
+    except FileNotFoundError:
+        raise InputError(f"local-dir {folder}: no {HF_CONFIG} there; give a folder written by "
+                         "timm's save_for_hf") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # JSON errors included
+        raise InputError(f"{folder / HF_CONFIG} is not a timm model config ({type(e).__name__}: "
+                         f"{e}); it needs 'architecture' and 'pretrained_cfg'") from None
+    if not isinstance(arch, str) or not arch:
+        raise InputError(f"{folder / HF_CONFIG}: 'architecture' must be a timm model name")
+    meta: dict[str, Any] = {"arch": arch}
+    if isinstance(cfg.get("num_classes"), int):
+        meta["num_classes"] = cfg["num_classes"]
+    if isinstance(model_args, dict) and model_args:
+        meta["model_kwargs"] = dict(model_args)
+    meta["pretrained_cfg"] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in cfg.items() if k in _DATA_CFG_KEYS and v is not None}
+    return meta
+
+
 def _looks_like_safetensors(path: Path) -> bool:
     if path.name.endswith(".safetensors"):
         return True
@@ -140,6 +211,19 @@ def _unsafe_globals(path: Path, err: BaseException) -> list[str]:
     return found
 
 
+def _restore_tied(tensors: dict[str, Tensor], meta: dict) -> dict:
+    """Undo ``safetensors.torch.save_model``'s deduplication: it stores a tied tensor once
+    and records each dropped name as metadata ``dropped -> kept``. Adds the dropped names
+    to ``tensors`` (the same tensor object) and returns the remaining metadata."""
+    rest = {}
+    for k, v in meta.items():
+        if k not in tensors and isinstance(v, str) and v in tensors:
+            tensors[k] = tensors[v]
+        else:
+            rest[k] = v
+    return rest
+
+
 def _torch_load_safe(path: Path, *, mmap: bool = False) -> Any:
     kwargs: dict[str, Any] = {"map_location": "cpu", "weights_only": True}
     if mmap and zipfile.is_zipfile(path):
@@ -160,7 +244,7 @@ def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, d
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # SafetensorError, OSError, header errors
             raise _corrupt(path, e) from None
-        return tensors, meta, "safetensors"
+        return tensors, _restore_tied(tensors, meta), "safetensors"
     if _is_torchscript(path):
         if not trust:
             raise InputError(f"refusing TorchScript file {path}: {_TRUST_HINT}")
@@ -234,9 +318,22 @@ def _record_meta(obj: Any, st_meta: dict, path: Path) -> dict:
             for k in ("num_classes", "in_chans"):
                 if isinstance(src.get(k), int):
                     meta.setdefault(k, src[k])
+            named = next((src[k] for k in _ARCH_HPARAMS if _is_timm_name(src.get(k))), None)
+            if named:
+                meta.setdefault("arch", named)
             if isinstance(src.get("model_kwargs"), dict) and src["model_kwargs"]:
                 meta.setdefault("model_kwargs", src["model_kwargs"])
     return meta
+
+
+def _is_timm_name(value: Any) -> bool:
+    """Whether ``value`` is a timm architecture name (only these are taken from
+    hyper-parameters, whose 'model' entry may name anything)."""
+    if not isinstance(value, str) or not value or _is_custom(value) or ":" in value:
+        return False
+    import timm
+
+    return timm.is_model(value)
 
 
 def _select_state(obj: dict, path: Path, ema: bool) -> tuple[Any, str | None]:
@@ -284,6 +381,16 @@ def clean_keys(state_dict: dict[str, Tensor], strip_prefix: str | None = None) -
     return sd
 
 
+def _checkpoint_file(path: str | Path) -> tuple[Path, dict]:
+    """The file to read for ``path`` and what a ``save_for_hf`` folder's config records
+    (empty for a plain file)."""
+    p = Path(path).expanduser()
+    folder = hf_folder(p) if p.exists() else None
+    if folder is None:
+        return _existing_file(p), {}
+    return _folder_weights(folder, p), read_hf_config(folder)
+
+
 def _check_finite(sd: dict[str, Tensor], path: Path) -> None:
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -295,9 +402,9 @@ def _check_finite(sd: dict[str, Tensor], path: Path) -> None:
 
 def _read(path: str | Path, *, ema: bool, strip_prefix: str | None, trust: bool
           ) -> tuple[dict[str, Tensor], dict, nn.Module | None]:
-    p = _existing_file(path)
+    p, config = _checkpoint_file(path)
     obj, st_meta, fmt = _read_object(p, trust=trust)
-    meta = _record_meta(obj, st_meta, p)
+    meta = {**_record_meta(obj, st_meta, p), **config}
     meta["format"] = fmt
     meta["source_key"] = None
     module = None
@@ -435,9 +542,13 @@ def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = No
         return model
     import timm
 
-    if arch.partition(":")[0] in ("hf-hub", "hf_hub", "local-dir"):
-        raise InputError(f"--arch {arch}: hub/remote model names are not supported (nothing is "
-                         "downloaded); give the timm architecture name")
+    if arch.partition(":")[0] in ("hf-hub", "hf_hub"):
+        raise InputError(f"--arch {arch}: hub model names are not supported (nothing is "
+                         "downloaded); give the timm architecture name, or local-dir:FOLDER "
+                         "for a folder written by save_for_hf")
+    if arch.startswith("local-dir:"):
+        raise InputError(f"--arch {arch}: load_model resolves local-dir: names; build_model "
+                         "takes the timm name its config.json records")
     name = arch.removeprefix("timm:")
     if not timm.is_model(name):
         raise _unknown_timm(name)
@@ -609,14 +720,21 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
                trust_checkpoint: bool = False) -> LoadedModel:
     """Load a checkpoint into its architecture, strictly; eval mode, cpu, float32.
 
-    ``arch`` defaults to the one the checkpoint records (safetensors metadata, timm's
-    'arch'); a recorded ``file.py:factory`` / ``module:factory`` imports code, so it needs
+    ``path`` is a file or a ``save_for_hf`` folder. ``arch`` defaults to the one the
+    checkpoint records (a folder's config.json, safetensors metadata, timm's 'arch', a timm
+    name among Lightning's ``hyper_parameters``); ``local-dir:FOLDER`` takes it, with its
+    arguments and data config, from that folder's config.json. A recorded ``file.py:factory`` / ``module:factory`` imports code, so it needs
     ``trust_checkpoint``. ``num_classes`` and ``in_chans`` default to the recorded values,
     then to the head / first-conv weight shapes. A trusted pickled module or TorchScript is
     used as it is unless ``arch`` is given, then only its weights are loaded into ``arch``.
     """
     p = Path(path).expanduser()
     sd, meta, module = _read(p, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint)
+    if arch is not None and arch.startswith("local-dir:"):
+        # as in timm: the folder's config.json gives the architecture, its arguments and
+        # its data config; the weights are the checkpoint's
+        meta = {**meta, **read_hf_config(arch.removeprefix("local-dir:"))}
+        arch = meta["arch"]
     if module is not None and arch is None:
         model = module.float().eval()
         n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
@@ -644,6 +762,8 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
                         inferred=guessed, base=base)
     _load_strict(model, sd, p, arch, num_classes)
     model = model.float().eval()
+    if meta.get("pretrained_cfg"):  # the folder's data config drives the eval transform
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["pretrained_cfg"]}
     if num_classes is None:
         num_classes = infer_num_classes(model.state_dict()) or 0
     return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
@@ -654,7 +774,7 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
 
 def checkpoint_step(path: str | Path, *, trust_checkpoint: bool = False) -> int | None:
     """The 'step', 'global_step' or 'epoch' a checkpoint records (in that order), else None."""
-    p = _existing_file(path)
+    p, _ = _checkpoint_file(path)
     if _looks_like_safetensors(p):  # the header alone: no tensor is read
         from safetensors import safe_open
 
@@ -677,17 +797,21 @@ def _natural_key(path: Path) -> tuple:
     return tuple((0, int(s), "") if s.isdigit() else (1, 0, s) for s in parts if s)
 
 
-def _checkpoint_files(paths: list[str | Path]) -> list[Path]:
-    """Files as given, with directories expanded to the checkpoint files directly inside."""
+def checkpoint_files(paths: list[str | Path]) -> list[Path]:
+    """Checkpoints as given: a ``save_for_hf`` folder stays one checkpoint; another folder is
+    expanded to the checkpoint files and ``save_for_hf`` folders directly inside it."""
     files: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
-        if p.is_dir():
+        if p.is_dir() and hf_folder(p) is not None:
+            files.append(p)  # one save_for_hf checkpoint
+        elif p.is_dir():
             found = sorted(f for f in p.iterdir()
-                           if f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
+                           if (f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
+                           or (f.is_dir() and hf_folder(f) is not None))
             if not found:
                 raise InputError(f"directory {p} holds no checkpoint files "
-                                 f"({', '.join(CHECKPOINT_SUFFIXES)})")
+                                 f"({', '.join(CHECKPOINT_SUFFIXES)}) or save_for_hf folders")
             files.extend(found)
         else:
             files.append(_existing_file(p))
@@ -703,7 +827,7 @@ def series_steps(paths: list[str | Path], *,
     last number in the file name (``ep2`` before ``ep10``), or the position without one, so
     the steps of one series always come from one source.
     """
-    files = _checkpoint_files(paths)
+    files = checkpoint_files(paths)
     recorded = [checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files]
     if files and all(s is not None for s in recorded):
         return [(f, s) for s, _, f in sorted(zip(recorded, map(_natural_key, files), files,
