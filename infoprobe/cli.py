@@ -10,8 +10,10 @@ errors exit 2; anything unexpected exits 1 with a hint to rerun with ``--debug``
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import functools
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -426,6 +428,10 @@ def lmc(
     bn_batches: Annotated[int | None, _opt(
         "--bn-batches", metavar="K", min=1, panel="Sweep",
         help="Batches of --bn-data per reset (default: all).")] = None,
+    bn_on_eval_data: Annotated[bool, _opt(
+        "--bn-on-eval-data", panel="Sweep",
+        help="Allow --bn-data to be the evaluation data (BatchNorm then sees the test "
+        "set).")] = False,
     resume: Resume = False,
     plot: Plot = None,
     *,
@@ -436,7 +442,8 @@ def lmc(
     The loss and accuracy barriers are printed under the table and written to the JSON.
     Each finished row is appended to --csv at once, so an interrupted sweep keeps it.
     """
-    _lmc(a, b, _LmcSweep(steps, alphas, reset_bn, bn_data, bn_batches), resume, plot, opts)
+    sweep = _LmcSweep(steps, alphas, reset_bn, bn_data, bn_batches, bn_on_eval_data)
+    _lmc(a, b, sweep, resume, plot, opts)
 
 
 @app.command(epilog=_PRUNE_EXAMPLES)
@@ -538,7 +545,7 @@ def _eval_kwargs(opts: Options) -> dict[str, Any]:
 
 def _data(spec: str, opts: Options, model: Any, progress: Any, max_samples: int | None):
     """Load ``spec`` with the data options (decoded once per process, see data.py)."""
-    return datasets.load_data(
+    loaded = datasets.load_data(
         spec,
         model=model,
         split=opts.split,
@@ -552,6 +559,19 @@ def _data(spec: str, opts: Options, model: Any, progress: Any, max_samples: int 
         workers=opts.workers,
         progress=progress,
     )
+    _report_missing_classes(loaded)
+    return loaded
+
+
+def _report_missing_classes(data: datasets.LabelledTensors) -> None:
+    """Say which named classes have no sample: their indices stay reserved."""
+    if not data.classes:
+        return
+    counts = data.labels.bincount(minlength=len(data.classes))
+    missing = [f"{name} (index {i})" for i, name in enumerate(data.classes) if counts[i] == 0]
+    if missing:
+        _log(f"{data.source}: no samples of class {', '.join(missing)}; the other classes "
+             "keep their indices")
 
 
 def _check_inputs(paths: list[str], opts: Options, *, allow_features: bool) -> list[bool]:
@@ -608,7 +628,8 @@ def _stdout() -> Console:
 
 
 def _log(message: str) -> None:
-    Console(stderr=True, highlight=False, emoji=False).print(
+    # soft_wrap: one log line stays one line, however narrow the terminal
+    Console(stderr=True, highlight=False, emoji=False, soft_wrap=True).print(
         message, style="dim", markup=False
     )
 
@@ -631,12 +652,35 @@ def _evaluate(path: str, is_features: bool, opts: Options, progress: Any):
     return evaluation, data.classes
 
 
-def _save_features(template: str | None, path: str, evaluation: Any) -> None:
+def _features_targets(template: str | None, paths: list[str]) -> dict[str, str]:
+    """Each checkpoint's --save-features file: ``{name}`` is its file name without the
+    checkpoint suffix (``ls0.1.safetensors`` -> ``ls0.1``). InputError when two checkpoints
+    would write one file, so that no output of the run overwrites another."""
     if template is None:
+        return {}
+    targets = {p: template.replace("{name}", _stem(p)) for p in paths}
+    seen: dict[str, str] = {}
+    for path, target in targets.items():
+        if target in seen:
+            raise InputError(
+                f"--save-features {template}: {seen[target]} and {path} would both write "
+                f"{target}; give checkpoints with distinct file names")
+        seen[target] = path
+    return targets
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    suffix = next((s for s in sorted(checkpoint.CHECKPOINT_SUFFIXES, key=len, reverse=True)
+                   if name.lower().endswith(s)), Path(name).suffix)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def _save_features(targets: dict[str, str], path: str, evaluation: Any) -> None:
+    if path not in targets:
         return
-    target = template.replace("{name}", Path(path).name.split(".")[0])
-    probe.save_features(target, evaluation)
-    _log(f"wrote features {target}")
+    probe.save_features(targets[path], evaluation)
+    _log(f"wrote features {targets[path]}")
 
 
 def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
@@ -662,13 +706,14 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
              opts: Options) -> None:
     _preflight(opts, save_features=save_features, several=len(checkpoints) > 1)
     features = _check_inputs(checkpoints, opts, allow_features=True)
+    targets = _features_targets(save_features, checkpoints)
     measure = _measure(opts)
     rows, classes_rows = [], []
     with _progress() as progress:
         for i, (path, is_features) in enumerate(zip(checkpoints, features, strict=True)):
             _log(f"[{i + 1}/{len(checkpoints)}] {path}")
             evaluation, classes = _evaluate(path, is_features, opts, progress)
-            _save_features(save_features, path, evaluation)
+            _save_features(targets, path, evaluation)
             rows.append(analysis_row(path, evaluation, measure))
             if per_class:
                 classes_rows += per_class_rows(path, evaluation, classes)
@@ -687,13 +732,14 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, opts: 
     _preflight(opts, plot=plot, save_features=save_features, several=True)
     series = checkpoint.series_steps(paths, trust_checkpoint=opts.trust_checkpoint)
     features = _check_inputs([str(p) for p, _ in series], opts, allow_features=True)
+    targets = _features_targets(save_features, [str(p) for p, _ in series])
     measure = _measure(opts)
     rows = []
     with _progress() as progress:
         for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
             _log(f"[{i + 1}/{len(series)}] step {step}: {path}")
             evaluation, _ = _evaluate(str(path), is_features, opts, progress)
-            _save_features(save_features, str(path), evaluation)
+            _save_features(targets, str(path), evaluation)
             rows.append({"step": step, **analysis_row(str(path), evaluation, measure)})
     _emit("track", rows, opts, title="infoprobe track", extra={"data": opts.data})
     if plot is not None:
@@ -711,8 +757,9 @@ class _LmcSweep:
     reset_bn: bool
     bn_data: str | None
     bn_batches: int | None
+    bn_on_eval_data: bool = False
 
-    def check(self) -> None:
+    def check(self, data: str | None) -> None:
         """Conflicting or incomplete sweep options (exit 2 before any work)."""
         if self.steps is not None and self.alphas is not None:
             raise InputError("--steps and --alphas conflict; give one of them")
@@ -722,6 +769,22 @@ class _LmcSweep:
             raise InputError("--bn-data and --bn-batches only apply with --reset-bn")
         if self.bn_data is not None and not Path(self.bn_data).expanduser().exists():
             raise InputError(f"--bn-data {self.bn_data} does not exist; check the path")
+        if self.bn_data is not None and not self.bn_on_eval_data and _same_data(self.bn_data,
+                                                                                  data):
+            raise InputError(
+                f"--bn-data {self.bn_data} is the evaluation data (--data): --reset-bn would "
+                "estimate BatchNorm on the samples it then measures; give the training set, "
+                "or pass --bn-on-eval-data to do it anyway")
+
+
+def _same_data(a: str, b: str | None) -> bool:
+    """Whether ``a`` and ``b`` are one file or folder, or two files with the same bytes."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser() if b is not None else None
+    if pb is None or not pb.exists():
+        return False
+    if pa.is_file() and pb.is_file():
+        return filecmp.cmp(pa, pb, shallow=False)
+    return os.path.samefile(pa, pb)
 
 
 @dataclass(frozen=True)
@@ -761,7 +824,7 @@ def _run_sweep(log: report.SweepCsv, rows: Iterator[dict], total: int) -> list[d
 
 def _lmc(a: str, b: str, sweep: _LmcSweep, resume: bool, plot: str | None,
          opts: Options) -> None:
-    sweep.check()
+    sweep.check(opts.data)
     _preflight(opts, plot=plot, resume=resume)
     _check_inputs([a, b], opts, allow_features=False)
     alphas = lmc_lib.parse_alphas(sweep.steps, sweep.alphas)

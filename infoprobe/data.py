@@ -111,21 +111,45 @@ DEFAULT_CACHE = DataCache()
 # --------------------------------------------------------------------------- subsampling
 
 
+def _apportion(counts: Tensor, k: int) -> Tensor:
+    """Hamilton (largest-remainder) apportionment of ``k`` samples to classes of ``counts``,
+    with at least one sample per class: classes whose share is below one get exactly one,
+    and the rest of ``k`` is shared among the others in proportion to their counts."""
+    take = torch.zeros_like(counts)
+    free = torch.ones_like(counts, dtype=torch.bool)
+    while True:
+        left = k - int(take[~free].sum())
+        quota = counts.double() * left / counts[free].sum()
+        lifted = free & (quota < 1)
+        if not lifted.any():
+            break
+        take[lifted] = 1
+        free &= ~lifted
+    floor = torch.where(free, quota.floor().long(), take)
+    short = k - int(floor.sum())
+    remainder = torch.where(free, quota - floor, torch.full_like(quota, -1.0))
+    # stable sort: equal remainders go to the lower class index
+    floor[torch.argsort(-remainder, stable=True)[:short]] += 1
+    return floor
+
+
 def stratified_indices(labels: Tensor, max_samples: int | None, seed: int = 0) -> Tensor:
     """Indices (int64, ascending) of a seeded subsample of ``max_samples`` that keeps each
-    class's share (largest-remainder rounding); all indices when ``max_samples >= n``."""
+    class's share (largest-remainder rounding) and at least one sample of every class; all
+    indices when ``max_samples >= n``. Raises :class:`InputError` when ``max_samples`` is
+    below the number of classes present, which would drop a class."""
     n = int(labels.shape[0])
     if max_samples is not None and max_samples < 1:
         raise InputError(f"--max-samples {max_samples}: must be at least 1")
     if max_samples is None or max_samples >= n:
         return torch.arange(n)
     classes, counts = labels.unique(return_counts=True)
-    quota = counts.double() * max_samples / n
-    take = quota.floor().long()
-    short = max_samples - int(take.sum())
-    # stable sort: equal remainders go to the lower class index
-    extra = torch.argsort(-(quota - take), stable=True)[:short]
-    take[extra] += 1
+    if max_samples < len(classes):
+        raise InputError(
+            f"--max-samples {max_samples} keeps fewer samples than the {len(classes)} classes "
+            f"in the data, so some classes would be missing; use --max-samples {len(classes)} "
+            "or more")
+    take = _apportion(counts, max_samples)
     gen = torch.Generator().manual_seed(seed)
     chosen = []
     for c, k in zip(classes.tolist(), take.tolist(), strict=True):
@@ -299,6 +323,18 @@ def _cifar(root: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _class_map(folder: Path) -> dict[str, int]:
+    """Class name -> index as timm's training assigns it: the class folders in timm's
+    natural order, including folders that hold no image here, so that a missing class does
+    not shift the labels of the classes after it."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    from timm.utils.misc import natural_key
+
+    _, found = find_images_and_targets(str(folder))
+    names = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {c: i for i, c in enumerate(sorted(names | set(found), key=natural_key))}
+
+
 def _open_image_dataset(root: Path, split: str | None):
     """timm dataset, its labels (no decoding) and class names."""
     from timm.data import create_dataset
@@ -316,12 +352,20 @@ def _open_image_dataset(root: Path, split: str | None):
             raise InputError(f"CIFAR folder {base} is incomplete or corrupted ({e}); place the "
                              "original python-version archive contents there") from None
         return ds, [int(t) for t in ds.targets], list(ds.classes)
-    if split is not None and Path(_search_split(str(root), split)) == root:
-        subs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    folder = Path(_search_split(str(root), split or "validation"))
+    subs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if split is not None and folder == root:
         raise InputError(f"--split {split}: no such split folder in {root} (subfolders: "
                          f"{', '.join(subs[:8]) or 'none'})")
+    splits = [s for s in subs if s.lower() in _TRAIN_SPLITS + _EVAL_SPLITS]
+    if split is None and folder == root and splits:
+        # timm would read every split's class folders together: training images included
+        raise InputError(f"image folder {root} holds split folders ({', '.join(splits)}); "
+                         f"evaluating them together mixes splits: choose one with --split "
+                         f"{splits[-1]}")
     try:
-        ds = create_dataset("", root=str(root), split=split or "validation")
+        ds = create_dataset("", root=str(root), split=split or "validation",
+                            class_map=_class_map(folder))
     except RuntimeError as e:
         raise InputError(f"image folder {root} is empty: {str(e).splitlines()[0]}; put one "
                          "subfolder of images per class in it") from None

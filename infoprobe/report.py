@@ -121,10 +121,11 @@ class RichProgress:
 STDOUT = "-"
 
 #: Columns shown with four decimals in tables (CSV keeps full precision).
-_INT_COLUMNS = frozenset({"n_samples", "n_classes", "step", "class", "n"})
+_INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n"})
 _SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
 #: Columns that move from the table into its caption when every row holds the same value.
-_CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "estimate", "mir_nc", "hdr_nc")
+_CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "classes_present", "estimate",
+                    "mir_nc", "hdr_nc")
 _HIDDEN_COLUMNS = frozenset({"note"})  # printed as notes under the table
 
 
@@ -192,12 +193,15 @@ def render_rows(
     """Print ``rows`` as a rich table, then the notes that explain NaN cells.
 
     Values that every row shares (sample count, class count, estimate, NC optimum) go into
-    the caption, one checkpoint shared by all rows (a sweep, a per-class table) is left to
+    the caption (``classes_present`` only when some class has no sample), one checkpoint shared by all rows (a sweep, a per-class table) is left to
     the title, and checkpoints are shown by their shortest distinct names, so that the
     numbers fit a terminal; the CSV and JSON keep every column in full. ``key`` names the
     sweep column (alpha, ratio), which labels the notes.
     """
     constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
+    if all(r.get("classes_present") == r.get("n_classes") for r in rows):
+        constant = [c for c in constant if c != "classes_present"]  # nothing to report
+        columns = [c for c in columns if c != "classes_present"]
     hidden = set(constant) | _HIDDEN_COLUMNS
     if "checkpoint" in constant:
         constant.remove("checkpoint")  # the title names the one checkpoint of a sweep

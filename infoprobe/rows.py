@@ -30,6 +30,7 @@ COLUMNS: tuple[str, ...] = (
     "checkpoint",
     "n_samples",
     "n_classes",
+    "classes_present",
     "accuracy",
     "loss",
     "h_z",
@@ -99,7 +100,9 @@ def analysis_row(
     """A dict with exactly :data:`COLUMNS`, in order, for one evaluated checkpoint.
 
     ``mir_nc``/``hdr_nc`` are the neural-collapse optimum for the head's class count
-    (NaN for C = 2). Floats are Python floats; NaN marks an undefined ratio.
+    (NaN for C = 2); ``classes_present`` counts the classes that have samples, which is
+    below ``n_classes`` when the data lacks a class the head knows. Floats are Python
+    floats; NaN marks an undefined ratio.
     """
     result = measure(evaluation, options)
     optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
@@ -108,6 +111,7 @@ def analysis_row(
         "checkpoint": checkpoint,
         "n_samples": result.n_samples,
         "n_classes": result.n_classes,
+        "classes_present": int(evaluation.labels.unique().numel()),
         "accuracy": float(evaluation.accuracy),
         "loss": float(evaluation.loss),
         "h_z": result.h_z,

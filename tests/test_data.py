@@ -121,12 +121,20 @@ def test_stratified_subsample_is_proportional_and_seeded():
        st.integers(0, 10))
 def test_stratified_subsample_properties(raw, k, seed):
     labels = torch.tensor(raw)
+    if k < labels.unique().numel():
+        with pytest.raises(InputError, match="--max-samples"):
+            stratified_indices(labels, k, seed)
+        return
     idx = stratified_indices(labels, k, seed)
     n = len(raw)
     assert len(idx) == min(k, n) and idx.unique().numel() == len(idx)
     counts, picked = torch.bincount(labels, minlength=6), torch.bincount(labels[idx], minlength=6)
+    assert ((picked >= 1) == (counts >= 1)).all()  # every class present keeps a sample
     share = counts.double() * min(k, n) / n
-    assert ((picked - share).abs() < 1 + 1e-9).all()  # each class within one of its share
+    lifted = int(((share < 1) & (counts >= 1)).sum())  # classes raised to one sample
+    big = share >= 1
+    # the others stay within one of their share, less what the lifted classes took
+    assert ((picked - share)[big].abs() < 1 + lifted + 1e-9).all()
 
 
 def test_max_samples_on_tensor_file(tmp_path):
@@ -283,3 +291,39 @@ def test_cifar_folder(tmp_path, monkeypatch):
     assert train.inputs.shape == (10, 1, 8, 8)
     with pytest.raises(InputError, match="CIFAR has 'train' and 'test'"):
         load_data(tmp_path, split="holdout", cache=None)
+
+
+# --------------------------------------------------------------------------- leaks
+
+
+def test_image_folder_with_train_and_test_needs_a_split(tmp_path, grey_model):
+    root = tmp_path / "ds"
+    make_image_folder(root / "train", {"a": 2, "b": 2})
+    make_image_folder(root / "test", {"a": 1, "b": 1}, seed=1)
+    with pytest.raises(InputError, match=r"holds split folders \(test, train\).*--split"):
+        load_data(root, model=grey_model, input_size=8, cache=None)
+    assert len(load_data(root, model=grey_model, split="test", input_size=8, cache=None)) == 2
+
+
+def test_empty_class_folder_keeps_the_class_index(tmp_path, grey_model):
+    root = make_image_folder(tmp_path / "imgs", {"a": 2, "c": 3})
+    (root / "b").mkdir()  # a class whose images are missing
+    d = load_data(root, model=grey_model, input_size=8, cache=None)
+    assert d.classes == ["a", "b", "c"]
+    assert d.labels.tolist() == [0, 0, 2, 2, 2]  # 'c' keeps index 2, as timm trained it
+
+
+def test_timm_class_order_is_natural(tmp_path, grey_model):
+    root = make_image_folder(tmp_path / "imgs", {"c2": 1, "c10": 1})
+    (root / "c1").mkdir()
+    d = load_data(root, model=grey_model, input_size=8, cache=None)
+    assert d.classes == ["c1", "c2", "c10"] and d.labels.tolist() == [1, 2]
+
+
+def test_subsample_keeps_every_class_or_refuses():
+    labels = torch.tensor([0] * 90 + [1] * 5 + [2] * 5)
+    idx = stratified_indices(labels, 10, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [8, 1, 1]
+    with pytest.raises(InputError, match=r"--max-samples 2 .* 3 classes.*--max-samples 3"):
+        stratified_indices(labels, 2)
+    assert torch.bincount(labels[stratified_indices(labels, 3)]).tolist() == [1, 1, 1]

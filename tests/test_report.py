@@ -24,7 +24,8 @@ def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: floa
         note: str = "") -> dict:
     """A complete lmc row with made-up numbers."""
     values = dict(
-        alpha=alpha, checkpoint=checkpoint, n_samples=450, n_classes=10, accuracy=0.9,
+        alpha=alpha, checkpoint=checkpoint, n_samples=450, n_classes=10, classes_present=10,
+        accuracy=0.9,
         loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
         mir_nc=0.9523507825397208, hdr_nc=0.0, estimate="exact", note=note,
     )
