@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from infoprobe import __version__, checkpoint, probe, report
 from infoprobe import data as datasets
 from infoprobe.errors import InfoprobeError, InputError
+from infoprobe.info import DEFAULT_MAX_EXACT_DIM
 from infoprobe.rows import (
     COLUMNS,
     PER_CLASS_COLUMNS,
@@ -271,9 +272,10 @@ class Options:
     drop_zero_rows: Annotated[bool, _opt(
         "--drop-zero-rows", panel=_MEASURE,
         help="Leave out samples whose features are all zero (else an error).")] = False
-    max_exact_dim: Annotated[int, _opt(
+    max_exact_dim: Annotated[int | None, _opt(
         "--max-exact-dim", min=0, panel=_MEASURE,
-        help="Refuse exact eigen-solves larger than this (0: no limit).")] = 16384
+        help=f"Largest exact eigen-solve (default: {DEFAULT_MAX_EXACT_DIM} on CPU, from the "
+        "free memory on CUDA; 0: no limit).")] = None
     # output
     csv: Annotated[str | None, _opt(
         "--csv", metavar="FILE", panel=_OUTPUT, help="Write rows as CSV ('-': stdout).")] = None
@@ -517,7 +519,8 @@ def _measure(opts: Options) -> MeasureOptions:
         batch_size=opts.estimate_batch_size,
         seed=opts.seed,
         drop_zero_rows=opts.drop_zero_rows,
-        max_exact_dim=opts.max_exact_dim or None,
+        max_exact_dim="auto" if opts.max_exact_dim is None else opts.max_exact_dim or None,
+        device=str(probe.resolve_device(opts.device)),
     )
 
 
@@ -803,11 +806,12 @@ def _sweep_csv(command: str, key: str, name: str, n_samples: int, resume: bool,
     for row in log.rows:
         # with --drop-zero-rows the count depends on the weights, so it cannot be compared
         samples_differ = row["n_samples"] != n_samples and not measure.drop_zero_rows
-        if row["checkpoint"] != name or row["estimate"] != measure.label() or samples_differ:
+        if row["checkpoint"] != name or not measure.matches(row["estimate"]) or samples_differ:
             raise InputError(
                 f"--resume: {opts.csv} holds rows of another run ({row['checkpoint']}, "
                 f"{row['estimate']}, {row['n_samples']} samples; this run: {name}, "
-                f"{measure.label()}, {n_samples} samples); remove it or write to another --csv")
+                f"--estimate {measure.estimate}, {n_samples} samples); remove it or write to "
+                "another --csv")
     if log.rows:
         _log(f"resuming: {len(log.rows)} finished rows in {opts.csv}")
     return log

@@ -36,10 +36,14 @@ from torch import Tensor
 
 from infoprobe.errors import InputError
 
-Estimate = Literal["exact", "batch"]
+Estimate = Literal["auto", "exact", "batch", "slq"]
 
-#: Largest matrix side an exact eigen-solve is attempted on by default (float64: 2 GiB).
+#: Largest matrix side an exact eigen-solve is attempted on by default on CPU (float64: 2 GiB).
 DEFAULT_MAX_EXACT_DIM = 16384
+
+#: Bytes an exact eigen-solve of side m needs on CUDA, per m^2: the float64 matrix, the copy
+#: ``eigvalsh`` factorises and its workspace.
+_SOLVE_BYTES_PER_ENTRY = 3 * 8
 
 
 # --------------------------------------------------------------------------------------
@@ -51,9 +55,16 @@ DEFAULT_MAX_EXACT_DIM = 16384
 class Interplay:
     """Entropies (nats), mutual information and ratios for one set of samples.
 
-    ``estimate`` is ``"exact"`` (the full-set value) or ``"batch"`` (the paper's mean over
-    ``n_batches`` seeded mini-batches of ``batch_size`` samples). ``note`` says why a ratio
-    is NaN (empty when none is). ``n_classes`` is None for :func:`interplay_between`.
+    ``estimate`` is the route that gave the joint entropy: ``"exact"`` (the full-set value),
+    ``"slq"`` (the stochastic Lanczos estimate of the full-set value, see
+    :mod:`infoprobe.slq`) or ``"batch"`` (the paper's mean over ``n_batches`` seeded
+    mini-batches of ``batch_size`` samples, a different quantity). ``label`` names it with
+    its parameters, as the ``estimate`` column does. ``h_z``, ``h_w`` and ``hdr`` are exact
+    on the exact and slq routes. ``h_zw_err``, ``mi_err`` and ``mir_err`` are one standard
+    error of the estimate (None when exact); ``mir_lower`` is a certified lower bound of MIR
+    (None when the route gives none). ``n_used`` counts the samples that entered the values
+    (the batch estimate drops a short last batch). ``note`` says why a value is NaN (empty
+    when none is). ``n_classes`` is None for :func:`interplay_between`.
     """
 
     h_z: float
@@ -68,6 +79,12 @@ class Interplay:
     batch_size: int | None = None
     n_batches: int = 1
     note: str = ""
+    label: str = "exact"
+    n_used: int | None = None
+    h_zw_err: float | None = None
+    mi_err: float | None = None
+    mir_err: float | None = None
+    mir_lower: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,41 +142,49 @@ def _entropy_of_eigenvalues(lam: Tensor) -> Tensor:
 
 
 class _SpectralEntropy(torch.autograd.Function):
-    """``H(A) = -tr(A log A)`` for symmetric PSD ``A``; backward ``U diag(-(log lam + 1)) U^T``.
+    """``H(A) = -sum p_k log p_k`` with ``p = lam / s`` and ``s`` the sum of the positive
+    eigenvalues of symmetric PSD ``A`` (the value :func:`_entropy_of_eigenvalues` returns).
 
-    Eigenvalues at round-off zero get derivative 0 rather than ``+inf``: every ``A`` here
-    is ``X^T X`` or ``X X^T``, and such directions lie in the null space of ``X`` so they
-    contribute nothing to the gradient with respect to ``X`` (``d(e log e)/de -> 0``).
+    Backward: ``dH/dlam_k = -(log p_k + H) / s``, so ``dH/dA = U diag(-(log p + H) / s) U^T``;
+    the ``+H`` and ``1/s`` come from the renormalisation and vanish from nothing: for unit
+    trace they are the difference ``(1 - H) I`` to ``-(log lam + 1)``. Eigenvalues at
+    round-off zero get derivative 0 rather than ``+inf``: every ``A`` here is ``X^T X`` or
+    ``X X^T``, and such directions lie in the null space of ``X`` so they contribute nothing
+    to the gradient with respect to ``X`` (``d(e log e)/de -> 0``).
     """
 
     @staticmethod
     def forward(ctx, a: Tensor) -> Tensor:  # noqa: D401 - autograd signature
         lam, vec = torch.linalg.eigh(a)
-        ctx.save_for_backward(lam, vec)
-        return _entropy_of_eigenvalues(lam)
+        h = _entropy_of_eigenvalues(lam)
+        ctx.save_for_backward(lam, vec, h)
+        return h
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> Tensor:
-        lam, vec = ctx.saved_tensors
+        lam, vec, h = ctx.saved_tensors
         positive = lam > _zero_threshold(lam, lam.shape[0])
-        slope = -(torch.log(lam.clamp_min(1e-300)) + 1)
-        slope = torch.where(positive, slope, torch.zeros_like(lam))
+        total = lam[positive].sum()
+        p = torch.where(positive, lam, torch.ones_like(lam)) / total
+        slope = torch.where(positive, -(torch.log(p) + h) / total, torch.zeros_like(lam))
         return grad_out * (vec * slope) @ vec.mT
 
 
 def spectral_entropy(a: Tensor) -> Tensor:
-    """Entropy ``-sum lam log lam`` of the eigenvalues of a symmetric PSD matrix.
+    """Entropy ``-sum p log p`` of the eigenvalues ``lam`` of a symmetric PSD matrix, with
+    ``p = lam / sum(lam)`` (round-off negatives and zeros dropped).
 
-    ``a``: [m, m], any float dtype (solved in float64 after symmetrising). Returns a 0-dim
-    float64 tensor; differentiable with the finite backward described in the module doc.
-    The caller is responsible for ``a`` having unit trace (eigenvalues summing to 1).
+    ``a``: [m, m], any float dtype, solved in float64 on its device. Returns a 0-dim
+    float64 tensor. For unit trace (the matrices of this module) ``p = lam``; otherwise the
+    value is the entropy of the renormalised spectrum, and the backward is the true
+    gradient of that value (class doc). Without grad only the lower triangle is read (as
+    ``eigvalsh`` does), so no symmetrised copy of a large matrix is made.
     """
     a = a.to(torch.float64)
-    a = (a + a.mT) / 2
     if a.shape[0] == 0:
         return a.new_zeros(())
     if a.requires_grad:
-        return _SpectralEntropy.apply(a)
+        return _SpectralEntropy.apply((a + a.mT) / 2)
     return _entropy_of_eigenvalues(torch.linalg.eigvalsh(a))
 
 
@@ -320,32 +345,82 @@ def _hadamard_matrix(za: Tensor, zb: Tensor) -> Tensor:
     return (za @ za.mT) * (zb @ zb.mT) / n
 
 
-def _joint_matrix(zh: Tensor, labels: Tensor, wh: Tensor) -> Tensor:
-    """(K_Z o K_W) / n through the smaller of the n x n and Khatri-Rao routes."""
+def _dense_joint(zh: Tensor, labels: Tensor, gram: Tensor) -> Tensor:
+    """``(K_Z o K_W) / n`` as one n x n matrix, multiplied in place by row blocks.
+
+    The peak is the n x n matrix plus one block of rows, not three n x n matrices: at
+    n = 50,000 each is 20 GB in float64.
+    """
+    n = zh.shape[0]
+    k = zh @ zh.mT
+    step = max(1, (1 << 24) // n)
+    for start in range(0, n, step):
+        k[start:start + step].mul_(gram[labels[start:start + step]][:, labels])
+    return k.div_(n)
+
+
+def _joint_matrix(
+    zh: Tensor, labels: Tensor, wh: Tensor, gram: Tensor | None = None,
+    factor: Tensor | None = None,
+) -> Tensor:
+    """(K_Z o K_W) / n through the smaller of the n x n and Khatri-Rao routes.
+
+    ``gram`` (``M = Wh Wh^T``, [C, C]) and ``factor`` (its rank factor ``L``) may be passed
+    in when many sample sets share one head (the batch estimate).
+    """
     n, d = zh.shape
-    if zh.requires_grad or wh.requires_grad:
+    differentiable = zh.requires_grad or wh.requires_grad
+    if gram is None:
+        gram = wh @ wh.mT
+    if factor is None:
         # Rank compression is not differentiable; Wh itself is a factor of M (r = d).
-        factor = wh
-    else:
-        factor = _rank_factor(wh @ wh.mT)
+        factor = wh if differentiable else _rank_factor(gram)
     if d * factor.shape[1] >= n:
-        return (zh @ zh.mT) * (wh @ wh.mT)[labels][:, labels] / n
+        if differentiable:
+            return (zh @ zh.mT) * gram[labels][:, labels] / n
+        return _dense_joint(zh, labels, gram)
     z = zh if zh.requires_grad else _row_space_coordinates(zh)
     return _khatri_rao_matrix(z, labels, factor)
 
 
-def _route_size(n: int, d: int, num_classes: int) -> int:
-    """Upper bound of the largest matrix the exact routes solve (before rank compression)."""
-    return max(min(n, d), min(num_classes, n), min(n, d * min(num_classes, d)))
+def _joint_size(n: int, d: int, num_classes: int) -> int:
+    """Upper bound of the joint route's matrix side (before rank compression)."""
+    return min(n, d * min(num_classes, d))
 
 
 def _check_size(size: int, max_exact_dim: int | None, what: str) -> None:
     if max_exact_dim is not None and size > max_exact_dim:
         raise InputError(
             f"the exact {what} needs a {size} x {size} eigen-solve (over max_exact_dim="
-            f"{max_exact_dim}): use the batch estimate (--estimate batch), fewer samples "
-            "(--max-samples) or raise --max-exact-dim"
+            f"{max_exact_dim}): use a smaller --estimate-batch-size or raise --max-exact-dim"
         )
+
+
+def default_max_exact_dim(device: str | torch.device = "cpu") -> int:
+    """The largest exact eigen-solve attempted by default on ``device``.
+
+    CPU (and MPS): :data:`DEFAULT_MAX_EXACT_DIM`. CUDA: the largest side m whose solve
+    fits the device's free memory now, after the caching allocator has released its unused
+    blocks: ``m = floor(sqrt(free / 24))`` (the float64 matrix, the copy ``eigvalsh``
+    factorises and its workspace, 8 bytes each per entry). On an 80 GB card with 75 GB free
+    that is m = 55,900; n = 50,000 needs 60 GB.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_MAX_EXACT_DIM
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(device)
+    return math.isqrt(int(free) // _SOLVE_BYTES_PER_ENTRY)
+
+
+def _limit(max_exact_dim: int | str | None, device: torch.device) -> int | None:
+    """``max_exact_dim`` with ``"auto"`` resolved for ``device`` (None: no limit)."""
+    if max_exact_dim == "auto":
+        return default_max_exact_dim(device)
+    if max_exact_dim is not None and (isinstance(max_exact_dim, str) or max_exact_dim < 1):
+        raise InputError(f"max_exact_dim must be a positive int, 'auto' or None, got "
+                         f"{max_exact_dim!r}")
+    return max_exact_dim
 
 
 # --------------------------------------------------------------------------------------
@@ -377,14 +452,18 @@ def _ratios(h_a: float, h_b: float, mi: float) -> tuple[float, float, str]:
 
 
 def prepare(
-    features: Tensor, labels: Tensor, head: Tensor, *, drop_zero_rows: bool = False
+    features: Tensor, labels: Tensor, head: Tensor, *, drop_zero_rows: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validated float64 unit rows ``(zh [n, d], labels [n] int64, wh [C, d])``.
 
     Checks shapes, finiteness and the label range; upcasts (float16/bfloat16 round-off would
     swamp small eigenvalues). Head rows of classes absent from ``labels`` may be zero and
-    stay zero; they never enter K_W. Differentiable in ``features`` and ``head``.
+    stay zero; they never enter K_W. Differentiable in ``features`` and ``head``. The
+    results live on ``device`` (default: the device of ``features``).
     """
+    if device is not None and isinstance(features, Tensor):
+        features = features.to(device)
     z = _as_float64(features, "features", 2)
     w = _as_float64(head, "head", 2)
     if z.shape[1] != w.shape[1]:
@@ -409,15 +488,19 @@ def prepare(
     return zh, y, wh
 
 
-def entropies(zh: Tensor, labels: Tensor, wh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def entropies(
+    zh: Tensor, labels: Tensor, wh: Tensor, *, gram: Tensor | None = None,
+    factor: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Exact ``(H(K_Z), H(K_W), H(K_Z o K_W))`` as 0-dim float64 tensors.
 
     Inputs as returned by :func:`prepare`. Differentiable in ``zh`` and ``wh``; the route
-    for each entropy is the smallest exact one (module doc).
+    for each entropy is the smallest exact one (module doc). ``gram``/``factor``: see
+    :func:`_joint_matrix`.
     """
     h_z = spectral_entropy(_feature_matrix(zh))
     h_w = spectral_entropy(_head_matrix(wh, labels))
-    h_zw = spectral_entropy(_joint_matrix(zh, labels, wh))
+    h_zw = spectral_entropy(_joint_matrix(zh, labels, wh, gram, factor))
     return h_z, h_w, h_zw
 
 
@@ -438,26 +521,83 @@ def batch_indices(n: int, batch_size: int, seed: int) -> list[Tensor]:
     return list(order[: full * batch_size].split(batch_size))
 
 
-def _estimated(
-    entropies_of, n: int, estimate: str, batch_size: int, seed: int, check_size
-) -> tuple[tuple[float, float, float], int, int | None]:
-    """The three entropies, exact or as the mean over :func:`batch_indices` batches.
+@dataclass(frozen=True)
+class _Joint:
+    """The joint entropy from one route: value, 1-sigma error, certified upper bound."""
 
-    ``entropies_of(idx)`` gives the three entropies on samples ``idx`` (None: all);
-    ``check_size(m)`` refuses an exact solve on ``m`` samples that is too large.
-    Returns ``(entropies, n_batches, batch_size or None)``.
+    h_zw: float
+    estimate: str = "exact"
+    label: str = "exact"
+    err: float | None = None
+    upper: float | None = None
+    note: str = ""
+
+
+_ESTIMATES = ("exact", "batch")
+
+
+def _check_estimate(estimate: str) -> None:
+    if estimate not in _ESTIMATES:
+        raise InputError(f"estimate must be one of {', '.join(_ESTIMATES)}, got {estimate!r}")
+
+
+def _refused(size: int, limit: int) -> _Joint:
+    return _Joint(math.nan, note=(
+        f"h_zw, mi and mir not computed: the exact joint entropy needs a {size} x {size} "
+        f"eigen-solve (over max_exact_dim={limit}); use --estimate auto or slq for an "
+        "estimate with error bars, or raise --max-exact-dim"))
+
+
+def _joint_entropy(zh: Tensor, y: Tensor, wh: Tensor, estimate: str,
+                   limit: int | None, slq_options: dict) -> _Joint:
+    """H(K_Z o K_W): exact when the solve fits ``limit`` (or ``estimate="exact"``, which
+    gives NaN with a note past it); the stochastic Lanczos estimate otherwise."""
+    size = _joint_size(zh.shape[0], zh.shape[1], wh.shape[0])
+    fits = limit is None or size <= limit
+    if estimate == "exact" or (estimate == "auto" and fits):
+        if not fits:
+            return _refused(size, limit)
+        return _Joint(float(spectral_entropy(_joint_matrix(zh, y, wh))))
+    from infoprobe import slq
+
+    found = slq.joint_entropy(zh, y, wh, **slq_options)
+    return _Joint(found.value, "slq", found.label, found.err, found.upper)
+
+
+def _result(h_z: float, h_w: float, joint: _Joint, n: int, num_classes: int | None,
+            n_used: int, **extra) -> Interplay:
+    """MI, the ratios and their error bars from exact ``h_z``, ``h_w`` and a joint value."""
+    mi = h_z + h_w - joint.h_zw
+    mir, hdr, note = _ratios(h_z, h_w, mi)
+    low = min(h_z, h_w)
+    scale = 1.0 / low if low > 0 else math.nan
+    err, upper = joint.err, joint.upper
+    return Interplay(
+        h_z, h_w, joint.h_zw, mi, mir, hdr, n, num_classes, joint.estimate,
+        note="; ".join(filter(None, [joint.note, note])), label=joint.label, n_used=n_used,
+        h_zw_err=err, mi_err=err, mir_err=None if err is None else err * scale,
+        mir_lower=None if upper is None else (h_z + h_w - upper) * scale, **extra)
+
+
+def _batch_mean(entropies_of, n: int, batch_size: int, seed: int, check_size
+                ) -> tuple[tuple[float, float, float], int, int]:
+    """Mean entropies over the :func:`batch_indices` batches.
+
+    ``entropies_of(idx)`` gives the three entropies on samples ``idx``; ``check_size(m)``
+    refuses an exact solve on ``m`` samples that is too large. Returns
+    ``(entropies, n_batches, n_used)``.
     """
-    if estimate == "exact":
-        check_size(n)
-        return tuple(float(h) for h in entropies_of(None)), 1, None
-    if estimate != "batch":
-        raise InputError(f"estimate must be 'exact' or 'batch', got {estimate!r}")
     parts = batch_indices(n, batch_size, seed)
     check_size(len(parts[0]))
     sums = torch.zeros(3, dtype=torch.float64)
     for idx in parts:
         sums += torch.stack(entropies_of(idx)).cpu()
-    return tuple(float(s) / len(parts) for s in sums), len(parts), batch_size
+    means = tuple(float(s) / len(parts) for s in sums)
+    return means, len(parts), sum(len(idx) for idx in parts)
+
+
+def _batch_joint(means, batch_size: int, seed: int) -> _Joint:
+    return _Joint(means[2], "batch", f"batch(B={batch_size},seed={seed})")
 
 
 def interplay(
@@ -469,7 +609,9 @@ def interplay(
     batch_size: int = 256,
     seed: int = 0,
     drop_zero_rows: bool = False,
-    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM,
+    max_exact_dim: int | str | None = "auto",
+    device: str | torch.device | None = None,
+    probes: int | None = None,
 ) -> Interplay:
     """Entropies, MI, MIR and HDR between penultimate features and classification head.
 
@@ -477,37 +619,51 @@ def interplay(
         features: [n, d] penultimate features (any float dtype; solved in float64).
         labels: [n] integer class indices in ``[0, C)``.
         head: [C, d] classifier weights, bias excluded.
-        estimate: ``"exact"`` (full set, default) or ``"batch"``, the paper's mean of
-            mini-batch entropies over :func:`batch_indices` ``(n, batch_size, seed)``; MI,
-            MIR and HDR are then derived from the mean entropies.
+        estimate: how the joint entropy ``H(K_Z o K_W)`` (and so MI and MIR) is found.
+            ``"auto"`` (default): exact when its eigen-solve fits ``max_exact_dim``, else
+            ``"slq"``, the stochastic Lanczos estimate of the same full-set value with error
+            bars and a certified bound (:mod:`infoprobe.slq`). ``"exact"``: past the limit
+            h_zw, mi and mir are NaN with a note. ``"batch"``: the paper's mean of mini-batch
+            entropies over :func:`batch_indices` ``(n, batch_size, seed)``, a different
+            quantity (MI, MIR and HDR are derived from the mean entropies). H(K_Z), H(K_W)
+            and HDR are exact on every route but ``"batch"``.
         drop_zero_rows: exclude samples whose feature row, or whose class's head row, is
             zero (their direction is undefined); by default they raise :class:`InputError`.
             ``n_samples`` counts the samples kept.
-        max_exact_dim: refuse exact eigen-solves larger than this (None: no limit).
+        max_exact_dim: largest exact eigen-solve; ``"auto"``: :func:`default_max_exact_dim`
+            of the device (from its free memory on CUDA); None: no limit.
+        device: where the solves run (default: the device of ``features``), in float64.
+        probes: probe vectors of the slq estimate (default :data:`infoprobe.slq.PROBES`).
 
     Returns an :class:`Interplay`. With one sample or one class present an entropy is 0
     and MIR (and possibly HDR) is NaN with ``note`` saying why; it never raises for that.
     """
+    _check_estimate(estimate)
     with torch.no_grad():
-        zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows)
+        zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows,
+                            device=device)
         n, d = zh.shape
         num_classes = wh.shape[0]
+        limit = _limit(max_exact_dim, zh.device)
+        if estimate == "batch":
+            gram = wh @ wh.mT  # one head Gram and rank factor for every batch
+            factor = _rank_factor(gram)
 
-        def entropies_of(idx):
-            if idx is None:
-                return entropies(zh, y, wh)
-            idx = idx.to(zh.device)
-            return entropies(zh[idx], y[idx], wh)
+            def entropies_of(idx):
+                idx = idx.to(zh.device)
+                return entropies(zh[idx], y[idx], wh, gram=gram, factor=factor)
 
-        def check_size(m):
-            _check_size(_route_size(m, d, num_classes), max_exact_dim, "interplay")
+            def check_size(m):
+                _check_size(_joint_size(m, d, num_classes), limit, "batch estimate")
 
-        (h_z, h_w, h_zw), batches, size = _estimated(
-            entropies_of, n, estimate, batch_size, seed, check_size
-        )
-    mi = h_z + h_w - h_zw
-    mir, hdr, note = _ratios(h_z, h_w, mi)
-    return Interplay(h_z, h_w, h_zw, mi, mir, hdr, n, num_classes, estimate, size, batches, note)
+            means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
+            return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
+                           num_classes, used, batch_size=batch_size, n_batches=batches)
+        h_z = float(spectral_entropy(_feature_matrix(zh)))
+        h_w = float(spectral_entropy(_head_matrix(wh, y)))
+        options = {"seed": seed} if probes is None else {"seed": seed, "probes": probes}
+        joint = _joint_entropy(zh, y, wh, estimate, limit, options)
+    return _result(h_z, h_w, joint, n, num_classes, n)
 
 
 def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:
@@ -528,13 +684,15 @@ def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:
 def _between_entropies(ah: Tensor, bh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Exact ``(H(K_A), H(K_B), H(K_A o K_B))`` for unit rows ``ah`` [n, p], ``bh`` [n, q]."""
     n = ah.shape[0]
+    h_a, h_b = spectral_entropy(_feature_matrix(ah)), spectral_entropy(_feature_matrix(bh))
+    return h_a, h_b, _between_joint(ah, bh)
+
+
+def _between_joint(ah: Tensor, bh: Tensor) -> Tensor:
+    n = ah.shape[0]
     ca = _row_space_coordinates(ah) if ah.shape[1] < n else ah
     cb = _row_space_coordinates(bh) if bh.shape[1] < n else bh
-    return (
-        spectral_entropy(_feature_matrix(ah)),
-        spectral_entropy(_feature_matrix(bh)),
-        spectral_entropy(_hadamard_matrix(ca, cb)),
-    )
+    return spectral_entropy(_hadamard_matrix(ca, cb))
 
 
 def interplay_between(
@@ -545,19 +703,26 @@ def interplay_between(
     batch_size: int = 256,
     seed: int = 0,
     drop_zero_rows: bool = False,
-    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM,
+    max_exact_dim: int | str | None = "auto",
+    device: str | torch.device | None = None,
 ) -> Interplay:
     """Interplay between two views of the same n samples (e.g. dense vs pruned features).
 
     ``features_a`` [n, d1] and ``features_b`` [n, d2] give ``K_A`` and ``K_B`` (rows
     normalised); ``h_z = H(K_A)``, ``h_w = H(K_B)``, ``h_zw = H(K_A o K_B)``. The joint
     entropy uses the d1'*d2' Khatri-Rao route (``Phi_i = a_i (x) b_i``) after rank
-    compression when it is smaller than n. ``estimate``, ``batch_size``, ``seed`` and
-    ``max_exact_dim`` are as for :func:`interplay`; ``drop_zero_rows`` drops samples with a
-    zero row in either view. ``n_classes`` is None.
+    compression when it is smaller than n. ``batch_size``, ``seed``, ``max_exact_dim`` and
+    ``device`` are as for :func:`interplay`; ``estimate="batch"`` is the batch mean, and
+    every other value computes the joint entropy exactly when it fits ``max_exact_dim`` and
+    otherwise leaves it NaN with a note (there is no estimator for two feature sets; the
+    entropies and HDR stay exact). ``drop_zero_rows`` drops samples with a zero row in either
+    view. ``n_classes`` is None.
     """
+    _check_estimate(estimate)
     with torch.no_grad():
         a = _as_float64(features_a, "features_a", 2)
+        if device is not None:
+            a = a.to(device)
         b = _as_float64(features_b, "features_b", 2).to(a.device)
         if a.shape[0] != b.shape[0]:
             raise InputError(
@@ -574,20 +739,24 @@ def interplay_between(
         ah = _normalise_rows(a, "features_a")
         bh = _normalise_rows(b, "features_b")
         n = a.shape[0]
+        limit = _limit(max_exact_dim, a.device)
+        widest = max(a.shape[1], b.shape[1])
+        if estimate == "batch":
+            def entropies_of(idx):
+                idx = idx.to(ah.device)
+                return _between_entropies(ah[idx], bh[idx])
 
-        def entropies_of(idx):
-            if idx is None:
-                return _between_entropies(ah, bh)
-            idx = idx.to(ah.device)
-            return _between_entropies(ah[idx], bh[idx])
+            def check_size(m):
+                _check_size(min(m, widest * widest), limit, "batch estimate")
 
-        def check_size(m):
-            widest = max(a.shape[1], b.shape[1])
-            _check_size(min(m, widest * widest), max_exact_dim, "interplay")
-
-        (h_a, h_b, h_ab), batches, size = _estimated(
-            entropies_of, n, estimate, batch_size, seed, check_size
-        )
-    mi = h_a + h_b - h_ab
-    mir, hdr, note = _ratios(h_a, h_b, mi)
-    return Interplay(h_a, h_b, h_ab, mi, mir, hdr, n, None, estimate, size, batches, note)
+            means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
+            return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
+                           None, used, batch_size=batch_size, n_batches=batches)
+        h_a = float(spectral_entropy(_feature_matrix(ah)))
+        h_b = float(spectral_entropy(_feature_matrix(bh)))
+        size = min(n, widest * widest)
+        if limit is not None and size > limit:
+            joint = _refused(size, limit)
+        else:
+            joint = _Joint(float(_between_joint(ah, bh)))
+    return _result(h_a, h_b, joint, n, None, n)

@@ -121,12 +121,15 @@ class RichProgress:
 STDOUT = "-"
 
 #: Columns shown with four decimals in tables (CSV keeps full precision).
-_INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n"})
+_INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n",
+                          "n_used", "n_batches"})
 _SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
 #: Columns that move from the table into its caption when every row holds the same value.
 _CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "classes_present", "estimate",
-                    "mir_nc", "hdr_nc")
-_HIDDEN_COLUMNS = frozenset({"note"})  # printed as notes under the table
+                    "n_used", "n_batches", "mir_nc", "hdr_nc")
+#: ``note`` is printed under the table; error bars go into the cells they belong to
+#: (``mir`` shows ``value ± mir_err``); the CSV and JSON keep them as columns.
+_HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower"})
 
 
 def _is_nan(value: Any) -> bool:
@@ -219,7 +222,7 @@ def render_rows(
                          overflow="fold", min_width=None if text else len(column))
     labels = short_names([str(r.get("checkpoint")) for r in rows])
     for row, label in zip(rows, labels, strict=True):
-        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c))
+        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row)
                         for c in shown))
     console.print(table)
     label = key if key is not None else "checkpoint"
@@ -227,8 +230,11 @@ def render_rows(
         console.print(f"note: {line}", style="yellow", highlight=False, markup=False)
 
 
-def _cell(column: str, value: Any) -> Text:
+def _cell(column: str, value: Any, row: dict | None = None) -> Text:
     text = format_value(column, value)
+    err = (row or {}).get(f"{column}_err")
+    if isinstance(err, float) and not math.isnan(err) and text != "nan":
+        text = f"{text} ± {format_value(column, err)}"
     return Text(text, style="dim" if text == "nan" else "")
 
 

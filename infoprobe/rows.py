@@ -2,9 +2,12 @@
 
 Every command emits rows with :data:`COLUMNS` (lmc adds ``alpha``, prune adds ``ratio,
 sparsity, mir_dense, hdr_dense``, track adds ``step``), so CSV from any command loads
-straight into pandas and joins on these names. ``estimate`` says which entropy estimate a
-row holds: ``exact`` or ``batch(B=..,seed=..)``; ``n_samples`` says on how many samples;
-``note`` says why a ratio is NaN (empty otherwise).
+straight into pandas and joins on these names. ``estimate`` says which route gave the joint
+entropy of a row: ``exact``, ``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``;
+``h_zw_err, mi_err, mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a
+certified lower bound of MIR (NaN when the route gives none); ``n_samples`` says on how many
+samples, ``n_used`` how many entered the values and ``n_batches`` in how many batches;
+``note`` says why a value is NaN (empty otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infoprobe.info import (
-    DEFAULT_MAX_EXACT_DIM,
     Estimate,
     Interplay,
     feature_entropy,
@@ -41,7 +43,13 @@ COLUMNS: tuple[str, ...] = (
     "hdr",
     "mir_nc",
     "hdr_nc",
+    "h_zw_err",
+    "mi_err",
+    "mir_err",
+    "mir_lower",
     "estimate",
+    "n_used",
+    "n_batches",
     "note",
 )
 
@@ -66,18 +74,24 @@ class Evaluated(Protocol):
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """How the information quantities are computed (see :func:`infoprobe.info.interplay`)."""
+    """How the information quantities are computed (see :func:`infoprobe.info.interplay`).
+
+    ``device``: where the eigen-solves run (None: where the features are); ``max_exact_dim``
+    ``"auto"`` follows the device (:func:`infoprobe.info.default_max_exact_dim`).
+    """
 
     estimate: Estimate = "exact"
     batch_size: int = 256
     seed: int = 0
     drop_zero_rows: bool = False
-    max_exact_dim: int | None = DEFAULT_MAX_EXACT_DIM
+    max_exact_dim: int | str | None = "auto"
+    device: str | None = None
 
-    def label(self) -> str:
-        if self.estimate == "exact":
-            return "exact"
-        return f"batch(B={self.batch_size},seed={self.seed})"
+    def matches(self, label: str) -> bool:
+        """Whether a row's ``estimate`` label can come from these options (``--resume``)."""
+        if self.estimate == "batch":
+            return label == f"batch(B={self.batch_size},seed={self.seed})"
+        return label == "exact"
 
 
 def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
@@ -91,7 +105,12 @@ def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -
         seed=options.seed,
         drop_zero_rows=options.drop_zero_rows,
         max_exact_dim=options.max_exact_dim,
+        device=options.device,
     )
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def analysis_row(
@@ -122,7 +141,13 @@ def analysis_row(
         "hdr": result.hdr,
         "mir_nc": optimum.mir if optimum else nan,
         "hdr_nc": optimum.hdr if optimum else nan,
-        "estimate": options.label(),
+        "h_zw_err": _nan(result.h_zw_err),
+        "mi_err": _nan(result.mi_err),
+        "mir_err": _nan(result.mir_err),
+        "mir_lower": _nan(result.mir_lower),
+        "estimate": result.label,
+        "n_used": result.n_used,
+        "n_batches": result.n_batches,
         "note": result.note,
     }
     return row

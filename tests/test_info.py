@@ -177,10 +177,22 @@ def test_batch_estimate_is_the_mean_of_batch_entropies():
     means = means.mean(0)
     assert (got.h_z, got.h_w, got.h_zw) == pytest.approx(means.tolist(), abs=EXACT)
     assert (got.estimate, got.batch_size, got.n_batches) == ("batch", 64, 3)
+    assert (got.n_samples, got.n_used, got.label) == (250, 192, "batch(B=64,seed=3)")
+    assert got.mir_err is None and got.mir_lower is None
     again = interplay(z, y, w, estimate="batch", batch_size=64, seed=3)
     assert again == got
     other = interplay(z, y, w, estimate="batch", batch_size=64, seed=4)
     assert other.h_z != got.h_z
+
+
+def test_batch_estimate_computes_the_head_gram_once(monkeypatch):
+    """The C x C head Gram's rank factor is solved once, not once per batch."""
+    z, y, w = clustered(600, 6, 40, 0.4, 2)
+    calls = []
+    real = info._rank_factor
+    monkeypatch.setattr(info, "_rank_factor", lambda m: calls.append(m.shape) or real(m))
+    got = interplay(z, y, w, estimate="batch", batch_size=50)
+    assert got.n_batches == 12 and calls == [(40, 40)]
 
 
 def test_batch_larger_than_n_is_the_exact_value():
@@ -189,6 +201,21 @@ def test_batch_larger_than_n_is_the_exact_value():
     exact = interplay(z, y, w)
     assert batch.n_batches == 1
     assert batch.h_zw == pytest.approx(exact.h_zw, abs=EXACT)
+
+
+# ---- the entropy's gradient ----------------------------------------------------------------
+
+
+def test_spectral_entropy_backward_is_the_gradient_of_the_renormalised_value():
+    """Trace 2.7, not 1: the value is the entropy of lam / sum(lam), and so is the gradient."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    a = (x @ x.T / 7 * 2.7 / float(torch.trace(x @ x.T / 7))).requires_grad_()
+    assert float(torch.trace(a)) == pytest.approx(2.7)
+    assert torch.autograd.gradcheck(info.spectral_entropy, (a,), eps=1e-6, atol=1e-7)
+    lam = torch.linalg.eigvalsh(a.detach())
+    p = lam / lam.sum()
+    assert float(info.spectral_entropy(a)) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-13)
 
 
 # ---- edge cases ------------------------------------------------------------------------------
@@ -283,11 +310,18 @@ def test_low_precision_inputs_are_upcast(dtype):
     assert (got.h_z, got.h_w, got.h_zw) == pytest.approx(want, abs=EXACT)
 
 
-def test_max_exact_dim_refuses_with_a_fix():
+def test_past_max_exact_dim_the_cheap_values_stay_exact():
+    """Only the joint entropy needs the large solve: H_Z, H_W and HDR are kept exactly."""
     z, y, w = random_case(300, 400, 5, 0)
-    with pytest.raises(InputError, match="--estimate batch"):
-        interplay(z, y, w, max_exact_dim=100)
+    got = interplay(z, y, w, estimate="exact", max_exact_dim=100)
+    h_z, h_w, _ = brute_interplay(z, y, w)
+    assert (got.h_z, got.h_w) == pytest.approx((h_z, h_w), abs=EXACT)
+    assert got.hdr == pytest.approx(abs(h_z - h_w) / max(h_z, h_w), abs=1e-12)
+    assert math.isnan(got.h_zw) and math.isnan(got.mi) and math.isnan(got.mir)
+    assert "300 x 300" in got.note and "max_exact_dim=100" in got.note
     assert interplay(z, y, w, max_exact_dim=100, estimate="batch", batch_size=64).n_batches == 4
+    with pytest.raises(InputError, match="batch estimate"):
+        interplay(z, y, w, max_exact_dim=10, estimate="batch", batch_size=64)
 
 
 # ---- interplay_between ---------------------------------------------------------------------

@@ -21,13 +21,15 @@ LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
 
 
 def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: float = 0.75,
-        note: str = "") -> dict:
+        note: str = "", mir_err: float = math.nan, estimate: str = "exact") -> dict:
     """A complete lmc row with made-up numbers."""
     values = dict(
         alpha=alpha, checkpoint=checkpoint, n_samples=450, n_classes=10, classes_present=10,
         accuracy=0.9,
         loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
-        mir_nc=0.9523507825397208, hdr_nc=0.0, estimate="exact", note=note,
+        mir_nc=0.9523507825397208, hdr_nc=0.0, h_zw_err=mir_err * 2.25, mi_err=mir_err * 2.25,
+        mir_err=mir_err, mir_lower=math.nan, estimate=estimate, n_used=450, n_batches=1,
+        note=note,
     )
     return {c: values[c] for c in LMC_COLUMNS}
 
@@ -71,6 +73,14 @@ def test_table_moves_shared_values_to_the_caption_and_prints_notes():
     assert "n_samples" not in header and "checkpoint" not in header and "note" not in header
     assert "nan" in text
     assert "note: alpha 0.5: MIR is undefined (0/0)" in text
+
+
+def test_estimator_rows_show_mir_with_its_error_bar():
+    rows = [row(0.0), row(0.5, mir=0.8123, mir_err=0.0021, estimate="slq(probes=8,steps=30,seed=0)")]
+    text = render(rows, title="lmc", key="alpha")
+    assert "0.8123 ± 0.0021" in text and "0.7500 ±" not in text
+    header = next(line for line in text.splitlines() if "accuracy" in line)
+    assert "mir_err" not in header and "mir_lower" not in header and "n_used=450" in text
 
 
 def test_one_row_table_keeps_its_checkpoint():

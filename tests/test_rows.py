@@ -33,12 +33,15 @@ def test_row_has_the_schema_and_library_values():
     assert (row["checkpoint"], row["accuracy"], row["loss"]) == ("model.safetensors", 0.5, 1.25)
     assert (row["n_samples"], row["n_classes"]) == (200, 10)
     assert (row["estimate"], row["note"]) == ("exact", "")
+    assert (row["n_used"], row["n_batches"]) == (200, 1)
+    assert all(math.isnan(row[c]) for c in ("h_zw_err", "mi_err", "mir_err", "mir_lower"))
 
 
 def test_batch_estimate_is_labelled():
     ev = evaluation()
     row = analysis_row("m", ev, MeasureOptions(estimate="batch", batch_size=64, seed=2))
     assert row["estimate"] == "batch(B=64,seed=2)"
+    assert (row["n_samples"], row["n_used"], row["n_batches"]) == (200, 192, 3)
     ref = interplay(ev.features, ev.labels, ev.head, estimate="batch", batch_size=64, seed=2)
     assert row["h_z"] == pytest.approx(ref.h_z, abs=0)
 

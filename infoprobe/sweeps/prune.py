@@ -198,6 +198,7 @@ def _dense_interplay(dense: Tensor, pruned: Tensor, options: MeasureOptions) -> 
         seed=options.seed,
         drop_zero_rows=options.drop_zero_rows,
         max_exact_dim=options.max_exact_dim,
+        device=options.device,
     )
 
 
