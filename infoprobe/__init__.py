@@ -4,6 +4,7 @@ Song et al., "Unveiling the Dynamics of Information Interplay in Supervised Lear
 ICML 2024 (arXiv 2406.03999).
 """
 
+from infoprobe.api import analyze, lmc, prune, track
 from infoprobe.errors import InfoprobeError, InputError, RunFailure
 from infoprobe.info import (
     Interplay,
@@ -25,8 +26,12 @@ __all__ = [
     "NCOptimum",
     "RunFailure",
     "__version__",
+    "analyze",
     "interplay",
     "interplay_between",
+    "lmc",
     "matrix_entropy",
     "nc_optimum",
+    "prune",
+    "track",
 ]

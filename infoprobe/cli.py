@@ -1,6 +1,8 @@
 """The ``infoprobe`` command line: parse, call the library, render.
 
-Commands are thin: each hands its arguments to one private function. The options every
+Commands are thin: each hands its arguments to one private function, which calls the
+Python API (:mod:`infoprobe.api`, the same functions a notebook calls) and renders the
+DataFrame it returns. The options every
 command shares are declared once, on :class:`Options`, and :func:`_shared_options` adds them
 to each command's signature. Failures of the :class:`~infoprobe.errors.InfoprobeError` family
 become one line on stderr and the error's exit code (2 bad input, 1 runtime failure); usage
@@ -10,17 +12,13 @@ errors exit 2; anything unexpected exits 1 with a hint to rerun with ``--debug``
 from __future__ import annotations
 
 import dataclasses
-import filecmp
 import functools
 import inspect
-import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
@@ -32,18 +30,10 @@ try:  # typer >= 0.22 vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from infoprobe import __version__, checkpoint, probe, report
-from infoprobe import data as datasets
+from infoprobe import __version__, api, report
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
-from infoprobe.rows import (
-    COLUMNS,
-    PER_CLASS_COLUMNS,
-    SWEEP_COLUMNS,
-    MeasureOptions,
-    analysis_row,
-    per_class_rows,
-)
+from infoprobe.rows import PER_CLASS_COLUMNS
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 
@@ -444,7 +434,8 @@ def lmc(
     The loss and accuracy barriers are printed under the table and written to the JSON.
     Each finished row is appended to --csv at once, so an interrupted sweep keeps it.
     """
-    sweep = _LmcSweep(steps, alphas, reset_bn, bn_data, bn_batches, bn_on_eval_data)
+    sweep = dict(steps=steps, alphas=alphas, reset_bn=reset_bn, bn_data=bn_data,
+                 bn_batches=bn_batches, bn_on_eval_data=bn_on_eval_data)
     _lmc(a, b, sweep, resume, plot, opts)
 
 
@@ -479,7 +470,8 @@ def prune(
     There is no fine-tuning: each row measures the pruned weights as they are. mir_dense and
     hdr_dense compare the pruned model's features with the dense model's on the same samples.
     """
-    sweep = _PruneSweep(ratios, method.value, include_head, iterative, dense_metrics)
+    sweep = dict(ratios=ratios, method=method.value, include_head=include_head,
+                 iterative=iterative, dense_metrics=dense_metrics)
     _prune(checkpoint, sweep, resume, plot, opts)
 
 
@@ -491,109 +483,11 @@ def main() -> None:
 # ----------------------------------------------------------------------------- option helpers
 
 
-def _numbers(text: str | None, flag: str, kind: type) -> tuple | None:
-    """``"0.5,0.5,0.5"`` -> ``(0.5, 0.5, 0.5)``; InputError naming ``flag`` otherwise."""
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(v) for v in re.split(r"[,\s]+", text.strip()) if v)
-    except ValueError:
-        raise InputError(f"{flag} {text!r}: expected comma-separated numbers") from None
-    if not values:
-        raise InputError(f"{flag} {text!r}: expected comma-separated numbers")
-    return values
-
-
-def _input_size(text: str | None) -> int | tuple[int, ...] | None:
-    values = _numbers(text, "--input-size", int)
-    if values is None:
-        return None
-    if len(values) not in (1, 3) or min(values) < 1:
-        raise InputError(f"--input-size {text!r}: give N or C,H,W with positive integers")
-    return values[0] if len(values) == 1 else values
-
-
-def _measure(opts: Options) -> MeasureOptions:
-    return MeasureOptions(
-        estimate=opts.estimate.value,
-        batch_size=opts.estimate_batch_size,
-        seed=opts.seed,
-        drop_zero_rows=opts.drop_zero_rows,
-        max_exact_dim="auto" if opts.max_exact_dim is None else opts.max_exact_dim or None,
-        device=str(probe.resolve_device(opts.device)),
-    )
-
-
-def _load_kwargs(opts: Options) -> dict[str, Any]:
-    return dict(
-        arch=opts.arch,
-        num_classes=opts.num_classes,
-        in_chans=opts.in_chans,
-        model_kwargs=checkpoint.parse_model_kwargs(opts.model_kwargs),
-        ema=opts.ema,
-        strip_prefix=opts.strip_prefix,
-        trust_checkpoint=opts.trust_checkpoint,
-    )
-
-
-def _eval_kwargs(opts: Options) -> dict[str, Any]:
-    return dict(
-        head=opts.head,
-        device=opts.device,
-        batch_size=opts.batch_size,
-        amp=opts.amp_dtype.value if opts.amp else False,
-        channels_last=opts.channels_last,
-    )
-
-
-def _data(spec: str, opts: Options, model: Any, progress: Any, max_samples: int | None):
-    """Load ``spec`` with the data options (decoded once per process, see data.py)."""
-    loaded = datasets.load_data(
-        spec,
-        model=model,
-        split=opts.split,
-        max_samples=max_samples,
-        seed=opts.seed,
-        input_size=_input_size(opts.input_size),
-        mean=_numbers(opts.mean, "--mean", float),
-        std=_numbers(opts.std, "--std", float),
-        crop_pct=opts.crop_pct,
-        interpolation=opts.interpolation,
-        workers=opts.workers,
-        progress=progress,
-    )
-    _report_missing_classes(loaded)
-    return loaded
-
-
-def _report_missing_classes(data: datasets.LabelledTensors) -> None:
-    """Say which named classes have no sample: their indices stay reserved."""
-    if not data.classes:
-        return
-    counts = data.labels.bincount(minlength=len(data.classes))
-    missing = [f"{name} (index {i})" for i, name in enumerate(data.classes) if counts[i] == 0]
-    if missing:
-        _log(f"{data.source}: no samples of class {', '.join(missing)}; the other classes "
-             "keep their indices")
-
-
-def _check_inputs(paths: list[str], opts: Options, *, allow_features: bool) -> list[bool]:
-    """Which inputs are features files; InputError for missing files or a missing --data."""
-    for p in paths:
-        if not Path(p).expanduser().exists():
-            raise InputError(f"{p} does not exist; check the path")
-    features = [probe.is_features_file(p) for p in paths]
-    if any(features) and not allow_features:
-        first = paths[features.index(True)]
-        raise InputError(f"{first} is a features file; this command needs checkpoints")
-    if not all(features):
-        if opts.data is None:
-            first = paths[features.index(False)]
-            raise InputError(f"--data is required to evaluate checkpoint {first} (only features "
-                             "files need none)")
-        if not Path(opts.data).expanduser().exists():
-            raise InputError(f"--data {opts.data} does not exist; check the path")
-    return features
+def _api_options(opts: Options) -> dict[str, Any]:
+    """The shared options as :func:`infoprobe.api.analyze` & co. take them."""
+    names = {f.name for f in dataclasses.fields(api.RunOptions)}
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
+            if f.name in names}
 
 
 def _preflight(opts: Options, *, plot: str | None = None, save_features: str | None = None,
@@ -602,11 +496,7 @@ def _preflight(opts: Options, *, plot: str | None = None, save_features: str | N
 
     Runs before any computation, so a typo costs nothing and leaves no partial output.
     """
-    probe.resolve_device(opts.device)
-    _load_kwargs(opts)  # parses --model-kwargs
-    _input_size(opts.input_size)
-    _numbers(opts.mean, "--mean", float)
-    _numbers(opts.std, "--std", float)
+    api.RunOptions.of(_api_options(opts)).check()
     if opts.csv == report.STDOUT and opts.json_out == report.STDOUT:
         raise InputError("--csv - and --json - both write to stdout; send one to a file")
     if resume and (opts.csv is None or opts.csv == report.STDOUT):
@@ -641,55 +531,10 @@ def _progress():
     return report.RichProgress()
 
 
-def _load(path: str, opts: Options):
-    return checkpoint.load_model(path, **_load_kwargs(opts))
-
-
-def _evaluate(path: str, is_features: bool, opts: Options, progress: Any):
-    """(evaluation, class names) for a checkpoint on --data, or for a features file."""
-    if is_features:
-        return probe.load_features(path), None
-    loaded = _load(path, opts)
-    data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
-    evaluation = probe.evaluate(loaded.model, data, **_eval_kwargs(opts), progress=progress)
-    return evaluation, data.classes
-
-
-def _features_targets(template: str | None, paths: list[str]) -> dict[str, str]:
-    """Each checkpoint's --save-features file: ``{name}`` is its file name without the
-    checkpoint suffix (``ls0.1.safetensors`` -> ``ls0.1``). InputError when two checkpoints
-    would write one file, so that no output of the run overwrites another."""
-    if template is None:
-        return {}
-    targets = {p: template.replace("{name}", _stem(p)) for p in paths}
-    seen: dict[str, str] = {}
-    for path, target in targets.items():
-        if target in seen:
-            raise InputError(
-                f"--save-features {template}: {seen[target]} and {path} would both write "
-                f"{target}; give checkpoints with distinct file names")
-        seen[target] = path
-    return targets
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    suffix = next((s for s in sorted(checkpoint.CHECKPOINT_SUFFIXES, key=len, reverse=True)
-                   if name.lower().endswith(s)), Path(name).suffix)
-    return name[: len(name) - len(suffix)] if suffix else name
-
-
-def _save_features(targets: dict[str, str], path: str, evaluation: Any) -> None:
-    if path not in targets:
-        return
-    probe.save_features(targets[path], evaluation)
-    _log(f"wrote features {targets[path]}")
-
-
 def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
           extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
     """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files."""
-    columns = SWEEP_COLUMNS[command] + COLUMNS
+    columns = api.columns(command)
     if report.STDOUT not in (opts.csv, opts.json_out):
         console = _stdout()
         report.render_rows(console, rows, columns, title=title, key=key)
@@ -708,18 +553,12 @@ def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str
 def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
              opts: Options) -> None:
     _preflight(opts, save_features=save_features, several=len(checkpoints) > 1)
-    features = _check_inputs(checkpoints, opts, allow_features=True)
-    targets = _features_targets(save_features, checkpoints)
-    measure = _measure(opts)
-    rows, classes_rows = [], []
     with _progress() as progress:
-        for i, (path, is_features) in enumerate(zip(checkpoints, features, strict=True)):
-            _log(f"[{i + 1}/{len(checkpoints)}] {path}")
-            evaluation, classes = _evaluate(path, is_features, opts, progress)
-            _save_features(targets, path, evaluation)
-            rows.append(analysis_row(path, evaluation, measure))
-            if per_class:
-                classes_rows += per_class_rows(path, evaluation, classes)
+        frame = api.analyze(checkpoints, opts.data, per_class=per_class,
+                            save_features=save_features, progress=progress, log=_log,
+                            **_api_options(opts))
+    rows = api.records(frame)
+    classes_rows = api.records(frame.attrs["per_class"]) if per_class else []
 
     def per_class_tables(console: Console) -> None:
         for path in checkpoints:
@@ -733,17 +572,10 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
 
 def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:
     _preflight(opts, plot=plot, save_features=save_features, several=True)
-    series = checkpoint.series_steps(paths, trust_checkpoint=opts.trust_checkpoint)
-    features = _check_inputs([str(p) for p, _ in series], opts, allow_features=True)
-    targets = _features_targets(save_features, [str(p) for p, _ in series])
-    measure = _measure(opts)
-    rows = []
     with _progress() as progress:
-        for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
-            _log(f"[{i + 1}/{len(series)}] step {step}: {path}")
-            evaluation, _ = _evaluate(str(path), is_features, opts, progress)
-            _save_features(targets, str(path), evaluation)
-            rows.append({"step": step, **analysis_row(str(path), evaluation, measure)})
+        frame = api.track(paths, opts.data, save_features=save_features, progress=progress,
+                          log=_log, **_api_options(opts))
+    rows = api.records(frame)
     _emit("track", rows, opts, title="infoprobe track", extra={"data": opts.data})
     if plot is not None:
         report.plot_track(rows, plot)
@@ -753,114 +585,35 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, opts: 
 # ----------------------------------------------------------------------------- sweeps
 
 
-@dataclass(frozen=True)
-class _LmcSweep:
-    steps: int | None
-    alphas: str | None
-    reset_bn: bool
-    bn_data: str | None
-    bn_batches: int | None
-    bn_on_eval_data: bool = False
+def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
+               total: Callable[[], int]) -> tuple[report.SweepCsv, Callable[[dict], None]]:
+    """The sweep's incremental CSV and the ``on_row`` that records each finished row."""
+    log = report.SweepCsv(opts.csv, api.columns(command), key, resume=resume)
 
-    def check(self, data: str | None) -> None:
-        """Conflicting or incomplete sweep options (exit 2 before any work)."""
-        if self.steps is not None and self.alphas is not None:
-            raise InputError("--steps and --alphas conflict; give one of them")
-        if self.reset_bn and self.bn_data is None:
-            raise InputError("--reset-bn needs --bn-data (usually the training set)")
-        if not self.reset_bn and (self.bn_data is not None or self.bn_batches is not None):
-            raise InputError("--bn-data and --bn-batches only apply with --reset-bn")
-        if self.bn_data is not None and not Path(self.bn_data).expanduser().exists():
-            raise InputError(f"--bn-data {self.bn_data} does not exist; check the path")
-        if self.bn_data is not None and not self.bn_on_eval_data and _same_data(self.bn_data,
-                                                                                  data):
-            raise InputError(
-                f"--bn-data {self.bn_data} is the evaluation data (--data): --reset-bn would "
-                "estimate BatchNorm on the samples it then measures; give the training set, "
-                "or pass --bn-on-eval-data to do it anyway")
-
-
-def _same_data(a: str, b: str | None) -> bool:
-    """Whether ``a`` and ``b`` are one file or folder, or two files with the same bytes."""
-    pa, pb = Path(a).expanduser(), Path(b).expanduser() if b is not None else None
-    if pb is None or not pb.exists():
-        return False
-    if pa.is_file() and pb.is_file():
-        return filecmp.cmp(pa, pb, shallow=False)
-    return os.path.samefile(pa, pb)
-
-
-@dataclass(frozen=True)
-class _PruneSweep:
-    ratios: str
-    method: str
-    include_head: bool
-    iterative: bool
-    dense_metrics: bool
-
-
-def _sweep_csv(command: str, key: str, name: str, n_samples: int, resume: bool,
-               opts: Options, measure: MeasureOptions) -> report.SweepCsv:
-    """The sweep's incremental CSV; resumed rows must come from the same run."""
-    log = report.SweepCsv(opts.csv, SWEEP_COLUMNS[command] + COLUMNS, key, resume=resume)
-    for row in log.rows:
-        # with --drop-zero-rows the count depends on the weights, so it cannot be compared
-        samples_differ = row["n_samples"] != n_samples and not measure.drop_zero_rows
-        if row["checkpoint"] != name or not measure.matches(row["estimate"]) or samples_differ:
-            raise InputError(
-                f"--resume: {opts.csv} holds rows of another run ({row['checkpoint']}, "
-                f"{row['estimate']}, {row['n_samples']} samples; this run: {name}, "
-                f"--estimate {measure.estimate}, {n_samples} samples); remove it or write to "
-                "another --csv")
-    if log.rows:
-        _log(f"resuming: {len(log.rows)} finished rows in {opts.csv}")
-    return log
-
-
-def _run_sweep(log: report.SweepCsv, rows: Iterator[dict], total: int) -> list[dict]:
-    """Record each finished row as it comes; the rows ordered by key."""
-    for row in rows:
+    def record(row: dict) -> None:
         log.add(row)
-        _log(f"[{len(log.rows)}/{total}] {log.key} {report.format_value(log.key, row[log.key])}: "
+        _log(f"[{len(log.rows)}/{total()}] {key} {report.format_value(key, row[key])}: "
              f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}")
-    return log.sorted_rows()
+
+    return log, record
 
 
-def _lmc(a: str, b: str, sweep: _LmcSweep, resume: bool, plot: str | None,
+def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
          opts: Options) -> None:
-    sweep.check(opts.data)
     _preflight(opts, plot=plot, resume=resume)
-    _check_inputs([a, b], opts, allow_features=False)
-    alphas = lmc_lib.parse_alphas(sweep.steps, sweep.alphas)
-    measure = _measure(opts)
-    name = f"{a}→{b}"
-    read = dict(ema=opts.ema, strip_prefix=opts.strip_prefix,
-                trust_checkpoint=opts.trust_checkpoint)
-    loaded = _load(a, opts)
-    # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
-    state_a = loaded.model.state_dict()
-    state_b, _ = checkpoint.read_state_dict(b, **read)
-    lmc_lib.check_compatible(state_a, state_b, a, b)
+    log, record = _sweep_csv("lmc", "alpha", resume, opts, lambda: len(
+        lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])))
     with _progress() as progress:
-        data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
-        log = _sweep_csv("lmc", "alpha", name, len(data), resume, opts, measure)
-        bn_data = None
-        if sweep.reset_bn:
-            # K batches are all a reset reads, so decode no more than that
-            limit = sweep.bn_batches * opts.batch_size if sweep.bn_batches else None
-            bn_data = _data(sweep.bn_data, opts, loaded.model, progress, limit)
-        rows = _run_sweep(log, lmc_lib.lmc_sweep(
-            loaded.model, state_a, state_b, data, alphas, name=name,
-            eval_kwargs=_eval_kwargs(opts), measure=measure, bn_data=bn_data,
-            bn_batches=sweep.bn_batches, bn_seed=opts.seed, skip=log.done, progress=progress),
-            len(alphas))
-    found = lmc_lib.barriers(rows)
+        frame = api.lmc(a, b, opts.data, **sweep, progress=progress, log=_log, on_row=record,
+                        done=log.rows, **_api_options(opts))
+    rows, found = api.records(frame), frame.attrs["barriers"]
+    name = f"{a}→{b}"
 
     def show_barriers(console: Console) -> None:
         report.render_barriers(console, found)
 
     _emit("lmc", rows, opts, title=f"infoprobe lmc {name}", key="alpha",
-          extra={"data": opts.data, "a": a, "b": b, "reset_bn": sweep.reset_bn,
+          extra={"data": opts.data, "a": a, "b": b, "reset_bn": sweep["reset_bn"],
                  "barriers": found},
           after=show_barriers)
     if plot is not None:
@@ -868,25 +621,20 @@ def _lmc(a: str, b: str, sweep: _LmcSweep, resume: bool, plot: str | None,
         _log(f"wrote {plot}")
 
 
-def _prune(checkpoint: str, sweep: _PruneSweep, resume: bool, plot: str | None,
+def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | None,
            opts: Options) -> None:
-    ratios = prune_lib.parse_ratios(sweep.ratios)
+    prune_lib.parse_ratios(sweep["ratios"])
     _preflight(opts, plot=plot, resume=resume)
-    _check_inputs([checkpoint], opts, allow_features=False)
-    measure = _measure(opts)
-    loaded = _load(checkpoint, opts)
+    log, record = _sweep_csv("prune", "ratio", resume, opts,
+                             lambda: len(prune_lib.parse_ratios(sweep["ratios"])))
     with _progress() as progress:
-        data = _data(opts.data, opts, loaded.model, progress, opts.max_samples)
-        log = _sweep_csv("prune", "ratio", checkpoint, len(data), resume, opts, measure)
-        rows = _run_sweep(log, prune_lib.prune_sweep(
-            loaded.model, data, ratios, method=sweep.method, include_head=sweep.include_head,
-            seed=opts.seed, iterative=sweep.iterative, dense_metrics=sweep.dense_metrics,
-            name=checkpoint, eval_kwargs=_eval_kwargs(opts), measure=measure, skip=log.done,
-            progress=progress), len(ratios))
-    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({sweep.method}, "
+        frame = api.prune(checkpoint, opts.data, **sweep, progress=progress, log=_log,
+                          on_row=record, done=log.rows, **_api_options(opts))
+    rows, method = api.records(frame), sweep["method"]
+    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, "
           "no fine-tuning)", key="ratio",
-          extra={"data": opts.data, "method": sweep.method, "include_head": sweep.include_head,
-                 "iterative": sweep.iterative})
+          extra={"data": opts.data, "method": method, "include_head": sweep["include_head"],
+                 "iterative": sweep["iterative"]})
     if plot is not None:
-        report.plot_prune(rows, plot, title=f"{checkpoint}: {sweep.method}, no fine-tuning")
+        report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, no fine-tuning")
         _log(f"wrote {plot}")

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infoprobe.errors import InputError
+from infoprobe.rows import INT_COLUMNS, rows_frame
 
 __all__ = [
     "STDOUT",
@@ -121,8 +122,7 @@ class RichProgress:
 STDOUT = "-"
 
 #: Columns shown with four decimals in tables (CSV keeps full precision).
-_INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n",
-                          "n_used", "n_batches"})
+_INT_COLUMNS = INT_COLUMNS
 _SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
 #: Columns that move from the table into its caption when every row holds the same value.
 _CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "classes_present", "estimate",
@@ -303,11 +303,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 # ----------------------------------------------------------------------- CSV
-
-
-def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN)."""
-    return pd.DataFrame.from_records(list(rows), columns=list(columns))
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:

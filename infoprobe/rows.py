@@ -13,9 +13,11 @@ samples, ``n_used`` how many entered the values and ``n_batches`` in how many ba
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,6 +62,23 @@ SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
     "lmc": ("alpha",),
     "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense"),
 }
+
+
+#: Columns holding integers (nullable: a row without numbers leaves them empty).
+INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n",
+                         "n_used", "n_batches"})
+
+
+def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN/NA).
+
+    Integer columns use pandas' nullable ``Int64``, so a missing count stays an empty cell
+    in CSV rather than turning the column into floats.
+    """
+    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
+    for column in INT_COLUMNS.intersection(frame.columns):
+        frame[column] = frame[column].astype("Int64")
+    return frame
 
 
 class Evaluated(Protocol):

@@ -1,0 +1,471 @@
+"""The Python API: each command as a function that returns a pandas DataFrame.
+
+``analyze``, ``track``, ``lmc`` and ``prune`` take the command's arguments and options as
+keyword arguments, with the command line's names in snake_case (``--max-samples`` is
+``max_samples``, ``--amp-dtype`` is ``amp_dtype``), and return one row per checkpoint,
+step, alpha or ratio in the column schema of :mod:`infoprobe.rows`. The command line calls
+these same functions and only renders what they return, so the rows are the same.
+
+Every function also takes
+
+* ``progress``: a :class:`~infoprobe.probe.ProgressSink` (``start``/``advance``/``stop``);
+* ``log``: a callable taking one line of text (what the command line prints on stderr);
+* ``on_row``: a callable given each row (a dict) as soon as it is finished, so a caller can
+  write it to a file before the next one starts;
+* ``done``: rows already finished by an earlier run (as ``on_row`` got them, or read back
+  from its CSV); they are kept and not computed again (``--resume``).
+
+What the rows do not hold goes into ``DataFrame.attrs``: ``command``, ``data`` and the
+command's settings, plus ``per_class`` (analyze), ``barriers`` (lmc) and ``failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from infoprobe import checkpoint, probe
+from infoprobe import data as datasets
+from infoprobe.errors import InputError
+from infoprobe.rows import (
+    COLUMNS,
+    PER_CLASS_COLUMNS,
+    SWEEP_COLUMNS,
+    MeasureOptions,
+    analysis_row,
+    per_class_rows,
+    rows_frame,
+)
+from infoprobe.sweeps import lmc as lmc_lib
+from infoprobe.sweeps import prune as prune_lib
+
+__all__ = ["RunOptions", "analyze", "columns", "lmc", "prune", "records", "track"]
+
+#: The evaluation batch size when none is given (``--batch-size``).
+DEFAULT_BATCH_SIZE = 256
+
+Log = Callable[[str], None]
+OnRow = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every command shares, with the command line's defaults.
+
+    ``input_size`` is N or (C, H, W); ``mean`` and ``std`` are one value per channel; each
+    may also be given as the command line's text (``"3,224,224"``). ``model_kwargs`` is a
+    dict or the command line's ``["key=value", ...]``. ``amp`` turns autocast on with
+    ``amp_dtype`` (``"bf16"`` or ``"fp16"``). ``max_exact_dim`` None follows the device
+    (:func:`infoprobe.info.default_max_exact_dim`), 0 means no limit.
+    """
+
+    # model
+    arch: str | None = None
+    num_classes: int | None = None
+    in_chans: int | None = None
+    model_kwargs: Mapping[str, Any] | Sequence[str] | None = None
+    ema: bool = False
+    strip_prefix: str | None = None
+    trust_checkpoint: bool = False
+    head: str | None = None
+    # data
+    split: str | None = None
+    max_samples: int | None = None
+    seed: int = 0
+    input_size: int | Sequence[int] | str | None = None
+    mean: Sequence[float] | str | None = None
+    std: Sequence[float] | str | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    workers: int = 0
+    # compute
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    channels_last: bool = False
+    # measure
+    estimate: str = "exact"
+    estimate_batch_size: int = 256
+    drop_zero_rows: bool = False
+    max_exact_dim: int | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> RunOptions:
+        """``RunOptions`` from keyword options; enum values become their value."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {sorted(names)}")
+        return cls(**{k: v.value if isinstance(v, Enum) else v for k, v in options.items()})
+
+    def check(self) -> None:
+        """Every check that needs no model or data: InputError for a bad value."""
+        probe.resolve_device(self.device)
+        self.load_kwargs()
+        self.transform_kwargs()
+
+    def measure(self) -> MeasureOptions:
+        return MeasureOptions(
+            estimate=self.estimate,
+            batch_size=self.estimate_batch_size,
+            seed=self.seed,
+            drop_zero_rows=self.drop_zero_rows,
+            max_exact_dim="auto" if self.max_exact_dim is None else self.max_exact_dim or None,
+            device=str(probe.resolve_device(self.device)),
+        )
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`infoprobe.checkpoint.load_model`."""
+        kwargs = self.model_kwargs
+        if kwargs is None or not isinstance(kwargs, Mapping):
+            kwargs = checkpoint.parse_model_kwargs(list(kwargs) if kwargs else None)
+        return dict(arch=self.arch, num_classes=self.num_classes, in_chans=self.in_chans,
+                    model_kwargs=dict(kwargs), ema=self.ema, strip_prefix=self.strip_prefix,
+                    trust_checkpoint=self.trust_checkpoint)
+
+    def eval_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`infoprobe.probe.evaluate` (less the progress sink)."""
+        return dict(head=self.head, device=self.device, batch_size=self.batch_size,
+                    amp=self.amp_dtype if self.amp else False,
+                    channels_last=self.channels_last)
+
+    def transform_kwargs(self) -> dict[str, Any]:
+        return dict(input_size=_input_size(self.input_size),
+                    mean=_numbers(self.mean, "--mean", float),
+                    std=_numbers(self.std, "--std", float),
+                    crop_pct=self.crop_pct, interpolation=self.interpolation)
+
+    def load_data(self, spec: str, model: Any, progress: Any, max_samples: int | None,
+                  log: Log | None = None) -> datasets.LabelledTensors:
+        """``spec`` loaded for ``model`` (decoded once per process, see data.py)."""
+        loaded = datasets.load_data(spec, model=model, split=self.split,
+                                    max_samples=max_samples, seed=self.seed,
+                                    workers=self.workers, progress=progress,
+                                    **self.transform_kwargs())
+        _report_missing_classes(loaded, log)
+        return loaded
+
+
+def _report_missing_classes(data: datasets.LabelledTensors, log: Log | None) -> None:
+    """Say which named classes have no sample: their indices stay reserved."""
+    if not data.classes or log is None:
+        return
+    counts = data.labels.bincount(minlength=len(data.classes))
+    missing = [f"{name} (index {i})" for i, name in enumerate(data.classes) if counts[i] == 0]
+    if missing:
+        log(f"{data.source}: no samples of class {', '.join(missing)}; the other classes "
+            "keep their indices")
+
+
+def _numbers(value: Any, flag: str, kind: type) -> tuple | None:
+    """``"0.5,0.5,0.5"`` or a sequence -> ``(0.5, 0.5, 0.5)``; InputError naming ``flag``."""
+    if value is None:
+        return None
+    items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
+    try:
+        values = tuple(kind(v) for v in items if v != "")
+    except (TypeError, ValueError):
+        raise InputError(f"{flag} {value!r}: expected comma-separated numbers") from None
+    if not values:
+        raise InputError(f"{flag} {value!r}: expected comma-separated numbers")
+    return values
+
+
+def _input_size(value: Any) -> int | tuple[int, ...] | None:
+    values = _numbers([value] if isinstance(value, int) else value, "--input-size", int)
+    if values is None:
+        return None
+    if len(values) not in (1, 3) or min(values) < 1:
+        raise InputError(f"--input-size {value!r}: give N or C,H,W with positive integers")
+    return values[0] if len(values) == 1 else values
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def columns(command: str) -> tuple[str, ...]:
+    """The columns of ``command``'s rows, in order."""
+    return SWEEP_COLUMNS[command] + COLUMNS
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """A frame's rows as dicts of Python values (missing integers become None)."""
+    return frame.to_dict("records")
+
+
+def check_inputs(paths: Sequence[str], data: str | None, *, allow_features: bool) -> list[bool]:
+    """Which inputs are features files; InputError for missing files or a missing ``data``."""
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            raise InputError(f"{p} does not exist; check the path")
+    features = [probe.is_features_file(p) for p in paths]
+    if any(features) and not allow_features:
+        first = paths[features.index(True)]
+        raise InputError(f"{first} is a features file; this command needs checkpoints")
+    if not all(features):
+        if data is None:
+            first = paths[features.index(False)]
+            raise InputError(f"--data is required to evaluate checkpoint {first} (only features "
+                             "files need none)")
+        if not Path(data).expanduser().exists():
+            raise InputError(f"--data {data} does not exist; check the path")
+    return features
+
+
+def _say(log: Log | None, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
+def _evaluate(path: str, is_features: bool, data: str | None, opts: RunOptions,
+              progress: Any, log: Log | None) -> tuple[probe.Evaluation, list[str] | None]:
+    """(evaluation, class names) for a checkpoint on ``data``, or for a features file."""
+    if is_features:
+        return probe.load_features(path), None
+    loaded = checkpoint.load_model(path, **opts.load_kwargs())
+    dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
+    evaluation = probe.evaluate(loaded.model, dataset, **opts.eval_kwargs(), progress=progress)
+    return evaluation, dataset.classes
+
+
+def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, str]:
+    """Each checkpoint's ``save_features`` file: ``{name}`` is its file name without the
+    checkpoint suffix (``ls0.1.safetensors`` -> ``ls0.1``). InputError when two checkpoints
+    would write one file, so that no output of the run overwrites another."""
+    if template is None:
+        return {}
+    targets = {p: template.replace("{name}", _stem(p)) for p in paths}
+    seen: dict[str, str] = {}
+    for path, target in targets.items():
+        if target in seen:
+            raise InputError(
+                f"--save-features {template}: {seen[target]} and {path} would both write "
+                f"{target}; give checkpoints with distinct file names")
+        seen[target] = path
+    return targets
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    suffix = next((s for s in sorted(checkpoint.CHECKPOINT_SUFFIXES, key=len, reverse=True)
+                   if name.lower().endswith(s)), Path(name).suffix)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def _save_features(targets: dict[str, str], path: str, evaluation: Any,
+                   log: Log | None) -> None:
+    if path not in targets:
+        return
+    probe.save_features(targets[path], evaluation)
+    _say(log, f"wrote features {targets[path]}")
+
+
+def _frame(command: str, rows: Sequence[dict], **attrs: Any) -> pd.DataFrame:
+    frame = rows_frame(rows, columns(command))
+    frame.attrs.update(command=command, **attrs)
+    return frame
+
+
+def _finish(row: dict, on_row: OnRow | None) -> dict:
+    if on_row is not None:
+        on_row(row)
+    return row
+
+
+# ----------------------------------------------------------------------------- analyze, track
+
+
+def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
+            per_class: bool = False, save_features: str | None = None,
+            progress: probe.ProgressSink | None = None, log: Log | None = None,
+            on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+            **options: Any) -> pd.DataFrame:
+    """Measure checkpoints (or features files) on ``data``: one row per checkpoint.
+
+    ``options`` are :class:`RunOptions` fields. With ``per_class``, ``attrs["per_class"]``
+    holds the per-class rows (:data:`~infoprobe.rows.PER_CLASS_COLUMNS`) as a DataFrame.
+    """
+    paths = [checkpoints] if isinstance(checkpoints, str) else [str(p) for p in checkpoints]
+    opts = RunOptions.of(options)
+    opts.check()
+    features = check_inputs(paths, data, allow_features=True)
+    targets = features_targets(save_features, paths)
+    measure = opts.measure()
+    rows, classes_rows = [], []
+    for i, (path, is_features) in enumerate(zip(paths, features, strict=True)):
+        _say(log, f"[{i + 1}/{len(paths)}] {path}")
+        evaluation, classes = _evaluate(path, is_features, data, opts, progress, log)
+        _save_features(targets, path, evaluation, log)
+        rows.append(_finish(analysis_row(path, evaluation, measure), on_row))
+        if per_class:
+            classes_rows += per_class_rows(path, evaluation, classes)
+    extra = {"per_class": rows_frame(classes_rows, PER_CLASS_COLUMNS)} if per_class else {}
+    return _frame("analyze", rows, data=data, **extra)
+
+
+def track(paths: str | Sequence[str], data: str | None = None, *,
+          save_features: str | None = None, progress: probe.ProgressSink | None = None,
+          log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+          **options: Any) -> pd.DataFrame:
+    """Measure a checkpoint series ordered by step: one row per checkpoint, with ``step``.
+
+    ``paths`` are checkpoints of one run or folders holding them; steps are read as
+    :func:`infoprobe.checkpoint.series_steps` reads them.
+    """
+    paths = [paths] if isinstance(paths, str) else [str(p) for p in paths]
+    opts = RunOptions.of(options)
+    opts.check()
+    series = checkpoint.series_steps(paths, trust_checkpoint=opts.trust_checkpoint)
+    features = check_inputs([str(p) for p, _ in series], data, allow_features=True)
+    targets = features_targets(save_features, [str(p) for p, _ in series])
+    measure = opts.measure()
+    rows = []
+    for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
+        _say(log, f"[{i + 1}/{len(series)}] step {step}: {path}")
+        evaluation, _ = _evaluate(str(path), is_features, data, opts, progress, log)
+        _save_features(targets, str(path), evaluation, log)
+        rows.append(_finish({"step": step, **analysis_row(str(path), evaluation, measure)},
+                            on_row))
+    return _frame("track", rows, data=data)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def _check_resumed(done: Sequence[Mapping], name: str, n_samples: int,
+                   measure: MeasureOptions, log: Log | None) -> None:
+    """InputError unless the finished rows come from the same run (name, estimate, samples)."""
+    for row in done:
+        # with drop_zero_rows the count depends on the weights, so it cannot be compared
+        samples_differ = row["n_samples"] != n_samples and not measure.drop_zero_rows
+        if row["checkpoint"] != name or not measure.matches(row["estimate"]) or samples_differ:
+            raise InputError(
+                f"--resume: the finished rows hold another run ({row['checkpoint']}, "
+                f"{row['estimate']}, {row['n_samples']} samples; this run: {name}, "
+                f"--estimate {measure.estimate}, {n_samples} samples); remove the --csv file or "
+                "write to another one")
+    if done:
+        _say(log, f"resuming: {len(done)} finished rows")
+
+
+def _sweep(rows: Iterator[dict], done: Sequence[Mapping], key: str,
+           on_row: OnRow | None) -> list[dict]:
+    """Finished rows plus the new ones as they come, ordered by ``key``."""
+    out = [dict(row) for row in done]
+    out += [_finish(row, on_row) for row in rows]
+    return sorted(out, key=lambda row: float(row[key]))
+
+
+def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
+        alphas: str | Iterable[float] | None = None, reset_bn: bool = False,
+        bn_data: str | None = None, bn_batches: int | None = None,
+        bn_on_eval_data: bool = False, progress: probe.ProgressSink | None = None,
+        log: Log | None = None,        on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+        **options: Any) -> pd.DataFrame:
+    """Linear mode connectivity ``theta(alpha) = (1-alpha) A + alpha B``: one row per alpha.
+
+    ``attrs["barriers"]`` holds the loss and accuracy barriers
+    (:func:`infoprobe.sweeps.lmc.barriers`).
+    """
+    sweep = _LmcSweep(steps, alphas, reset_bn, bn_data, bn_batches, bn_on_eval_data)
+    sweep.check(data)
+    opts = RunOptions.of(options)
+    opts.check()
+    check_inputs([a, b], data, allow_features=False)
+    points = lmc_lib.parse_alphas(steps, alphas)
+    measure = opts.measure()
+    name = f"{a}→{b}"
+    done = list(done)
+    loaded = checkpoint.load_model(a, **opts.load_kwargs())
+    # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
+    state_a = loaded.model.state_dict()
+    state_b, _ = checkpoint.read_state_dict(b, ema=opts.ema, strip_prefix=opts.strip_prefix,
+                                            trust_checkpoint=opts.trust_checkpoint)
+    lmc_lib.check_compatible(state_a, state_b, a, b)
+    dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
+    _check_resumed(done, name, len(dataset), measure, log)
+    bn_set = None
+    if reset_bn:
+        # K batches are all a reset reads, so decode no more than that
+        limit = bn_batches * opts.batch_size if bn_batches else None
+        bn_set = opts.load_data(bn_data, loaded.model, progress, limit, log)
+    rows = _sweep(lmc_lib.lmc_sweep(
+        loaded.model, state_a, state_b, dataset, points, name=name,
+        eval_kwargs=opts.eval_kwargs(), measure=measure, bn_data=bn_set, bn_batches=bn_batches,
+        bn_seed=opts.seed, skip=[float(r["alpha"]) for r in done], progress=progress),
+        done, "alpha", on_row)
+    return _frame("lmc", rows, data=data, a=a, b=b, reset_bn=reset_bn,
+                  barriers=lmc_lib.barriers(rows))
+
+
+@dataclass(frozen=True)
+class _LmcSweep:
+    steps: int | None
+    alphas: Any
+    reset_bn: bool
+    bn_data: str | None
+    bn_batches: int | None
+    bn_on_eval_data: bool = False
+
+    def check(self, data: str | None) -> None:
+        """Conflicting or incomplete sweep options (InputError before any work)."""
+        if self.steps is not None and self.alphas is not None:
+            raise InputError("--steps and --alphas conflict; give one of them")
+        if self.reset_bn and self.bn_data is None:
+            raise InputError("--reset-bn needs --bn-data (usually the training set)")
+        if not self.reset_bn and (self.bn_data is not None or self.bn_batches is not None):
+            raise InputError("--bn-data and --bn-batches only apply with --reset-bn")
+        if self.bn_data is not None and not Path(self.bn_data).expanduser().exists():
+            raise InputError(f"--bn-data {self.bn_data} does not exist; check the path")
+        if self.bn_data is not None and not self.bn_on_eval_data and _same_data(self.bn_data,
+                                                                                  data):
+            raise InputError(
+                f"--bn-data {self.bn_data} is the evaluation data (--data): --reset-bn would "
+                "estimate BatchNorm on the samples it then measures; give the training set, "
+                "or pass --bn-on-eval-data to do it anyway")
+
+
+def _same_data(a: str, b: str | None) -> bool:
+    """Whether ``a`` and ``b`` are one file or folder, or two files with the same bytes."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser() if b is not None else None
+    if pb is None or not pb.exists():
+        return False
+    if pa.is_file() and pb.is_file():
+        return filecmp.cmp(pa, pb, shallow=False)
+    return os.path.samefile(pa, pb)
+
+
+def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterable[float],
+          method: str = "global-magnitude", include_head: bool = False,
+          iterative: bool = False, dense_metrics: bool = True,
+          progress: probe.ProgressSink | None = None, log: Log | None = None,
+          on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+          **options: Any) -> pd.DataFrame:
+    """Unstructured pruning sweep (no fine-tuning): one row per ratio."""
+    method = method.value if isinstance(method, Enum) else method
+    points = prune_lib.parse_ratios(ratios)
+    opts = RunOptions.of(options)
+    opts.check()
+    check_inputs([checkpoint_path], data, allow_features=False)
+    measure = opts.measure()
+    done = list(done)
+    loaded = checkpoint.load_model(checkpoint_path, **opts.load_kwargs())
+    dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
+    _check_resumed(done, checkpoint_path, len(dataset), measure, log)
+    rows = _sweep(prune_lib.prune_sweep(
+        loaded.model, dataset, points, method=method, include_head=include_head,
+        seed=opts.seed, iterative=iterative, dense_metrics=dense_metrics, name=checkpoint_path,
+        eval_kwargs=opts.eval_kwargs(), measure=measure, skip=[float(r["ratio"]) for r in done],
+        progress=progress), done, "ratio", on_row)
+    return _frame("prune", rows, data=data, method=method, include_head=include_head,
+                  iterative=iterative)
