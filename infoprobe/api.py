@@ -370,7 +370,7 @@ def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
         alphas: str | Iterable[float] | None = None, reset_bn: bool = False,
         bn_data: str | None = None, bn_batches: int | None = None,
         bn_on_eval_data: bool = False, progress: probe.ProgressSink | None = None,
-        log: Log | None = None,        on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+        log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
         **options: Any) -> pd.DataFrame:
     """Linear mode connectivity ``theta(alpha) = (1-alpha) A + alpha B``: one row per alpha.
 
