@@ -3,7 +3,7 @@
 Formats:
 
 - ``.safetensors``: one flat state dict; string metadata (``CHECKPOINT_META_KEYS``) may
-  record the architecture and the training step.
+  record the architecture, its constructor arguments and the training step.
 - torch files (``.pt .pth .pth.tar .bin .ckpt``), read with ``torch.load(weights_only=True)``:
   a bare state dict, or a dict holding it under ``state_dict`` / ``model`` (``state_dict_ema``
   / ``model_ema`` with ``ema=True``): timm train checkpoints, Lightning checkpoints.
@@ -23,6 +23,13 @@ Wrapper prefixes (``module.``, ``_orig_mod.``, Lightning's ``model.``) are strip
 key carries them, or the prefix given as ``strip_prefix`` is taken. Loading is strict: a
 mismatch raises :class:`InputError` listing missing / unexpected keys and shape mismatches
 with the likely cause.
+
+What a checkpoint records is untrusted: the architecture name, class and channel counts and
+constructor arguments all pass :mod:`infoprobe.allowlist` (every checkpoint form goes through
+:func:`_record_meta`), and a recorded custom architecture (``file.py:factory``,
+``module:factory``) is code, run only with ``trust_checkpoint=True`` and, for a file, only
+from the checkpoint's own folder. An architecture typed by the user is the user's choice and
+runs as given. No custom factory comes from Python's standard library.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import pickle
 import re
 import struct
@@ -46,8 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
+from infoprobe import allowlist
 from infoprobe.errors import InputError
 
 __all__ = [
@@ -88,6 +98,16 @@ _AUTO_PREFIXES = ("module.", "_orig_mod.", "model.")
 _STEP_KEYS = ("step", "global_step", "epoch")
 _HEAD_NAMES = ("head.fc", "fc", "head", "classifier", "last_linear", "linear", "out", "logits")
 _LIST_MAX = 5
+# What a weights-only torch.load of untrusted bytes raises for a file it cannot read; no
+# code runs in it, so each of these means "not a readable checkpoint".
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
+                TypeError, IndexError, AttributeError, struct.error, zipfile.BadZipFile,
+                RecursionError, UnicodeDecodeError)
+# What unpickling a trusted file can raise beyond those: its classes are not importable.
+_TRUSTED_LOAD_ERRORS = (*_LOAD_ERRORS, ImportError)
+# torch's message when weights_only=True meets pickled objects it will not build
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+_SAFETENSORS_ERRORS = (SafetensorError, OSError, ValueError, RecursionError)
 _TRUST_HINT = (
     "loading it unpickles Python objects, which can run arbitrary code; if you trust the "
     "file, pass --trust-checkpoint (trust_checkpoint=True), or re-save it as a state dict "
@@ -116,7 +136,7 @@ class LoadedModel:
 
 
 def _existing_file(path: str | Path, what: str = "checkpoint") -> Path:
-    p = Path(path).expanduser()
+    p = check_name(path, what)
     if not p.exists():
         raise InputError(f"{what} file {p} does not exist; check the path")
     if not p.is_file():
@@ -165,14 +185,27 @@ def read_hf_config(folder: str | Path) -> dict:
                          f"{e}); it needs 'architecture' and 'pretrained_cfg'") from None
     if not isinstance(arch, str) or not arch:
         raise InputError(f"{folder / HF_CONFIG}: 'architecture' must be a timm model name")
-    meta: dict[str, Any] = {"arch": arch}
-    if isinstance(cfg.get("num_classes"), int):
-        meta["num_classes"] = cfg["num_classes"]
-    if isinstance(model_args, dict) and model_args:
-        meta["model_kwargs"] = dict(model_args)
+    meta: dict[str, Any] = {}
+    recorded = {"arch": arch, "num_classes": cfg.get("num_classes"), "model_kwargs": model_args}
+    _take(meta, recorded, f"{folder / HF_CONFIG}", overwrite=True)
     meta["pretrained_cfg"] = {k: tuple(v) if isinstance(v, list) else v
                               for k, v in cfg.items() if k in _DATA_CFG_KEYS and v is not None}
     return meta
+
+
+def check_name(path: str | Path, what: str) -> Path:
+    """``path`` as a Path; InputError when a part of it is longer than the file system allows
+    (255 bytes on most), which would otherwise fail as an OSError on first use."""
+    p = Path(path).expanduser()
+    try:
+        p.exists()
+    except OSError as e:
+        longest = max(p.parts, key=lambda part: len(os.fsencode(part)), default=str(p))
+        raise InputError(
+            f"{what} {allowlist.shown(str(p))}: cannot use this path ({e.strerror}; its longest "
+            f"name has {len(os.fsencode(longest))} bytes, most file systems allow 255); "
+            "shorten the name") from None
+    return p
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -195,7 +228,9 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _corrupt(path: Path, err: BaseException | str) -> InputError:
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    if len(reason) < 12:  # KeyError('101') says nothing alone
+        reason = f"{type(err).__name__} {reason}".strip()
     return InputError(
         f"cannot read checkpoint {path}: the file is corrupt, truncated or not a checkpoint "
         f"({reason}); re-copy or re-save it"
@@ -204,11 +239,22 @@ def _corrupt(path: Path, err: BaseException | str) -> InputError:
 
 def _unsafe_globals(path: Path, err: BaseException) -> list[str]:
     """Names of the Python objects a weights-only load refused (empty: not pickled code)."""
-    try:
-        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # legacy (non-zip) files: read the names from torch's message
-        found = re.findall(r"Unsupported global: GLOBAL (\S+)", str(err))
-    return found
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except _LOAD_ERRORS:
+            pass
+    # legacy (non-zip) files: torch's message names the global ("Unsupported global: GLOBAL
+    # x.y", or "unsupported GLOBAL x.y whose module x is blocked")
+    return re.findall(r"GLOBAL (\S+)", str(err))
+
+
+def _weights_only_reason(err: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what it could not read."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines[1:] if "WeightsUnpickler" not in line
+                 and not line.startswith(("Please file", "Check the documentation"))),
+                "an object a weights-only load cannot read")
 
 
 def _restore_tied(tensors: dict[str, Tensor], meta: dict) -> dict:
@@ -242,7 +288,7 @@ def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, d
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # SafetensorError, OSError, header errors
+        except _SAFETENSORS_ERRORS as e:
             raise _corrupt(path, e) from None
         return tensors, _restore_tied(tensors, meta), "safetensors"
     if _is_torchscript(path):
@@ -250,79 +296,116 @@ def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, d
             raise InputError(f"refusing TorchScript file {path}: {_TRUST_HINT}")
         try:
             return torch.jit.load(str(path), map_location="cpu"), {}, "torchscript"
-        except Exception as e:
+        except _TRUSTED_LOAD_ERRORS as e:
             raise _corrupt(path, e) from None
     try:
         return _torch_load_safe(path, mmap=mmap), {}, "torch"
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e)
-        if not names:
+        refused = names or str(e).startswith(_WEIGHTS_ONLY_REFUSAL)
+        if not refused:
             raise _corrupt(path, e) from None
         if not trust:
-            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            what = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names \
+                else _weights_only_reason(e)
             raise InputError(
-                f"refusing checkpoint {path}: it holds pickled Python objects ({shown}); "
-                f"{_TRUST_HINT}"
+                f"refusing checkpoint {path}: it holds pickled Python objects "
+                f"({allowlist.shown(what)}); {_TRUST_HINT}"
             ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except _LOAD_ERRORS as e:
         raise _corrupt(path, e) from None
     # only reached when the file holds pickled code and the user trusts it
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False), {}, "pickled"
-    except Exception as e:
+    except _TRUSTED_LOAD_ERRORS as e:
         raise _corrupt(path, e) from None
 
 
 # --------------------------------------------------------------------------- state dicts
 
 
-def _parse_value(key: str, value: Any, path: Path) -> Any:
-    if key == "model_kwargs":
-        if isinstance(value, dict):
-            return value
-        try:
-            parsed = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise InputError(
-                f"checkpoint {path} records model_kwargs={value!r}, which is not a JSON object; "
-                "re-save the metadata or pass --model-kwargs"
-            )
-        return parsed
+def _parse_step(value: Any) -> Any:
+    """A recorded step/epoch as an int (strings of digits too); fractional epochs stay float."""
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,19}", value.strip()):
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d*\.\d+", value.strip()):
-        value = float(value)  # e.g. epoch "10.0000"; fractional epochs stay float
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d{0,19}\.\d{1,19}", value.strip()):
+        value = float(value)  # e.g. epoch "10.0000"
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
 
+def _parse_kwargs(value: Any, where: str) -> dict:
+    """Recorded constructor arguments: a dict, or a JSON object in a string."""
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nesting too deep
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InputError(f"{where}: model_kwargs {allowlist.shown(value)} is not a JSON object; "
+                         "re-save the metadata or pass --model-kwargs")
+    return parsed
+
+
+def _take(meta: dict, src: Mapping, where: str, *, overwrite: bool) -> None:
+    """Copy what ``src`` records into ``meta``, every value checked (:mod:`allowlist`).
+
+    The one way a checkpoint's metadata enters infoprobe: every form (safetensors metadata,
+    a torch dict's top level, timm ``args``, Lightning ``hyper_parameters``) goes through it.
+    """
+    def put(key: str, value: Any) -> None:
+        if overwrite or key not in meta:
+            meta[key] = value
+
+    if "arch" in src:
+        put("arch", allowlist.recorded_arch(src["arch"], where))
+    kwargs = _parse_kwargs(src["model_kwargs"], f"{where} model_kwargs") \
+        if src.get("model_kwargs") else {}
+    for key in ("num_classes", "in_chans"):
+        # timm's save_for_hf also records them among the model arguments: they must agree
+        values = {allowlist.recorded_count(key, v.item() if isinstance(v, Tensor) else v, where)
+                  for v in (src.get(key), kwargs.pop(key, None)) if v is not None}
+        if len(values) > 1:
+            raise InputError(f"{where}: records {key} twice, as {sorted(values)}; pass "
+                             f"--{key.replace('_', '-')}")
+        if values:
+            put(key, values.pop())
+    if kwargs:
+        put("model_kwargs", kwargs)
+    for key in _STEP_KEYS:
+        if isinstance(src.get(key), (str, int, float, Tensor)):
+            put(key, _parse_step(src[key]))
+
+
 def _record_meta(obj: Any, st_meta: dict, path: Path) -> dict:
-    """Architecture, sizes and step recorded by safetensors metadata or a torch dict."""
+    """Architecture, sizes, constructor arguments and step a checkpoint records.
+
+    Sources, first wins: safetensors metadata (only :data:`CHECKPOINT_META_KEYS`), a torch
+    dict's top level, then timm's train ``args`` (Namespace) and Lightning's
+    ``hyper_parameters`` (dict) for what the first two leave unset.
+    """
     meta: dict[str, Any] = {}
-    for k, v in st_meta.items():
-        meta[k] = _parse_value(k, v, path)
+    known = {k: v for k, v in st_meta.items() if k in CHECKPOINT_META_KEYS}
+    _take(meta, known, f"checkpoint {path} metadata", overwrite=True)
     if isinstance(obj, dict):
-        for k in ("arch", "num_classes", "in_chans", *_STEP_KEYS):
-            if isinstance(obj.get(k), (str, int, float, Tensor)):
-                meta[k] = _parse_value(k, obj[k], path)
-        # timm train.py 'args' (Namespace) / Lightning 'hyper_parameters' (dict)
-        for holder in (obj.get("args"), obj.get("hyper_parameters")):
+        top = {k: obj[k] for k in ("arch", "num_classes", "in_chans", *_STEP_KEYS) if k in obj}
+        _take(meta, top, f"checkpoint {path}", overwrite=True)
+        for entry in ("args", "hyper_parameters"):
+            holder = obj.get(entry)
             src = vars(holder) if isinstance(holder, argparse.Namespace) else holder
-            if not isinstance(src, dict):
-                continue
-            for k in ("num_classes", "in_chans"):
-                if isinstance(src.get(k), int):
-                    meta.setdefault(k, src[k])
-            named = next((src[k] for k in _ARCH_HPARAMS if _is_timm_name(src.get(k))), None)
-            if named:
-                meta.setdefault("arch", named)
-            if isinstance(src.get("model_kwargs"), dict) and src["model_kwargs"]:
-                meta.setdefault("model_kwargs", src["model_kwargs"])
+            if isinstance(src, dict):
+                taken = {k: src[k] for k in ("num_classes", "in_chans", "model_kwargs")
+                         if k in src}
+                # 'model' etc. may name anything: only a timm name counts as the arch
+                named = next((src[k] for k in _ARCH_HPARAMS if _is_timm_name(src.get(k))),
+                             None)
+                if named:
+                    taken["arch"] = named
+                _take(meta, taken, f"checkpoint {path} {entry}", overwrite=False)
     return meta
 
 
@@ -384,7 +467,7 @@ def clean_keys(state_dict: dict[str, Tensor], strip_prefix: str | None = None) -
 def _checkpoint_file(path: str | Path) -> tuple[Path, dict]:
     """The file to read for ``path`` and what a ``save_for_hf`` folder's config records
     (empty for a plain file)."""
-    p = Path(path).expanduser()
+    p = check_name(path, "checkpoint")
     folder = hf_folder(p) if p.exists() else None
     if folder is None:
         return _existing_file(p), {}
@@ -452,16 +535,39 @@ def _is_custom(arch: str) -> bool:
     return bool(sep) and bool(right) and left not in ("hf-hub", "hf_hub", "timm", "local-dir")
 
 
+def _stdlib(target: str) -> bool:
+    top = target.split(".")[0]
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names
+
+
+def _model_file(target: str, base: Path | None, label: str) -> Path:
+    """The file of ``file.py:factory``: as typed (``base`` None), or a recorded relative
+    path inside ``base``, the checkpoint's folder (never the working directory)."""
+    file = Path(target).expanduser()
+    if base is not None:
+        inside = base.resolve()
+        candidate = (inside / target).resolve()
+        if Path(target).is_absolute() or not candidate.is_relative_to(inside):
+            raise InputError(f"{label}: a recorded model file must sit in the checkpoint's "
+                             f"folder {inside}; pass --arch with the factory you trust")
+        file = candidate
+    if not file.is_file():
+        raise InputError(f"{label}: model file {allowlist.shown(str(file))} does not exist; "
+                         "check the path")
+    return file
+
+
 def _import_factory(arch: str, base: Path | None = None):
-    """The factory of ``file.py:name`` or ``package.module:name``. A relative ``file.py``
-    is found from the working directory, else (``base``) beside the checkpoint recording it."""
+    """The factory of ``file.py:name`` or ``package.module:name``.
+
+    ``base`` None: the user typed ``arch``; a relative ``file.py`` is found from the working
+    directory. Else the checkpoint in folder ``base`` recorded it; the file is looked for in
+    ``base`` only. A module of Python's standard library is never a factory's home (its
+    callables run commands, not build models)."""
+    label = f"--arch {arch}" if base is None else f"recorded arch {allowlist.shown(arch)}"
     target, _, name = arch.rpartition(":")
     if target.endswith(".py"):
-        file = Path(target).expanduser()
-        if not file.is_file() and base is not None and (base / file).is_file():
-            file = base / file
-        if not file.is_file():
-            raise InputError(f"--arch {arch}: model file {file} does not exist; check the path")
+        file = _model_file(target, base, label)
         # a stable module name per file so repeated builds reuse one import
         mod_name = "infoprobe_user_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
         module = sys.modules.get(mod_name)
@@ -470,22 +576,25 @@ def _import_factory(arch: str, base: Path | None = None):
             module = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(module)
-            except Exception as e:
-                raise InputError(f"--arch {arch}: importing {file} failed: {e!r}") from None
+            except Exception as e:  # the model file's own code may raise anything
+                raise InputError(f"{label}: importing {file} failed: {e!r}") from None
             sys.modules[mod_name] = module
     else:
+        if _stdlib(target):
+            raise InputError(f"{label}: '{target}' is a Python standard-library module, not a "
+                             "model factory; give a timm name or your own file.py:factory")
         try:
             module = importlib.import_module(target)
         except ImportError as e:
             raise InputError(
-                f"--arch {arch}: cannot import module '{target}' ({e}); install it or use "
+                f"{label}: cannot import module '{target}' ({e}); install it or use "
                 "path/to/file.py:factory"
             ) from None
     factory = getattr(module, name, None)
     if not callable(factory):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
         raise InputError(
-            f"--arch {arch}: '{target}' has no callable '{name}'; callables there: {_short(found)}"
+            f"{label}: '{target}' has no callable '{name}'; callables there: {_short(found)}"
         )
     return factory
 
@@ -518,8 +627,12 @@ def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = No
     ``path/to/file.py:factory`` / ``package.module:factory``, called with ``num_classes``,
     ``in_chans`` (when given) and ``model_kwargs``. Names in ``inferred`` (values guessed from
     a checkpoint, not given by the user) are dropped for factories that do not take them.
-    ``base``: a folder where a relative ``file.py`` is also looked for (the checkpoint's)."""
+    ``base``: the folder of the checkpoint that recorded a custom ``arch`` (its ``file.py`` is
+    looked for there only); None when the user gave ``arch``. Arguments that make timm open a
+    file (:data:`~infoprobe.allowlist.FORBIDDEN_KWARGS`) are refused."""
+    label = f"--arch {arch}" if base is None else f"recorded arch {allowlist.shown(arch)}"
     kwargs = dict(model_kwargs or {})
+    allowlist.check_forbidden(kwargs, label)
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
     if in_chans is not None:
@@ -533,30 +646,30 @@ def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = No
             model = factory(**kwargs)
         except TypeError as e:
             raise InputError(
-                f"--arch {arch}: the factory rejected its arguments {sorted(kwargs)} ({e}); "
+                f"{label}: the factory rejected its arguments {sorted(kwargs)} ({e}); "
                 "make it accept num_classes/in_chans, or fix --model-kwargs"
             ) from None
         if not isinstance(model, nn.Module):
-            raise InputError(f"--arch {arch}: the factory returned {type(model).__name__}, "
+            raise InputError(f"{label}: the factory returned {type(model).__name__}, "
                              "not a torch.nn.Module")
         return model
     import timm
 
     if arch.partition(":")[0] in ("hf-hub", "hf_hub"):
-        raise InputError(f"--arch {arch}: hub model names are not supported (nothing is "
+        raise InputError(f"{label}: hub model names are not supported (nothing is "
                          "downloaded); give the timm architecture name, or local-dir:FOLDER "
                          "for a folder written by save_for_hf")
     if arch.startswith("local-dir:"):
-        raise InputError(f"--arch {arch}: load_model resolves local-dir: names; build_model "
+        raise InputError(f"{label}: load_model resolves local-dir: names; build_model "
                          "takes the timm name its config.json records")
     name = arch.removeprefix("timm:")
     if not timm.is_model(name):
         raise _unknown_timm(name)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as e:
-        raise InputError(f"--arch {arch}: timm rejected the model options {sorted(kwargs)} ({e}); "
-                         "fix --model-kwargs") from None
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError) as e:
+        raise InputError(f"{label}: timm rejected the model options {sorted(kwargs)} "
+                         f"({allowlist.shown(str(e))}); fix --model-kwargs") from None
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -575,13 +688,16 @@ def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
 
 
 def _timm_cfg_value(arch: str | None, key: str) -> Any:
-    if not arch or _is_custom(arch):
-        return None
-    try:
-        from timm.models import get_pretrained_cfg_value
+    """A value of timm's pretrained config for ``arch`` (None: not a timm name, or unset)."""
+    import timm
+    from timm.models import get_pretrained_cfg_value
 
-        return get_pretrained_cfg_value(arch.removeprefix("timm:"), key)
-    except Exception:  # unknown names are reported by build_model
+    name = (arch or "").removeprefix("timm:")
+    if not name or _is_custom(name) or not timm.is_model(name):
+        return None  # unknown names are reported by build_model
+    try:
+        return get_pretrained_cfg_value(name, key)
+    except RuntimeError:  # a name without a pretrained config, or an unknown tag
         return None
 
 
@@ -723,41 +839,45 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     ``path`` is a file or a ``save_for_hf`` folder. ``arch`` defaults to the one the
     checkpoint records (a folder's config.json, safetensors metadata, timm's 'arch', a timm
     name among Lightning's ``hyper_parameters``); ``local-dir:FOLDER`` takes it, with its
-    arguments and data config, from that folder's config.json. A recorded ``file.py:factory`` / ``module:factory`` imports code, so it needs
-    ``trust_checkpoint``. ``num_classes`` and ``in_chans`` default to the recorded values,
+    arguments and data config, from that folder's config.json, as a recorded one. A recorded
+    ``file.py:factory`` / ``module:factory`` imports code, so it needs ``trust_checkpoint``,
+    and a recorded ``file.py`` is looked for in the recording folder only. Recorded
+    constructor arguments pass :func:`~infoprobe.allowlist.recorded_model_kwargs` (all of
+    them, unchecked, only for a trusted custom factory); ``model_kwargs`` (the user's) win
+    over them, and their ``num_classes`` / ``in_chans`` count as given directly.
+    ``num_classes`` and ``in_chans`` default to the recorded values,
     then to the head / first-conv weight shapes. A trusted pickled module or TorchScript is
     used as it is unless ``arch`` is given, then only its weights are loaded into ``arch``.
     """
     p = Path(path).expanduser()
     sd, meta, module = _read(p, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint)
+    local = None
     if arch is not None and arch.startswith("local-dir:"):
         # as in timm: the folder's config.json gives the architecture, its arguments and
-        # its data config; the weights are the checkpoint's
-        meta = {**meta, **read_hf_config(arch.removeprefix("local-dir:"))}
-        arch = meta["arch"]
-    if module is not None and arch is None:
+        # its data config (all recorded, so untrusted); the weights are the checkpoint's
+        local = Path(arch.removeprefix("local-dir:")).expanduser()
+        meta = {**meta, **read_hf_config(local)}
+        arch = None
+    num_classes, in_chans, typed_kwargs = _typed_sizes(num_classes, in_chans, model_kwargs)
+    if module is not None and arch is None and local is None:
         model = module.float().eval()
         n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
         return LoadedModel(model=model, arch=meta.get("arch"), num_classes=int(n), path=p,
                            meta=meta)
-    recorded = meta.get("arch") if isinstance(meta.get("arch"), str) else None
-    if arch is None and recorded and _is_custom(recorded) and not trust_checkpoint:
-        raise InputError(
-            f"checkpoint {p} records arch '{recorded}', which imports and runs that code; "
-            f"pass --arch {recorded} yourself or --trust-checkpoint"
-        )
-    base = p.parent if arch is None else None  # a recorded file.py may sit beside the file
-    arch = arch or recorded
-    if not arch:
-        raise InputError(
-            f"checkpoint {p} does not record its architecture; pass --arch (a timm model name "
-            "or path/to/file.py:factory)"
-        )
+    # a recorded file.py is looked for beside what recorded it, only
+    recorder = local or (p if p.is_dir() else p.parent)
+    base = None if arch else recorder
+    arch = arch or _recorded_arch(meta, p, trust_checkpoint)
     guessed = tuple(k for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
                     if v is None and k not in meta)
     num_classes = num_classes or meta.get("num_classes") or infer_num_classes(sd, arch)
     in_chans = in_chans or meta.get("in_chans") or _infer_in_chans(sd, arch)
-    kwargs = {**(meta.get("model_kwargs") or {}), **(model_kwargs or {})}
+    # the user's arguments replace recorded ones, which are then not checked
+    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items()
+                if k not in typed_kwargs}
+    if not (trust_checkpoint and _is_custom(arch)):  # a trusted custom factory takes them all
+        recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {p} model_kwargs")
+    kwargs = {**recorded, **typed_kwargs}
     model = build_model(arch, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs,
                         inferred=guessed, base=base)
     _load_strict(model, sd, p, arch, num_classes)
@@ -767,6 +887,45 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     if num_classes is None:
         num_classes = infer_num_classes(model.state_dict()) or 0
     return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
+
+
+def _typed_sizes(num_classes: int | None, in_chans: int | None,
+                 model_kwargs: dict[str, Any] | None) -> tuple[int | None, int | None, dict]:
+    """``num_classes`` / ``in_chans`` given in ``model_kwargs`` count as given directly (so a
+    recorded value never overrides them); the same name given twice must agree."""
+    kwargs = dict(model_kwargs or {})
+    sizes = {"num_classes": num_classes, "in_chans": in_chans}
+    for key in sizes:
+        if key not in kwargs:
+            continue
+        value = kwargs.pop(key)
+        flag = f"--{key.replace('_', '-')}"
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"--model-kwargs {key}={value!r}: give a positive integer, "
+                             f"or use {flag}")
+        if sizes[key] is not None and sizes[key] != value:
+            raise InputError(f"--model-kwargs {key}={value} conflicts with {flag} "
+                             f"{sizes[key]}; give one of them")
+        sizes[key] = value
+    return sizes["num_classes"], sizes["in_chans"], kwargs
+
+
+def _recorded_arch(meta: dict, path: Path, trust: bool) -> str:
+    """The architecture the checkpoint records; a custom one (code) only when trusted."""
+    recorded = meta.get("arch")
+    if not recorded:
+        raise InputError(
+            f"checkpoint {path} does not record its architecture; pass --arch (a timm model "
+            "name or path/to/file.py:factory)"
+        )
+    if _is_custom(recorded) and not trust:
+        raise InputError(
+            f"checkpoint {path} records a custom architecture ({allowlist.shown(recorded)}), "
+            "which would import and run code named by the file; infoprobe runs it only with "
+            "--trust-checkpoint, for a file whose source you trust. Otherwise pass --arch with "
+            "a timm name or a factory of your own"
+        )
+    return recorded
 
 
 # --------------------------------------------------------------------------- series
@@ -781,7 +940,7 @@ def checkpoint_step(path: str | Path, *, trust_checkpoint: bool = False) -> int 
         try:
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 obj, st_meta = {}, dict(f.metadata() or {})
-        except Exception as e:
+        except _SAFETENSORS_ERRORS as e:
             raise _corrupt(p, e) from None
     else:
         obj, st_meta, _ = _read_object(p, trust=trust_checkpoint, mmap=True)
@@ -802,7 +961,7 @@ def checkpoint_files(paths: list[str | Path]) -> list[Path]:
     expanded to the checkpoint files and ``save_for_hf`` folders directly inside it."""
     files: list[Path] = []
     for raw in paths:
-        p = Path(raw).expanduser()
+        p = check_name(raw, "checkpoint")
         if p.is_dir() and hf_folder(p) is not None:
             files.append(p)  # one save_for_hf checkpoint
         elif p.is_dir():

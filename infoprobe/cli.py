@@ -30,7 +30,7 @@ try:  # typer >= 0.22 vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from infoprobe import __version__, api, report
+from infoprobe import __version__, allowlist, api, report
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
 from infoprobe.rows import PER_CLASS_COLUMNS
@@ -181,13 +181,15 @@ class Options:
     # model
     arch: Annotated[str | None, _opt(
         "--arch", metavar="NAME", panel=_MODEL,
-        help="Architecture: a timm model name, or path/to/file.py:factory (needs "
-        "--trust-checkpoint). Default: the one the checkpoint records.")] = None
+        help="Architecture: a timm model name, or path/to/file.py:factory or "
+        "package.module:factory, which imports and runs that code (yours to choose). "
+        "Default: the one the checkpoint records; a recorded file.py:factory or "
+        "module:factory runs only with --trust-checkpoint.")] = None
     num_classes: Annotated[int | None, _opt(
-        "--num-classes", min=1, panel=_MODEL,
+        "--num-classes", min=1, max=allowlist.MAX_CLASSES, panel=_MODEL,
         help="Classes of the head. Default: recorded, else read off the head weight.")] = None
     in_chans: Annotated[int | None, _opt(
-        "--in-chans", min=1, panel=_MODEL,
+        "--in-chans", min=1, max=allowlist.MAX_IN_CHANS, panel=_MODEL,
         help="Input channels. Default: recorded, else read off the first layer.")] = None
     model_kwargs: Annotated[list[str] | None, _opt(
         "--model-kwargs", metavar="KEY=VALUE", panel=_MODEL,
@@ -203,7 +205,8 @@ class Options:
     trust_checkpoint: Annotated[bool, _opt(
         "--trust-checkpoint", panel=_MODEL,
         help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, "
-        "file.py:factory). Only for files you trust.")] = False
+        "a recorded file.py:factory beside the checkpoint). Only for files you trust.")
+    ] = False
     head: Annotated[str | None, _opt(
         "--head", metavar="MODULE", panel=_MODEL,
         help="Dotted name of the classifier layer. Default: timm's get_classifier(), "

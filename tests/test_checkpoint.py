@@ -154,7 +154,12 @@ def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
     loaded = ck.load_model(p, trust_checkpoint=True)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
-    assert ck.load_model(p, arch="mypkg.nets:factory").num_classes == 4
+    # a typed factory is the user's code, but the untrusted recorded 'width' does not reach
+    # it unless the user gives it (or trusts the checkpoint)
+    with pytest.raises(InputError, match="'width' is not one infoprobe takes"):
+        ck.load_model(p, arch="mypkg.nets:factory")
+    assert ck.load_model(p, arch="mypkg.nets:factory",
+                         model_kwargs={"width": 5}).num_classes == 4
 
 
 def test_pickled_module_refused_then_trusted(tmp_path, timm_model, monkeypatch):
