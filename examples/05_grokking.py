@@ -7,6 +7,7 @@ with weight decay 1, full-batch. The model fits the training set within a few hu
 and generalises thousands of steps later. A checkpoint series is saved and measured by
 
     infoprobe track OUT/checkpoints --arch examples/grokking_model.py:factory \
+        --model-kwargs d_embed=64 --model-kwargs d_hidden=256 \
         --data OUT/data/test.safetensors --max-samples 2823 --csv OUT/track_test.csv
 
 (and the same on the training split; the test split is subsampled to the training split's
@@ -104,16 +105,18 @@ def main(argv=None) -> None:
         optimizer.step()
     C.log(f"trained {args.steps} steps in {timer}")
 
-    # The custom architecture is passed explicitly (absolute path: works from any directory);
-    # a checkpoint's recorded file.py:factory is only imported with --trust-checkpoint.
+    # The custom architecture and its arguments are passed explicitly (absolute path: works
+    # from any directory); a checkpoint's recorded file.py:factory is only imported with
+    # --trust-checkpoint, and its recorded arguments reach a factory only when given or trusted.
     arch = f"{MODEL_FILE}:factory"
+    given = [a for k, v in model_kwargs.items() for a in ("--model-kwargs", f"{k}={v}")]
     frames = []
     # The exact n x n route costs O(n^3) here (d * C > n), so the test split is measured on
     # a class-stratified subsample as large as the training split (--max-samples).
     for split, path in (("train", train_path), ("test", test_path)):
         csv = args.out / f"track_{split}.csv"
         subsample = ["--max-samples", len(train["y"])] if split == "test" else []
-        C.infoprobe("track", ckpt_dir, "--arch", arch, "--data", path, *subsample,
+        C.infoprobe("track", ckpt_dir, "--arch", arch, *given, "--data", path, *subsample,
                     "--csv", csv, "--device", "cpu")
         frame = C.read_csv(csv)
         frame.insert(0, "split", split)

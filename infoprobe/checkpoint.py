@@ -552,7 +552,7 @@ def _model_file(target: str, base: Path | None, label: str) -> Path:
                              f"folder {inside}; pass --arch with the factory you trust")
         file = candidate
     if not file.is_file():
-        raise InputError(f"{label}: model file {allowlist.shown(str(file))} does not exist; "
+        raise InputError(f"{label}: model file {file} does not exist; "
                          "check the path")
     return file
 
