@@ -196,10 +196,11 @@ def render_rows(
     """Print ``rows`` as a rich table, then the notes that explain NaN cells.
 
     Values that every row shares (sample count, class count, estimate, NC optimum) go into
-    the caption (``classes_present`` only when some class has no sample), one checkpoint shared by all rows (a sweep, a per-class table) is left to
-    the title, and checkpoints are shown by their shortest distinct names, so that the
-    numbers fit a terminal; the CSV and JSON keep every column in full. ``key`` names the
-    sweep column (alpha, ratio), which labels the notes.
+    the caption (``classes_present`` only when some class has no sample), one checkpoint
+    shared by all rows (a sweep, a per-class table) is left to the title, and checkpoints
+    are shown by their shortest distinct names, so that the numbers fit a terminal; the CSV
+    and JSON keep every column in full. ``key`` names the sweep column (alpha, ratio), which
+    labels the notes.
     """
     constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
     if all(r.get("classes_present") == r.get("n_classes") for r in rows):
