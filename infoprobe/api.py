@@ -244,7 +244,7 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
     would write one file, so that no output of the run overwrites another."""
     if template is None:
         return {}
-    targets = {p: template.replace("{name}", _stem(p)) for p in paths}
+    targets = {p: template.replace("{name}", checkpoint.checkpoint_stem(p)) for p in paths}
     seen: dict[str, str] = {}
     for path, target in targets.items():
         if target in seen:
@@ -253,13 +253,6 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
                 f"{target}; give checkpoints with distinct file names")
         seen[target] = path
     return targets
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    suffix = next((s for s in sorted(checkpoint.CHECKPOINT_SUFFIXES, key=len, reverse=True)
-                   if name.lower().endswith(s)), Path(name).suffix)
-    return name[: len(name) - len(suffix)] if suffix else name
 
 
 def _save_features(targets: dict[str, str], path: str, evaluation: Any,
@@ -313,6 +306,16 @@ def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
     return _frame("analyze", rows, data=data, **extra)
 
 
+def _series(paths: list[str], opts: RunOptions, log: Log | None) -> list[tuple[Path, int]]:
+    """The run's checkpoints with their steps; say which aliases are skipped and why."""
+    plan = checkpoint.series_plan(paths, trust_checkpoint=opts.trust_checkpoint)
+    for path, why in plan.skipped:
+        _say(log, f"skipping {path}: {why}")
+    if plan.note:
+        _say(log, f"note: {plan.note}")
+    return plan.steps
+
+
 def track(paths: str | Sequence[str], data: str | None = None, *,
           save_features: str | None = None, progress: probe.ProgressSink | None = None,
           log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
@@ -320,12 +323,12 @@ def track(paths: str | Sequence[str], data: str | None = None, *,
     """Measure a checkpoint series ordered by step: one row per checkpoint, with ``step``.
 
     ``paths`` are checkpoints of one run or folders holding them; steps are read as
-    :func:`infoprobe.checkpoint.series_steps` reads them.
+    :func:`infoprobe.checkpoint.series_plan` reads them (aliases of a step left out).
     """
     paths = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     opts = RunOptions.of(options)
     opts.check()
-    series = checkpoint.series_steps(paths, trust_checkpoint=opts.trust_checkpoint)
+    series = _series(paths, opts, log)
     features = check_inputs([str(p) for p, _ in series], data, allow_features=True)
     targets = features_targets(save_features, [str(p) for p, _ in series])
     measure = opts.measure()

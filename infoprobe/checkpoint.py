@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import filecmp
 import hashlib
 import importlib
 import importlib.util
@@ -65,6 +66,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "LoadedModel",
     "build_model",
+    "checkpoint_stem",
     "checkpoint_step",
     "checkpoint_files",
     "clean_keys",
@@ -75,6 +77,7 @@ __all__ = [
     "read_hf_config",
     "read_state_dict",
     "series_order",
+    "series_plan",
     "series_steps",
 ]
 
@@ -977,24 +980,95 @@ def checkpoint_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def series_steps(paths: list[str | Path], *,
-                 trust_checkpoint: bool = False) -> list[tuple[Path, int]]:
+#: File names (without suffix) that training code writes as a copy of another checkpoint:
+#: timm's last / model_best, Lightning's last (last-v1 on a rerun), best.
+_ALIASES = re.compile(r"(last|best|model_best)(-v\d+)?", re.I)
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """The checkpoints of one run to measure, and why others are left out.
+
+    ``steps``: ``(path, step)`` in step order; ``skipped``: ``(path, reason)`` of aliases
+    that duplicate a step already present; ``note``: why the steps are positions, if so.
+    """
+
+    steps: list[tuple[Path, int]]
+    skipped: list[tuple[Path, str]]
+    note: str = ""
+
+
+def checkpoint_stem(path: str | Path) -> str:
+    """The file name without its checkpoint suffix: ``ls0.1.safetensors`` -> ``ls0.1``,
+    ``last.pth.tar`` -> ``last``."""
+    name = Path(path).name
+    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _alias_of(alias: Path, step: int | None, others: list[tuple[Path, int | None]]
+              ) -> Path | None:
+    """The checkpoint ``alias`` duplicates: the one recording the same step, else the one
+    with the same bytes (a copy saved without a step)."""
+    for path, other in others:
+        if step is not None and other == step:
+            return path
+    for path, _ in others:
+        if (alias.is_file() and path.is_file() and path.stat().st_size == alias.stat().st_size
+                and filecmp.cmp(alias, path, shallow=False)):
+            return path
+    return None
+
+
+def series_plan(paths: list[str | Path], *, trust_checkpoint: bool = False) -> SeriesPlan:
     """Checkpoints of one run with their training step, ordered by it.
 
-    Directories are expanded to the checkpoint files directly inside them. When every file
-    records a step (:func:`checkpoint_step`) that is the step; otherwise every step is the
-    last number in the file name (``ep2`` before ``ep10``), or the position without one, so
-    the steps of one series always come from one source.
+    Directories are expanded to the checkpoint files directly inside them. Aliases
+    (``last``, ``model_best``, ``best`` and Lightning's ``last-vN``) that duplicate another
+    checkpoint, by recorded step or by their bytes, are skipped. When every file records a
+    step (:func:`checkpoint_step`) that is the step; otherwise, when every file name holds a
+    number, it is the last number in the name (``ep2`` before ``ep10``); otherwise every step
+    is the position in natural name order, aliases last. One series never mixes the sources.
     """
     files = checkpoint_files(paths)
-    recorded = [checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files]
-    if files and all(s is not None for s in recorded):
-        return [(f, s) for s, _, f in sorted(zip(recorded, map(_natural_key, files), files,
-                                                 strict=True))]
-    ordered = sorted(files, key=_natural_key)
-    numbers = [re.findall(r"\d+", f.name) for f in ordered]
-    return [(f, int(n[-1]) if n else i) for i, (f, n) in enumerate(zip(ordered, numbers,
-                                                                       strict=True))]
+    recorded = {f: checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files}
+    plain = [f for f in files if not _ALIASES.fullmatch(checkpoint_stem(f))]
+    kept, skipped = list(plain), []
+    for f in files:
+        if f in plain:
+            continue
+        twin = _alias_of(f, recorded[f], [(p, recorded[p]) for p in plain])
+        if twin is None:
+            kept.append(f)
+        else:
+            step = recorded[twin] if recorded[twin] is not None else _name_number(twin)
+            what = f"step {step} ({twin.name})" if step is not None else twin.name
+            skipped.append((f, f"an alias of {what}"))
+    if kept and all(recorded[f] is not None for f in kept):
+        order = sorted(kept, key=lambda f: (recorded[f], _natural_key(f)))
+        return SeriesPlan([(f, recorded[f]) for f in order], skipped)
+    numbers = {f: _name_number(f) for f in kept}
+    if all(n is not None for n in numbers.values()):
+        order = sorted(kept, key=lambda f: (numbers[f], _natural_key(f)))
+        return SeriesPlan([(f, numbers[f]) for f in order], skipped)
+    order = sorted(kept, key=lambda f: (f not in plain, _natural_key(f)))
+    unnumbered = [f.name for f in order if numbers[f] is None]
+    note = (f"steps are positions: {short_list(unnumbered)} record no step and carry no number "
+            "in the file name")
+    return SeriesPlan([(f, i) for i, f in enumerate(order)], skipped, note)
+
+
+def _name_number(path: Path) -> int | None:
+    numbers = re.findall(r"\d+", path.name)
+    return int(numbers[-1]) if numbers else None
+
+
+def series_steps(paths: list[str | Path], *,
+                 trust_checkpoint: bool = False) -> list[tuple[Path, int]]:
+    """``(path, step)`` of :func:`series_plan`, aliases of a step left out."""
+    return series_plan(paths, trust_checkpoint=trust_checkpoint).steps
 
 
 def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> list[Path]:

@@ -639,6 +639,10 @@ def interplay(
     and MIR (and possibly HDR) is NaN with ``note`` saying why; it never raises for that.
     """
     _check_estimate(estimate)
+    zero_head = _zero_head_classes(labels, head, features.shape[0])
+    if zero_head and (not drop_zero_rows or set(zero_head) >= set(labels.tolist())):
+        return _headless(features, labels, head, zero_head, estimate=estimate,
+                         batch_size=batch_size, seed=seed, drop_zero_rows=drop_zero_rows)
     with torch.no_grad():
         zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows,
                             device=device)
@@ -664,6 +668,40 @@ def interplay(
         options = {"seed": seed} if probes is None else {"seed": seed, "probes": probes}
         joint = _joint_entropy(zh, y, wh, estimate, limit, options)
     return _result(h_z, h_w, joint, n, num_classes, n)
+
+
+def _zero_head_classes(labels: Tensor, head: Tensor, n: int) -> list[int]:
+    """Classes that some label uses and whose head row is zero (validated inputs only)."""
+    w = _as_float64(head, "head", 2)
+    y = _check_labels(labels, n, w.shape[0])
+    used = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
+    used[y.to(w.device)] = True
+    return (used & (torch.linalg.vector_norm(w, dim=1) == 0)).nonzero().flatten().tolist()
+
+
+def _headless(features: Tensor, labels: Tensor, head: Tensor, zero: list[int], *,
+              estimate: str, batch_size: int, seed: int, drop_zero_rows: bool) -> Interplay:
+    """The interplay when head rows that labels use are zero (an untrained zero-initialised
+    head): K_W has no definition, so only H(K_Z) is a number; the rest is NaN with a note."""
+    z = _as_float64(features, "features", 2)
+    if drop_zero_rows:
+        z = z[torch.linalg.vector_norm(z, dim=1) > 0]
+    if estimate == "batch":
+        parts = batch_indices(z.shape[0], batch_size, seed)
+        h_z = sum(feature_entropy(z[idx]) for idx in parts) / len(parts)
+        extra = {"batch_size": batch_size, "n_batches": len(parts),
+                 "label": f"batch(B={batch_size},seed={seed})",
+                 "n_used": sum(len(idx) for idx in parts)}
+    else:
+        h_z, extra = feature_entropy(z), {"n_used": int(z.shape[0])}
+    classes = ", ".join(str(c) for c in zero[:5]) + (", ..." if len(zero) > 5 else "")
+    note = (f"head rows of classes {classes} are zero (an untrained head?): K_W is undefined, "
+            "so h_w, h_zw, mi, mir and hdr are NaN")
+    if len(zero) < labels.unique().numel():
+        note += "; --drop-zero-rows measures the other classes"
+    nan = math.nan
+    return Interplay(h_z, nan, nan, nan, nan, nan, int(z.shape[0]), int(head.shape[0]),
+                     estimate, note=note, **extra)
 
 
 def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -324,10 +325,52 @@ def test_checkpoint_step_and_series_order(tmp_path, timm_model):
     with pytest.raises(InputError, match="no checkpoint files"):
         (tmp_path / "empty").mkdir()
         ck.series_order([tmp_path / "empty"])
-    # one file without a recorded step: every step comes from the file names (or position)
+    # one file without a recorded step, names only partly numbered: every step is a position
     mixed = [tmp_path / "b.safetensors", tmp_path / "ep10.pt", tmp_path / "a.ckpt"]
     assert [(p.name, s) for p, s in ck.series_steps(mixed)] == [
-        ("a.ckpt", 0), ("b.safetensors", 1), ("ep10.pt", 10)]
+        ("a.ckpt", 0), ("b.safetensors", 1), ("ep10.pt", 2)]
+
+
+def test_partly_numbered_names_do_not_mix_numbers_and_positions(tmp_path, timm_model):
+    sd = timm_model.state_dict()
+    names = ["ep10.pt", "final.pt", "ep2.pt"]
+    for i, n in enumerate(names):
+        torch.save({k: v + i for k, v in sd.items()}, tmp_path / n)
+    plan = ck.series_plan([tmp_path / n for n in names])
+    assert [(p.name, s) for p, s in plan.steps] == [("ep2.pt", 0), ("ep10.pt", 1),
+                                                   ("final.pt", 2)]
+    assert "final.pt" in plan.note and "positions" in plan.note
+
+
+def test_aliases_of_a_step_are_skipped(tmp_path, timm_model):
+    sd = timm_model.state_dict()
+    for epoch in (1, 2):  # timm's train.py: checkpoint-N, last and model_best
+        torch.save({"state_dict": {k: v + epoch for k, v in sd.items()}, "epoch": epoch},
+                   tmp_path / f"checkpoint-{epoch}.pth.tar")
+    shutil.copy(tmp_path / "checkpoint-2.pth.tar", tmp_path / "last.pth.tar")
+    shutil.copy(tmp_path / "checkpoint-1.pth.tar", tmp_path / "model_best.pth.tar")
+    plan = ck.series_plan([tmp_path])
+    assert [(p.name, s) for p, s in plan.steps] == [("checkpoint-1.pth.tar", 1),
+                                                   ("checkpoint-2.pth.tar", 2)]
+    assert sorted((p.name, why) for p, why in plan.skipped) == [
+        ("last.pth.tar", "an alias of step 2 (checkpoint-2.pth.tar)"),
+        ("model_best.pth.tar", "an alias of step 1 (checkpoint-1.pth.tar)")]
+
+
+def test_lightning_last_ckpt_alias_without_steps(tmp_path, timm_model):
+    sd = timm_model.state_dict()
+    for step in (5, 9):  # no recorded step: same bytes make last.ckpt an alias
+        torch.save({k: v + step for k, v in sd.items()}, tmp_path / f"step={step}.ckpt")
+    shutil.copy(tmp_path / "step=9.ckpt", tmp_path / "last.ckpt")
+    plan = ck.series_plan([tmp_path])
+    assert [(p.name, s) for p, s in plan.steps] == [("step=5.ckpt", 5), ("step=9.ckpt", 9)]
+    assert [(p.name, why) for p, why in plan.skipped] == [
+        ("last.ckpt", "an alias of step 9 (step=9.ckpt)")]
+    # a last.ckpt that is no copy is a checkpoint of its own
+    torch.save({k: v + 20 for k, v in sd.items()}, tmp_path / "last.ckpt")
+    plan = ck.series_plan([tmp_path])
+    assert [p.name for p, _ in plan.steps] == ["step=5.ckpt", "step=9.ckpt", "last.ckpt"]
+    assert plan.skipped == [] and "last.ckpt" in plan.note
 
 
 def test_parse_model_kwargs():

@@ -235,14 +235,40 @@ def test_zero_rows_raise_or_drop():
     )
 
 
-def test_zero_head_row_raises_only_when_used():
+def test_zero_head_row_is_nan_with_a_note_only_when_used():
     z, y, w = random_case(20, 4, 3, 1)
     y = y.clamp(max=1)
     w[2] = 0  # class 2 has no samples: harmless
-    assert interplay(z, y, w).n_samples == 20
-    w[1] = 0
-    with pytest.raises(InputError, match="head has 1 zero-norm row"):
-        interplay(z, y, w)
+    assert math.isfinite(interplay(z, y, w).mir)
+    w[1] = 0  # class 1 has samples: K_W is undefined
+    r = interplay(z, y, w)
+    assert r.h_z == pytest.approx(brute_interplay(z, y, torch.ones_like(w))[0], abs=EXACT)
+    assert all(math.isnan(v) for v in (r.h_w, r.h_zw, r.mi, r.mir, r.hdr))
+    assert "head rows of classes 1 are zero" in r.note and "--drop-zero-rows" in r.note
+    assert r.n_samples == 20 and r.n_classes == 3
+    kept = interplay(z, y, w, drop_zero_rows=True)  # the other classes are measured
+    assert kept.n_samples == int((y == 0).sum()) and math.isfinite(kept.h_w)
+
+
+@pytest.mark.parametrize("drop", [False, True])
+@pytest.mark.parametrize("estimate", ["exact", "batch"])
+def test_all_zero_head_keeps_h_z_and_gives_nan_ratios(drop, estimate):
+    """An untrained zero-initialised head (timm's MLP-Mixer, ResMLP at step 0)."""
+    z, y, w = random_case(30, 5, 3, 2)
+    r = interplay(z, y, torch.zeros_like(w), drop_zero_rows=drop, estimate=estimate,
+                  batch_size=10)
+    parts = batch_indices(30, 10, 0) if estimate == "batch" else [torch.arange(30)]
+    want = sum(brute_interplay(z[i], y[i], w[y[i]].new_ones(3, 5))[0] for i in parts)
+    assert r.h_z == pytest.approx(want / len(parts), abs=EXACT)
+    assert all(math.isnan(v) for v in (r.h_w, r.h_zw, r.mi, r.mir, r.hdr))
+    assert "head rows of classes 0, 1, 2 are zero" in r.note and r.n_samples == 30
+
+
+def test_timm_mixer_head_starts_at_zero():
+    from timm.models.mlp_mixer import MlpMixer
+
+    model = MlpMixer(num_classes=3, img_size=32, patch_size=16, num_blocks=1, embed_dim=8)
+    assert not model.get_classifier().weight.any()  # the case the NaN rows are for
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

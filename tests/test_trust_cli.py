@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pandas as pd
 import pytest
 from conftest import make_image_folder, make_timm
 from safetensors.torch import save_file
-from test_cli import A, B, DATA, FAST, LS, assert_same_numbers, one_line_error, reference, run
+from test_cli import DATA, FAST, LS, A, B, assert_same_numbers, one_line_error, reference, run
 
 # ----------------------------------------------------------------------------- leaky data
 
@@ -73,3 +74,33 @@ def test_save_features_never_overwrites_its_own_output(tmp_path, command):
                  "last.safetensors", *FAST, "--save-features", template, code=2)
     one_line_error(result, "--save-features", "feats-last.safetensors")
     assert not list(tmp_path.glob("feats-*"))
+
+
+# ----------------------------------------------------------------------------- track
+
+
+def test_track_skips_aliases_and_goes_on_past_a_zero_head(tmp_path):
+    from safetensors import safe_open
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with safe_open(str(A), framework="pt") as f:  # step 0 of a zero-initialised head
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {**f.metadata(), "step": "0"}
+    for key in [k for k in tensors if k.startswith("classifier.")]:
+        tensors[key] = tensors[key].zero_()
+    save_file(tensors, str(run_dir / "step0.safetensors"), metadata=meta)
+    shutil.copy(A, run_dir / "step210.safetensors")
+    shutil.copy(A, run_dir / "last.safetensors")
+    csv = tmp_path / "track.csv"
+    result = run("track", run_dir, *FAST, "--csv", csv)
+    assert f"skipping {run_dir / 'last.safetensors'}: an alias of step 210" in result.stderr
+    frame = pd.read_csv(csv, keep_default_na=False)
+    assert frame["step"].tolist() == [0, 210]
+    assert_same_numbers(frame.iloc[1], reference(A)[1])
+    zero = frame.iloc[0]
+    # logits all 0: argmax picks class 0 (15 of 150 samples), the loss is log 10
+    assert float(zero["accuracy"]) == 0.1 and float(zero["loss"]) == pytest.approx(math.log(10))
+    assert zero["mir"] == "" and zero["h_w"] == "" and float(zero["h_z"]) > 0
+    assert "head rows of classes 0, 1, 2, 3, 4, ... are zero" in zero["note"]
+    assert "zero" in result.stdout  # the note is printed under the table
