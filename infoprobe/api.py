@@ -48,7 +48,8 @@ from infoprobe.rows import (
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 
-__all__ = ["RunOptions", "analyze", "columns", "lmc", "prune", "records", "track"]
+__all__ = ["RESUME_NEUTRAL", "RunOptions", "analyze", "columns", "lmc", "prune", "records",
+           "run_record", "track"]
 
 #: The evaluation batch size when none is given (``--batch-size``).
 DEFAULT_BATCH_SIZE = 256
@@ -191,6 +192,42 @@ def _input_size(value: Any) -> int | tuple[int, ...] | None:
 
 
 # ----------------------------------------------------------------------------- shared steps
+
+
+#: Options that leave every number of a row unchanged (where it runs, how many processes
+#: decode, how much is trusted, the size limit that only refuses) and the points of a sweep
+#: (a resumed sweep may add points). Every other option is recorded by :func:`run_record`.
+RESUME_NEUTRAL = frozenset({
+    "device", "workers", "trust_checkpoint", "max_exact_dim", "debug",
+    "steps", "alphas", "ratios",
+})
+
+
+def run_record(command: str, data: str | None, **options: Any) -> dict[str, Any]:
+    """What decides the numbers of ``command``'s rows: every option but
+    :data:`RESUME_NEUTRAL`, as JSON values (enums as their value, ``model_kwargs`` as a
+    dict, ``data`` and every other ``*data`` path resolved), plus ``command``.
+
+    A resumed run must produce the same record as the run that wrote the finished rows
+    (``--resume`` refuses otherwise). A command that gains an option records it at once,
+    unless the option joins :data:`RESUME_NEUTRAL`.
+    """
+    values = {"command": command, "data": data, **options}
+    record: dict[str, Any] = {}
+    for key in sorted(values):
+        value = values[key]
+        if key in RESUME_NEUTRAL:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        if key == "model_kwargs" and value is not None and not isinstance(value, Mapping):
+            value = checkpoint.parse_model_kwargs(list(value))
+        if key.endswith("data") and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())
+        if isinstance(value, tuple):
+            value = list(value)
+        record[key] = value
+    return record
 
 
 def columns(command: str) -> tuple[str, ...]:

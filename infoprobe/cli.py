@@ -588,10 +588,17 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, opts: 
 # ----------------------------------------------------------------------------- sweeps
 
 
+def _run_record(command: str, opts: Options, **command_options: Any) -> dict[str, Any]:
+    """Every option that decides the rows' numbers (:func:`infoprobe.api.run_record`)."""
+    return api.run_record(command, opts.data, **command_options, **_api_options(opts))
+
+
 def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
-               total: Callable[[], int]) -> tuple[report.SweepCsv, Callable[[dict], None]]:
-    """The sweep's incremental CSV and the ``on_row`` that records each finished row."""
-    log = report.SweepCsv(opts.csv, api.columns(command), key, resume=resume)
+               total: Callable[[], int], run: dict[str, Any]
+               ) -> tuple[report.SweepCsv, Callable[[dict], None]]:
+    """The sweep's incremental CSV and the ``on_row`` that records each finished row.
+    ``run`` (:func:`_run_record`) is recorded beside the CSV; ``--resume`` compares it."""
+    log = report.SweepCsv(opts.csv, api.columns(command), key, resume=resume, run=run)
 
     def record(row: dict) -> None:
         log.add(row)
@@ -604,8 +611,9 @@ def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
 def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
          opts: Options) -> None:
     _preflight(opts, plot=plot, resume=resume)
+    run = _run_record("lmc", opts, a=a, b=b, **sweep)
     log, record = _sweep_csv("lmc", "alpha", resume, opts, lambda: len(
-        lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])))
+        lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])), run)
     with _progress() as progress:
         frame = api.lmc(a, b, opts.data, **sweep, progress=progress, log=_log, on_row=record,
                         done=log.rows, **_api_options(opts))
@@ -617,7 +625,7 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
 
     _emit("lmc", rows, opts, title=f"infoprobe lmc {name}", key="alpha",
           extra={"data": opts.data, "a": a, "b": b, "reset_bn": sweep["reset_bn"],
-                 "barriers": found},
+                 "barriers": found, "options": run},
           after=show_barriers)
     if plot is not None:
         report.plot_lmc(rows, plot, title=name)
@@ -628,8 +636,9 @@ def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | Non
            opts: Options) -> None:
     prune_lib.parse_ratios(sweep["ratios"])
     _preflight(opts, plot=plot, resume=resume)
+    run = _run_record("prune", opts, checkpoint=checkpoint, **sweep)
     log, record = _sweep_csv("prune", "ratio", resume, opts,
-                             lambda: len(prune_lib.parse_ratios(sweep["ratios"])))
+                             lambda: len(prune_lib.parse_ratios(sweep["ratios"])), run)
     with _progress() as progress:
         frame = api.prune(checkpoint, opts.data, **sweep, progress=progress, log=_log,
                           on_row=record, done=log.rows, **_api_options(opts))
@@ -637,7 +646,7 @@ def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | Non
     _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, "
           "no fine-tuning)", key="ratio",
           extra={"data": opts.data, "method": method, "include_head": sweep["include_head"],
-                 "iterative": sweep["iterative"]})
+                 "iterative": sweep["iterative"], "options": run})
     if plot is not None:
         report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, no fine-tuning")
         _log(f"wrote {plot}")

@@ -362,16 +362,33 @@ class SweepCsv:
     An interrupted sweep thus keeps its finished rows, and ``resume=True`` starts from the
     rows already in the file: :attr:`done` holds their ``key`` values (alpha, ratio) so
     the sweep can skip them. ``path=None`` or '-' keeps the rows in memory only.
+
+    ``run`` is what decides the rows' numbers (:func:`infoprobe.api.run_record`). It is
+    written beside the CSV as ``FILE.run.json`` with the first row, and a resumed CSV is
+    accepted only when that file holds the same record, so rows of another run (another
+    method, seed, data...) are never merged. A resumed CSV that holds one point twice is
+    refused before any work.
     """
 
     def __init__(self, path: str | os.PathLike | None, columns: Sequence[str], key: str, *,
-                 resume: bool = False) -> None:
+                 resume: bool = False, run: dict | None = None) -> None:
         self.path = None if path is None or str(path) == STDOUT else Path(path).expanduser()
         self.columns = tuple(columns)
         self.key = key
+        self.run = run
         self.rows: list[dict] = []
+        self._recorded = False
         if resume and self.path is not None and self.path.exists():
             self.rows = read_csv_rows(self.path, self.columns)
+            _check_unique(self.rows, key, self.path)
+            if self.rows and run is not None:
+                _check_same_run(self.run_path, run, self.path)
+                self._recorded = True
+
+    @property
+    def run_path(self) -> Path | None:
+        """``FILE.run.json``, the record of the options that wrote ``FILE``."""
+        return None if self.path is None else self.path.with_name(self.path.name + ".run.json")
 
     @property
     def done(self) -> tuple[float, ...]:
@@ -379,14 +396,67 @@ class SweepCsv:
         return tuple(float(row[self.key]) for row in self.rows)
 
     def add(self, row: dict) -> None:
-        """Record one finished row and rewrite the file."""
+        """Record one finished row and rewrite the file (the run record first, once)."""
         self.rows.append({c: row.get(c) for c in self.columns})
-        if self.path is not None:
-            write_csv(self.path, self.rows, self.columns)
+        if self.path is None:
+            return
+        if self.run is not None and not self._recorded:
+            atomic_write_text(self.run_path, json_text(self.run))
+            self._recorded = True
+        write_csv(self.path, self.rows, self.columns)
 
     def sorted_rows(self) -> list[dict]:
         """The rows ordered by their key (resumed rows interleave with new ones)."""
         return sorted(self.rows, key=lambda row: float(row[self.key]))
+
+
+def _check_unique(rows: Sequence[dict], key: str, path: Path) -> None:
+    """InputError when two rows hold one point (numbers within VALUE_TOL are one point)."""
+    from infoprobe.sweeps import VALUE_TOL
+
+    values = [row[key] for row in rows]
+    if all(isinstance(v, (int, float)) for v in values):
+        ordered = sorted(float(v) for v in values)
+        twice = [b for a, b in zip(ordered, ordered[1:]) if b - a <= VALUE_TOL]
+    else:
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise InputError(
+            f"--resume: {path} holds {key} {format_value(key, twice[0])} twice: it was edited "
+            "or merged from two runs; keep one row per point or write to another --csv")
+
+
+def _check_same_run(record_path: Path, run: dict, path: Path) -> None:
+    """InputError unless ``record_path`` holds ``run``, naming the options that differ."""
+    try:
+        recorded = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            f"--resume: {record_path.name}, which records the options of the run that wrote "
+            f"{path}, is missing, so its rows cannot be checked; remove {path} or write to "
+            "another --csv") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"--resume: cannot read {record_path} ({e}); remove it and "
+                         f"{path}, or write to another --csv") from None
+    want = jsonable(run)
+    if not isinstance(recorded, dict):
+        recorded = {}
+    differ = [k for k in sorted(set(want) | set(recorded)) if want.get(k) != recorded.get(k)]
+    if differ:
+        shown = "; ".join(f"{_flag(k)} {_option_text(want.get(k))} now, "
+                          f"{_option_text(recorded.get(k))} in {path.name}" for k in differ[:4])
+        raise InputError(
+            f"--resume: the rows in {path} come from another run, with other options ({shown}); "
+            "rerun with the same options, or write to another --csv")
+
+
+def _flag(key: str) -> str:
+    positional = ("command", "a", "b", "checkpoint", "checkpoints", "paths")
+    return key if key in positional else "--" + key.replace("_", "-")
+
+
+def _option_text(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
 
 
 # ----------------------------------------------------------------------- JSON
