@@ -1,22 +1,28 @@
-"""Grokking on modular addition, tracked with ``infoprobe track`` (paper §6).
+"""Grokking on (a + b) mod 113 with the paper's transformer, tracked with ``infoprobe track``
+(paper §5.5, Fig. 7).
 
-Setup (the paper follows Nanda et al. 2023 and Tan & Huang 2023): every pair (a, b) with
-a, b in 0..p-1 (p = 97), label (a + b) mod p, a random 30% of the pairs for training and the
-rest for testing; an MLP on learned token embeddings (``examples/grokking_model.py``), AdamW
-with weight decay 1, full-batch. The model fits the training set within a few hundred steps
-and generalises thousands of steps later. A checkpoint series is saved and measured by
+Setup (Song et al. 2024, §5.5, following Nanda et al. 2023): every pair (a, b) with a, b in
+0..p-1 (p = 113) as the tokens ``a b =``, label (a + b) mod p; a random 30% of the 113 x 113
+pairs for training, the rest for testing. A one-layer ReLU transformer
+(``examples/grokking_model.py``: d_model 128, 4 heads of 32, d_mlp 512, learned positional
+embeddings, no LayerNorm), full-batch AdamW (lr 1e-3, weight decay 1, betas (0.9, 0.98), Nanda
+et al.'s 10-step linear warm-up). Features are the residual stream at "=" (the input of the
+unembedding); the head is the unembedding. Training stops ``--after-grok`` steps after the test
+accuracy first reaches 99%, or at ``--max-steps``. Checkpoints (log-spaced early, then every
+``--every`` steps) are measured on both splits, with the exact entropies and with the paper's
+mini-batch estimate:
 
     infoprobe track OUT/checkpoints --arch examples/grokking_model.py:factory \
-        --model-kwargs d_embed=64 --model-kwargs d_hidden=256 \
-        --data OUT/data/test.safetensors --max-samples 2823 --csv OUT/track_test.csv
+        --model-kwargs d_model=128 --model-kwargs n_heads=4 --model-kwargs d_head=32 \
+        --model-kwargs d_mlp=512 --data OUT/data/test.safetensors --max-samples 3830 [--estimate batch] --csv ...
 
-(and the same on the training split; the test split is subsampled to the training split's
-size to keep the exact O(n^3) computation short). The custom architecture is given as
-file.py:factory and the data as tensor files holding integer tokens x [n, 2] and labels y [n].
+(the test split is subsampled, class-stratified, to the training split's size: the exact
+computation is an n x n eigen-solve here, since d * C = 128 * 113 > n).
 
-Question: does MIR dip and HDR peak around the generalisation jump, as the paper reports?
+Paper's claim: "After the model achieves the grokking, MIR reaches its lowest, and HDR rapidly
+declines from its highest point."
 
-    python examples/05_grokking.py [--quick] [--out DIR]
+    python examples/05_grokking.py [--quick] [--out DIR] [--skip-training]
 """
 
 from __future__ import annotations
@@ -35,75 +41,111 @@ from grokking_model import factory, modular_addition  # noqa: E402
 NAME = "05_grokking"
 MODEL_FILE = C.EXAMPLES / "grokking_model.py"
 ARCH = "examples/grokking_model.py:factory"  # recorded in the checkpoints (repo-relative)
+PAPER_MODEL = {"d_model": 128, "n_heads": 4, "d_head": 32, "d_mlp": 512}
+QUICK_MODEL = {"d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 64}
+ESTIMATES = ("exact", "batch")
 
 
 def add_options(parser) -> None:
-    parser.add_argument("--p", type=int, default=97, help="modulus (prime)")
+    parser.add_argument("--p", type=int, default=113, help="modulus (prime)")
     parser.add_argument("--train-frac", type=float, default=0.3)
-    parser.add_argument("--steps", type=int, default=9000, help="full-batch steps")
-    parser.add_argument("--every", type=int, default=250, help="checkpoint every N steps")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-steps", type=int, default=30000, help="full-batch step cap")
+    parser.add_argument("--after-grok", type=int, default=5000,
+                        help="steps to keep training after test accuracy first reaches 99%%")
+    parser.add_argument("--every", type=int, default=500, help="checkpoint every N steps")
+    parser.add_argument("--log-points", type=int, default=20,
+                        help="extra log-spaced checkpoints in the first --every*4 steps")
+    parser.add_argument("--eval-every", type=int, default=100, help="accuracy log interval")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1.0)
+    parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-training", action="store_true",
+                        help="measure the checkpoints and log already in OUT")
 
 
 def make_data(p: int, frac: float, seed: int, out: Path) -> tuple[dict, dict, Path, Path]:
-    """All pairs split at random; written as tensor files with int64 tokens."""
+    """All pairs split at random; written as tensor files with int64 tokens ``a b =``."""
     x, y = modular_addition(p)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_train = int(round(frac * len(y)))
     splits = {"train": perm[:n_train].sort().values, "test": perm[n_train:].sort().values}
-    paths = {}
+    data, paths = {}, {}
     for name, idx in splits.items():
-        meta = {"task": f"(a + b) mod {p}", "split": name, "train_frac": str(frac),
-                "seed": str(seed), "num_classes": str(p)}
-        paths[name] = C.save_tensors({"x": x[idx], "y": y[idx]},
-                                     out / "data" / f"{name}.safetensors", meta)
-    train = {"x": x[splits["train"]], "y": y[splits["train"]]}
-    test = {"x": x[splits["test"]], "y": y[splits["test"]]}
-    return train, test, paths["train"], paths["test"]
+        meta = {"task": f"(a + b) mod {p}, tokens 'a b ='", "split": name,
+                "train_frac": str(frac), "seed": str(seed), "num_classes": str(p)}
+        data[name] = {"x": x[idx], "y": y[idx]}
+        paths[name] = C.save_tensors(data[name], out / "data" / f"{name}.safetensors", meta)
+    return data["train"], data["test"], paths["train"], paths["test"]
 
 
-def main(argv=None) -> None:
-    args = C.parse_args(NAME, __doc__.splitlines()[0], argv, add_options)
-    C.setup()
-    timer = C.Timer()
-    if args.quick:
-        args.p, args.steps, args.every = 23, 300, 100
-    model_kwargs = {"d_embed": 64, "d_hidden": 256} if not args.quick else {
-        "d_embed": 16, "d_hidden": 64}
-    train, test, train_path, test_path = make_data(args.p, args.train_frac, args.seed, args.out)
-    C.log(f"modular addition mod {args.p}: {len(train['y'])} train / {len(test['y'])} test pairs")
+def checkpoint_steps(max_steps: int, every: int, log_points: int) -> set[int]:
+    """Log-spaced steps early (memorisation is fast), then every ``every`` steps."""
+    early = C.log_spaced_steps(min(4 * every, max_steps), log_points)
+    return set(early) | set(range(0, max_steps + 1, every))
 
+
+@torch.no_grad()
+def _evaluate(model, data: dict) -> tuple[float, float]:
+    logits = model(data["x"])
+    return (float(F.cross_entropy(logits, data["y"])),
+            float((logits.argmax(1) == data["y"]).float().mean()))
+
+
+def train(args, train_set: dict, test_set: dict, model_kwargs: dict, ckpt_dir: Path):
+    """Full-batch AdamW until ``after_grok`` steps past 99% test accuracy; returns the log."""
     torch.manual_seed(args.seed)
     model = factory(num_classes=args.p, **model_kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay, betas=(0.9, 0.98))
-    ckpt_dir = C.fresh_checkpoint_dir(args.out)
-    history = []
-    for step in range(args.steps + 1):
-        if step % args.every == 0:
-            with torch.no_grad():
-                acc_tr = (model(train["x"]).argmax(1) == train["y"]).float().mean().item()
-                acc_te = (model(test["x"]).argmax(1) == test["y"]).float().mean().item()
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(args.warmup, 1), 1.0))
+    saves = checkpoint_steps(args.max_steps, args.every, args.log_points)
+    history, timer, stop_at = [], C.Timer(), args.max_steps
+    for step in range(args.max_steps + 1):
+        if step % args.eval_every == 0 or step in saves or step == stop_at:
+            model.eval()
+            tr_loss, tr_acc = _evaluate(model, train_set)
+            te_loss, te_acc = _evaluate(model, test_set)
             norm = torch.cat([q.detach().flatten() for q in model.parameters()]).norm().item()
-            history.append({"step": step, "train_accuracy": acc_tr, "test_accuracy": acc_te,
-                            "weight_norm": norm})
-            C.save_checkpoint(model, ckpt_dir / f"step{step:05d}.safetensors", arch=ARCH,
+            history.append({"step": step, "train_loss": tr_loss, "train_accuracy": tr_acc,
+                            "test_loss": te_loss, "test_accuracy": te_acc, "weight_norm": norm})
+            if te_acc >= 0.99 and stop_at == args.max_steps:
+                stop_at = min(args.max_steps, step + args.after_grok)
+                saves |= set(range(step, stop_at + 1, args.every)) | {stop_at}
+            if step % (args.eval_every * 10) == 0:
+                C.write_csv(_frame(history), args.out / "train_log.csv")
+                C.log(f"step {step}: train acc {tr_acc:.3f}, test acc {te_acc:.3f}, "
+                      f"|theta| {norm:.1f} ({timer})")
+        if step in saves or step == stop_at:
+            C.save_checkpoint(model, ckpt_dir / f"step{step:06d}.safetensors", arch=ARCH,
                               num_classes=args.p, in_chans=None, model_kwargs=model_kwargs,
                               step=step, epoch=step, task=f"(a + b) mod {args.p}",
                               optimizer=f"AdamW(lr={args.lr}, weight_decay="
                               f"{args.weight_decay}, betas=(0.9, 0.98)), full batch")
-            if step % (args.every * 5) == 0:
-                C.log(f"step {step}: train acc {acc_tr:.3f}, test acc {acc_te:.3f}, "
-                      f"|theta| {norm:.1f} ({timer})")
-        if step == args.steps:
+        if step == stop_at:
             break
-        loss = F.cross_entropy(model(train["x"]), train["y"])
+        model.train()
+        loss = F.cross_entropy(model(train_set["x"]), train_set["y"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    C.log(f"trained {args.steps} steps in {timer}")
+        warmup.step()
+    C.log(f"trained {step} steps in {timer}")
+    log = _frame(history)
+    C.write_csv(log, args.out / "train_log.csv")
+    return log
+
+
+def _frame(history: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(history)
+
+
+def measure(args, ckpt_dir: Path, paths: dict[str, Path], n_train: int, model_kwargs: dict):
+    """``infoprobe track`` on both splits, exact and batch estimate; one frame."""
+    import pandas as pd
 
     # The custom architecture and its arguments are passed explicitly (absolute path: works
     # from any directory); a checkpoint's recorded file.py:factory is only imported with
@@ -111,30 +153,47 @@ def main(argv=None) -> None:
     arch = f"{MODEL_FILE}:factory"
     given = [a for k, v in model_kwargs.items() for a in ("--model-kwargs", f"{k}={v}")]
     frames = []
-    # The exact n x n route costs O(n^3) here (d * C > n), so the test split is measured on
-    # a class-stratified subsample as large as the training split (--max-samples).
-    for split, path in (("train", train_path), ("test", test_path)):
-        csv = args.out / f"track_{split}.csv"
-        subsample = ["--max-samples", len(train["y"])] if split == "test" else []
-        C.infoprobe("track", ckpt_dir, "--arch", arch, *given, "--data", path, *subsample,
-                    "--csv", csv, "--device", "cpu")
-        frame = C.read_csv(csv)
-        frame.insert(0, "split", split)
-        frames.append(frame)
-    import pandas as pd
+    for split, path in paths.items():
+        for estimate in ESTIMATES:
+            csv = args.out / f"track_{split}_{estimate}.csv"
+            subsample = ["--max-samples", n_train] if split == "test" else []
+            C.infoprobe("track", ckpt_dir, "--arch", arch, *given, "--data", path, *subsample,
+                        "--estimate", estimate, "--csv", csv, "--device", "cpu")
+            frame = C.read_csv(csv)
+            frame.insert(0, "split", split)
+            frame.insert(1, "estimator", estimate)  # "estimate" holds the full label
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
-    rows = pd.concat(frames, ignore_index=True)
-    hist = pd.DataFrame(history)
-    rows = rows.merge(hist[["step", "weight_norm"]], on="step", how="left")
+
+def main(argv=None) -> None:
+    args = C.parse_args(NAME, __doc__.splitlines()[0], argv, add_options)
+    C.setup()
+    timer = C.Timer()
+    model_kwargs = PAPER_MODEL
+    if args.quick:
+        args.p, args.max_steps, args.every, args.log_points = 23, 200, 100, 4
+        args.eval_every, args.lr = 50, 3e-3
+        model_kwargs = QUICK_MODEL
+    train_set, test_set, train_path, test_path = make_data(args.p, args.train_frac, args.seed,
+                                                           args.out)
+    C.log(f"(a + b) mod {args.p}: {len(train_set['y'])} train / {len(test_set['y'])} test")
+    ckpt_dir = args.out / "checkpoints"
+    if args.skip_training:
+        log = C.read_csv(args.out / "train_log.csv")
+    else:
+        ckpt_dir = C.fresh_checkpoint_dir(args.out)
+        log = train(args, train_set, test_set, model_kwargs, ckpt_dir)
+    rows = measure(args, ckpt_dir, {"train": train_path, "test": test_path},
+                   len(train_set["y"]), model_kwargs)
+    rows = rows.merge(log[["step", "weight_norm"]], on="step", how="left")
     C.write_csv(rows, args.out / "grokking.csv")
 
-    summary = summarise(rows, args.p)
-    summary.update(p=args.p, train_frac=args.train_frac, steps=args.steps,
-                   seconds=round(timer.seconds, 1))
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(rows, summary, args.out / "grokking.png", args.p)
-    C.log(json.dumps(summary, indent=2))
-    C.log(f"wrote {args.out / 'grokking.csv'} and {args.out / 'grokking.png'} ({timer})")
+    summary = summarise(rows, log)
+    summary.update(p=args.p, train_frac=args.train_frac, model=model_kwargs, lr=args.lr,
+                   weight_decay=args.weight_decay)
+    plot(rows, log, summary, args.out / "grokking.png", args.p)
+    C.finish(args.out, "grokking", summary, timer)
 
 
 def _first_step(frame, column: str, threshold: float):
@@ -142,57 +201,51 @@ def _first_step(frame, column: str, threshold: float):
     return int(hit["step"].iloc[0]) if len(hit) else None
 
 
-def summarise(rows, p: int) -> dict:
-    """Steps of memorisation and generalisation and MIR/HDR around them."""
-    tr = rows[rows.split == "train"].sort_values("step").reset_index(drop=True)
-    te = rows[rows.split == "test"].sort_values("step").reset_index(drop=True)
-    fit = _first_step(tr, "accuracy", 0.99)
-    jump_start = _first_step(te, "accuracy", 0.1)
-    grok = _first_step(te, "accuracy", 0.95)
-    out = {"memorised_step": fit, "generalisation_starts_step": jump_start,
-           "generalised_step": grok, "mir_nc": float(rows["mir_nc"].iloc[0])}
-    for name, frame in (("train", tr), ("test", te)):
-        after_fit = frame[frame.step >= (fit or 0)]
-        at = {"init": frame.iloc[0], "memorised": frame[frame.step == fit].iloc[0]
-              if fit is not None else None, "end": frame.iloc[-1]}
-        for label, row in at.items():
-            if row is not None:
-                out[f"{name}_mir_{label}"] = round(float(row.mir), 4)
-                out[f"{name}_hdr_{label}"] = round(float(row.hdr), 4)
-        if len(after_fit):
-            lo = after_fit.loc[after_fit.mir.idxmin()]
-            hi = after_fit.loc[after_fit.hdr.idxmax()]
-            out[f"{name}_mir_min_after_fit"] = round(float(lo.mir), 4)
-            out[f"{name}_mir_min_step"] = int(lo.step)
-            out[f"{name}_hdr_max_after_fit"] = round(float(hi.hdr), 4)
-            out[f"{name}_hdr_max_step"] = int(hi.step)
+def summarise(rows, log) -> dict:
+    """Steps of memorisation and grokking, and where MIR is lowest and HDR highest."""
+    out = {"memorised_step": _first_step(log, "train_accuracy", 0.99),
+           "test_10pct_step": _first_step(log, "test_accuracy", 0.10),
+           "grokked_step": _first_step(log, "test_accuracy", 0.99),
+           "last_step": int(log["step"].iloc[-1]),
+           "mir_nc": float(rows["mir_nc"].iloc[0])}
+    for (split, estimate), frame in rows.groupby(["split", "estimator"]):
+        frame = frame.sort_values("step")
+        key = f"{split}_{estimate}"
+        lo, hi = frame.loc[frame.mir.idxmin()], frame.loc[frame.hdr.idxmax()]
+        out[f"{key}_mir_min"], out[f"{key}_mir_min_step"] = round(float(lo.mir), 4), int(lo.step)
+        out[f"{key}_hdr_max"], out[f"{key}_hdr_max_step"] = round(float(hi.hdr), 4), int(hi.step)
+        for label, row in (("init", frame.iloc[0]), ("end", frame.iloc[-1])):
+            out[f"{key}_mir_{label}"] = round(float(row.mir), 4)
+            out[f"{key}_hdr_{label}"] = round(float(row.hdr), 4)
     return out
 
 
-def plot(rows, summary: dict, path: Path, p: int) -> None:
-    fig, ax = C.figure(4, width=3.1, height=2.7)
+def plot(rows, log, summary: dict, path: Path, p: int) -> None:
+    fig, ax = C.figure(4, width=3.1, height=2.8)
     colours = {"train": "tab:blue", "test": "tab:orange"}
-    for split, frame in rows.groupby("split"):
+    styles = {"exact": "-", "batch": "--"}
+    for split in ("train", "test"):
+        ax[0].plot(log.step, log[f"{split}_accuracy"], c=colours[split], label=split)
+    for (split, estimate), frame in rows.groupby(["split", "estimator"]):
         frame = frame.sort_values("step")
-        ax[0].plot(frame.step, frame.accuracy, c=colours[split], label=split)
-        ax[1].plot(frame.step, frame.mir, c=colours[split], label=split)
-        ax[2].plot(frame.step, frame.hdr, c=colours[split], label=split)
-        ax[3].plot(frame.step, frame.h_z, c=colours[split], label=f"H(Z) {split}")
-    first = rows[rows.split == "train"].sort_values("step")
-    ax[3].plot(first.step, first.h_w, c="k", ls=":", label="H(W) train")
-    mir_nc = float(rows["mir_nc"].iloc[0])
-    titles = ("accuracy", f"MIR (NC optimum {mir_nc:.3f})", "HDR", "entropy (nats)")
+        kw = {"c": colours[split], "ls": styles[estimate], "label": f"{split}, {estimate}"}
+        ax[1].plot(frame.step, frame.mir, **kw)
+        ax[2].plot(frame.step, frame.hdr, **kw)
+        if estimate == "exact":
+            ax[3].plot(frame.step, frame.h_z, c=colours[split], label=f"H(Z) {split}")
+    first = rows[(rows.split == "train") & (rows.estimator == "exact")].sort_values("step")
+    ax[3].plot(first.step, first.h_w, c="k", ls=":", label="H(W)")
+    titles = ("accuracy", "MIR", "HDR", "entropy, exact (nats)")
     for a, title in zip(ax, titles, strict=True):
         a.set_title(title)
         a.set_xlabel("step")
-        for key, style in (("memorised_step", ":"), ("generalised_step", "--")):
+        for key, style in (("memorised_step", ":"), ("grokked_step", "--")):
             if summary.get(key) is not None:
                 a.axvline(summary[key], c="gray", ls=style, lw=0.8)
-    ax[0].legend(fontsize=7)
-    ax[1].legend(fontsize=7)
-    ax[3].legend(fontsize=7)
-    fig.suptitle(f"grokking, (a+b) mod {p}, 30% train: dotted = train fit, dashed = test ≥ 95%",
-                 fontsize=9)
+    for a in ax:
+        a.legend(fontsize=7)
+    fig.suptitle(f"grokking, (a+b) mod {p}, 30% train; grey: dotted = train ≥ 99%, "
+                 "dashed = test ≥ 99%", fontsize=9)
     C.save_figure(fig, path)
 
 

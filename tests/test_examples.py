@@ -68,16 +68,42 @@ def test_every_example_is_tested():
     assert scripts == set(OUTPUTS)
 
 
-def test_grokking_model_takes_integer_and_float_tokens():
+def _grokking_model():
     sys.path.insert(0, str(EXAMPLES))
     try:
-        from grokking_model import factory, modular_addition
+        import grokking_model
     finally:
         sys.path.remove(str(EXAMPLES))
-    x, y = modular_addition(7)
-    assert x.shape == (49, 2) and x.dtype == torch.int64 and int(y[-1]) == (6 + 6) % 7
-    model = factory(num_classes=7, in_chans=None, d_embed=4, d_hidden=8).eval()
+    return grokking_model
+
+
+def test_grokking_model_takes_integer_and_float_tokens():
+    gm = _grokking_model()
+    x, y = gm.modular_addition(7)
+    assert x.shape == (49, 3) and x.dtype == torch.int64 and int(y[-1]) == (6 + 6) % 7
+    assert torch.equal(x[:, 2], torch.full((49,), 7))  # the "=" token
+    model = gm.factory(num_classes=7, in_chans=None, d_model=8, n_heads=2, d_head=4,
+                       d_mlp=16).eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x.float()))
         assert model.forward_features(x).shape == (49, model.num_features)
-    assert model.get_classifier() is model.head
+    assert model.get_classifier() is model.unembed
+    assert model.unembed.weight.shape == (7, 8)
+
+
+def test_grokking_model_last_position_pass_equals_the_full_causal_transformer():
+    """The fast pass (query and MLP at "=" only, key/value tables) against the textbook pass
+    over all positions with a causal mask, in float64."""
+    gm = _grokking_model()
+    torch.manual_seed(0)
+    model = gm.factory(num_classes=11, d_model=16, n_heads=4, d_head=4, d_mlp=32).double()
+    with torch.no_grad():  # a non-trivial MLP bias, so the bias path is exercised too
+        model.mlp_in.bias.normal_()
+        model.mlp_out.bias.normal_()
+    x, _ = gm.modular_addition(11)
+    fast, slow = model(x), model.reference_logits(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    # a change of the first token must move the logits: the "=" position attends to it
+    x2 = x.clone()
+    x2[:, 0] = (x2[:, 0] + 1) % 11
+    assert not torch.allclose(model(x2), fast)
