@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -31,7 +31,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
 from infoprobe import __version__, allowlist, api, report
+from infoprobe.checkpoint import checkpoint_files
 from infoprobe.errors import InfoprobeError, InputError
+from infoprobe.paths import refuse_overwrite
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
 from infoprobe.rows import PER_CLASS_COLUMNS
 from infoprobe.sweeps import lmc as lmc_lib
@@ -494,10 +496,13 @@ def _api_options(opts: Options) -> dict[str, Any]:
 
 
 def _preflight(opts: Options, *, plot: str | None = None, save_features: str | None = None,
-               resume: bool = False, several: bool = False) -> None:
+               resume: bool = False, several: bool = False, checkpoints: Sequence[str] = (),
+               expand: bool = False, **more_inputs: str | None) -> None:
     """Every check that needs no model: conflicts, output paths, the device, option values.
 
     Runs before any computation, so a typo costs nothing and leaves no partial output.
+    ``checkpoints`` (folders expanded when ``expand``) and ``more_inputs`` (``bn_data=...``)
+    are the run's inputs besides ``--data``: no output may overwrite one.
     """
     api.RunOptions.of(_api_options(opts)).check()
     if opts.csv == report.STDOUT and opts.json_out == report.STDOUT:
@@ -513,6 +518,24 @@ def _preflight(opts: Options, *, plot: str | None = None, save_features: str | N
             raise InputError(f"--save-features {save_features}: several checkpoints need a "
                              "{name} placeholder, e.g. feats-{name}.safetensors")
         report.check_output(save_features.replace("{name}", "x"), "--save-features")
+    _refuse_overwrite(opts, plot, save_features, checkpoints, expand, more_inputs)
+
+
+def _refuse_overwrite(opts: Options, plot: str | None, save_features: str | None,
+                      checkpoints: Sequence[str], expand: bool,
+                      more_inputs: dict[str, str | None]) -> None:
+    """InputError when an output (each --save-features file included) is an input."""
+    files = [str(f) for f in checkpoint_files(checkpoints)] if expand \
+        else list(checkpoints)
+    record = None if opts.csv in (None, report.STDOUT) else f"{opts.csv}.run.json"
+    outputs = [("--csv", opts.csv), ("--csv record", record), ("--json", opts.json_out),
+               ("--plot", plot)]
+    outputs += [("--save-features", t)
+                for t in api.features_targets(save_features, files).values()]
+    inputs = [("checkpoint", c) for c in [*checkpoints, *files]]
+    inputs += [("--data", opts.data)]
+    inputs += [(f"--{k.replace('_', '-')}", v) for k, v in more_inputs.items()]
+    refuse_overwrite(outputs, inputs)
 
 
 # ----------------------------------------------------------------------------- running
@@ -555,7 +578,8 @@ def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str
 
 def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
              opts: Options) -> None:
-    _preflight(opts, save_features=save_features, several=len(checkpoints) > 1)
+    _preflight(opts, save_features=save_features, several=len(checkpoints) > 1,
+               checkpoints=checkpoints)
     with _progress() as progress:
         frame = api.analyze(checkpoints, opts.data, per_class=per_class,
                             save_features=save_features, progress=progress, log=_log,
@@ -574,7 +598,8 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
 
 
 def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:
-    _preflight(opts, plot=plot, save_features=save_features, several=True)
+    _preflight(opts, plot=plot, save_features=save_features, several=True, checkpoints=paths,
+               expand=True)
     with _progress() as progress:
         frame = api.track(paths, opts.data, save_features=save_features, progress=progress,
                           log=_log, **_api_options(opts))
@@ -610,7 +635,7 @@ def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
 
 def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
          opts: Options) -> None:
-    _preflight(opts, plot=plot, resume=resume)
+    _preflight(opts, plot=plot, resume=resume, checkpoints=[a, b], bn_data=sweep["bn_data"])
     run = _run_record("lmc", opts, a=a, b=b, **sweep)
     log, record = _sweep_csv("lmc", "alpha", resume, opts, lambda: len(
         lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])), run)
@@ -635,7 +660,7 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
 def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | None,
            opts: Options) -> None:
     prune_lib.parse_ratios(sweep["ratios"])
-    _preflight(opts, plot=plot, resume=resume)
+    _preflight(opts, plot=plot, resume=resume, checkpoints=[checkpoint])
     run = _run_record("prune", opts, checkpoint=checkpoint, **sweep)
     log, record = _sweep_csv("prune", "ratio", resume, opts,
                              lambda: len(prune_lib.parse_ratios(sweep["ratios"])), run)
