@@ -265,14 +265,27 @@ def _say(log: Log | None, message: str) -> None:
 
 
 def _evaluate(path: str, is_features: bool, data: str | None, opts: RunOptions,
-              progress: Any, log: Log | None) -> tuple[probe.Evaluation, list[str] | None]:
-    """(evaluation, class names) for a checkpoint on ``data``, or for a features file."""
+              progress: Any, log: Log | None
+              ) -> tuple[probe.Evaluation, datasets.LabelledTensors | None]:
+    """(evaluation, dataset) for a checkpoint on ``data``; (evaluation, None) for a features
+    file."""
     if is_features:
         return probe.load_features(path), None
     loaded = checkpoint.load_model(path, **opts.load_kwargs())
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     evaluation = probe.evaluate(loaded.model, dataset, **opts.eval_kwargs(), progress=progress)
-    return evaluation, dataset.classes
+    return evaluation, dataset
+
+
+def _transform(datasets_by_path: Mapping[str, datasets.LabelledTensors | None]) -> Any:
+    """The evaluation transform of a run (``data.transform_record``): one dict when every
+    checkpoint's images went through the same one, else a dict by checkpoint; None for
+    tensor data, which goes in as it is."""
+    found = {p: d.transform for p, d in datasets_by_path.items() if d is not None}
+    values = [t for t in found.values() if t is not None]
+    if not values:
+        return None
+    return values[0] if all(t == values[0] for t in found.values()) else found
 
 
 def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, str]:
@@ -331,16 +344,17 @@ def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
     features = check_inputs(paths, data, allow_features=True)
     targets = features_targets(save_features, paths)
     measure = opts.measure()
-    rows, classes_rows = [], []
+    rows, classes_rows, used = [], [], {}
     for i, (path, is_features) in enumerate(zip(paths, features, strict=True)):
         _say(log, f"[{i + 1}/{len(paths)}] {path}")
-        evaluation, classes = _evaluate(path, is_features, data, opts, progress, log)
+        evaluation, used[path] = _evaluate(path, is_features, data, opts, progress, log)
+        classes = used[path].classes if used[path] is not None else None
         _save_features(targets, path, evaluation, log)
         rows.append(_finish(analysis_row(path, evaluation, measure), on_row))
         if per_class:
             classes_rows += per_class_rows(path, evaluation, classes)
     extra = {"per_class": rows_frame(classes_rows, PER_CLASS_COLUMNS)} if per_class else {}
-    return _frame("analyze", rows, data=data, **extra)
+    return _frame("analyze", rows, data=data, transform=_transform(used), **extra)
 
 
 def _series(paths: list[str], opts: RunOptions, log: Log | None) -> list[tuple[Path, int]]:
@@ -369,14 +383,15 @@ def track(paths: str | Sequence[str], data: str | None = None, *,
     features = check_inputs([str(p) for p, _ in series], data, allow_features=True)
     targets = features_targets(save_features, [str(p) for p, _ in series])
     measure = opts.measure()
-    rows = []
+    rows, used = [], {}
     for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
         _say(log, f"[{i + 1}/{len(series)}] step {step}: {path}")
-        evaluation, _ = _evaluate(str(path), is_features, data, opts, progress, log)
+        evaluation, used[str(path)] = _evaluate(str(path), is_features, data, opts, progress,
+                                                log)
         _save_features(targets, str(path), evaluation, log)
         rows.append(_finish({"step": step, **analysis_row(str(path), evaluation, measure)},
                             on_row))
-    return _frame("track", rows, data=data)
+    return _frame("track", rows, data=data, transform=_transform(used))
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -444,7 +459,8 @@ def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
         eval_kwargs=opts.eval_kwargs(), measure=measure, bn_data=bn_set, bn_batches=bn_batches,
         bn_seed=opts.seed, skip=[float(r["alpha"]) for r in done], progress=progress),
         done, "alpha", on_row)
-    return _frame("lmc", rows, data=data, a=a, b=b, reset_bn=reset_bn,
+    return _frame("lmc", rows, data=data, transform=dataset.transform, a=a, b=b,
+                  reset_bn=reset_bn,
                   barriers=lmc_lib.barriers(rows))
 
 
@@ -507,5 +523,5 @@ def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterab
         seed=opts.seed, iterative=iterative, dense_metrics=dense_metrics, name=checkpoint_path,
         eval_kwargs=opts.eval_kwargs(), measure=measure, skip=[float(r["ratio"]) for r in done],
         progress=progress), done, "ratio", on_row)
-    return _frame("prune", rows, data=data, method=method, include_head=include_head,
-                  iterative=iterative)
+    return _frame("prune", rows, data=data, transform=dataset.transform, method=method,
+                  include_head=include_head, iterative=iterative)

@@ -563,7 +563,8 @@ def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str
     columns = api.columns(command)
     if report.STDOUT not in (opts.csv, opts.json_out):
         console = _stdout()
-        report.render_rows(console, rows, columns, title=title, key=key)
+        report.render_rows(console, rows, columns, title=title, key=key,
+                           caption=report.transform_caption((extra or {}).get("transform")))
         if after is not None:
             after(console)
     if opts.csv is not None:
@@ -592,7 +593,9 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
             mine = [r for r in classes_rows if r["checkpoint"] == path]
             report.render_rows(console, mine, PER_CLASS_COLUMNS, title=f"per class: {path}")
 
-    extra = {"data": opts.data, "per_class": classes_rows} if per_class else {"data": opts.data}
+    extra = {"data": opts.data, "transform": frame.attrs["transform"]}
+    if per_class:
+        extra["per_class"] = classes_rows
     _emit("analyze", rows, opts, title="infoprobe analyze", extra=extra,
           after=per_class_tables if per_class else None)
 
@@ -604,7 +607,8 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, opts: 
         frame = api.track(paths, opts.data, save_features=save_features, progress=progress,
                           log=_log, **_api_options(opts))
     rows = api.records(frame)
-    _emit("track", rows, opts, title="infoprobe track", extra={"data": opts.data})
+    _emit("track", rows, opts, title="infoprobe track",
+          extra={"data": opts.data, "transform": frame.attrs["transform"]})
     if plot is not None:
         report.plot_track(rows, plot)
         _log(f"wrote {plot}")
@@ -649,8 +653,8 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
         report.render_barriers(console, found)
 
     _emit("lmc", rows, opts, title=f"infoprobe lmc {name}", key="alpha",
-          extra={"data": opts.data, "a": a, "b": b, "reset_bn": sweep["reset_bn"],
-                 "barriers": found, "options": run},
+          extra={"data": opts.data, "transform": frame.attrs["transform"], "a": a, "b": b,
+                 "reset_bn": sweep["reset_bn"], "barriers": found, "options": run},
           after=show_barriers)
     if plot is not None:
         report.plot_lmc(rows, plot, title=name)
@@ -670,8 +674,9 @@ def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | Non
     rows, method = api.records(frame), sweep["method"]
     _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, "
           "no fine-tuning)", key="ratio",
-          extra={"data": opts.data, "method": method, "include_head": sweep["include_head"],
-                 "iterative": sweep["iterative"], "options": run})
+          extra={"data": opts.data, "transform": frame.attrs["transform"], "method": method,
+                 "include_head": sweep["include_head"], "iterative": sweep["iterative"],
+                 "options": run})
     if plot is not None:
         report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, no fine-tuning")
         _log(f"wrote {plot}")

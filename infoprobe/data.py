@@ -40,6 +40,7 @@ __all__ = [
     "model_in_chans",
     "resolve_transform_config",
     "stratified_indices",
+    "transform_record",
     "validate_labels",
 ]
 
@@ -60,14 +61,17 @@ class LabelledTensors:
 
     ``inputs``: [n, ...] exactly as fed to the model (float32, or int32/int64 token ids);
     ``labels``: int64 [n], >= 0;
-    ``source``: where it came from; ``classes``: class names by index when known.
-    Instances served from a cache are shared: treat the tensors as read-only.
+    ``source``: where it came from; ``classes``: class names by index when known;
+    ``transform``: the evaluation transform images went through (:func:`transform_record`),
+    None for tensor files. Instances served from a cache are shared: treat the tensors as
+    read-only.
     """
 
     inputs: Tensor
     labels: Tensor
     source: str
     classes: list[str] | None = None
+    transform: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -289,7 +293,9 @@ def resolve_transform_config(model: nn.Module | None = None, *,
                              interpolation: str | None = None) -> dict[str, Any]:
     """timm's eval data config for ``model`` (``pretrained_cfg``, first conv's channels) with
     the overrides applied: keys input_size (C, H, W), interpolation, mean, std, crop_pct,
-    crop_mode. ``input_size`` may be S, (H, W) or (C, H, W)."""
+    crop_mode. ``input_size`` may be S, (H, W) or (C, H, W). As timm's ``validate.py`` does,
+    the pretrained config's test size and test crop (``test_input_size``,
+    ``test_crop_pct``) win over the train-time ones (``use_test_size=True``)."""
     from timm.data import resolve_data_config
 
     chans = model_in_chans(model)
@@ -302,7 +308,7 @@ def resolve_transform_config(model: nn.Module | None = None, *,
         input_size = tuple(int(s) for s in size)
     args = {"input_size": input_size, "interpolation": interpolation, "crop_pct": crop_pct,
             "mean": None, "std": None}  # always truthy, so model=None works
-    cfg = resolve_data_config(args=args, model=model)
+    cfg = resolve_data_config(args=args, model=model, use_test_size=True)
     c = input_size[0] if input_size else (chans or cfg["input_size"][0])
     cfg["input_size"] = (c, *cfg["input_size"][1:])
     cfg["mean"] = _fit_channels(mean if mean is not None else cfg["mean"], c, "--mean")
@@ -312,6 +318,15 @@ def resolve_transform_config(model: nn.Module | None = None, *,
     if not 0 < float(cfg["crop_pct"]) <= 1:
         raise InputError(f"--crop-pct {cfg['crop_pct']}: must be in (0, 1]")
     return cfg
+
+
+def transform_record(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a transform config that decide the pixels, as plain JSON values:
+    input_size [C, H, W], crop_pct, crop_mode, interpolation, mean [C], std [C]."""
+    return {"input_size": [int(v) for v in cfg["input_size"]],
+            "crop_pct": float(cfg["crop_pct"]), "crop_mode": cfg.get("crop_mode") or "center",
+            "interpolation": str(cfg["interpolation"]),
+            "mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
 
 
 def _cifar(root: Path) -> tuple[str, Path] | None:
@@ -433,6 +448,7 @@ def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
             progress.stop()
     source = f"{root}" + (f" [{split}]" if split else "")
     return LabelledTensors(inputs=torch.cat(xs).float(), labels=torch.cat(ys).long(),
+                           transform=transform_record(cfg),
                            source=source, classes=classes)
 
 
@@ -470,7 +486,8 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
             idx = stratified_indices(full.labels, max_samples, seed)
             if len(idx) == len(full):
                 return full
-            return LabelledTensors(full.inputs[idx], full.labels[idx], full.source, full.classes)
+            return LabelledTensors(full.inputs[idx], full.labels[idx], full.source, full.classes,
+                                   full.transform)
     else:
         cfg = resolve_transform_config(model, input_size=input_size, mean=mean, std=std,
                                        crop_pct=crop_pct, interpolation=interpolation)

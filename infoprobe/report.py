@@ -56,6 +56,7 @@ __all__ = [
     "row_notes",
     "rows_frame",
     "short_names",
+    "transform_caption",
     "run_payload",
     "write_csv",
     "write_json",
@@ -192,6 +193,7 @@ def render_rows(
     *,
     title: str | None = None,
     key: str | None = None,
+    caption: str | None = None,
 ) -> None:
     """Print ``rows`` as a rich table, then the notes that explain NaN cells.
 
@@ -200,7 +202,7 @@ def render_rows(
     shared by all rows (a sweep, a per-class table) is left to the title, and checkpoints
     are shown by their shortest distinct names, so that the numbers fit a terminal; the CSV
     and JSON keep every column in full. ``key`` names the sweep column (alpha, ratio), which
-    labels the notes.
+    labels the notes. ``caption`` is a further caption line (the evaluation transform).
     """
     constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
     if all(r.get("classes_present") == r.get("n_classes") for r in rows):
@@ -214,7 +216,8 @@ def render_rows(
     shown = [c for c in columns if c not in hidden]
     if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
         shown.remove("name")  # class names that are just the indices
-    caption = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
+    shared = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
+    caption = "\n".join(filter(None, [shared, caption]))
     table = Table(title=title, caption=caption or None, caption_justify="left",
                   box=box.SIMPLE_HEAD)
     for column in shown:
@@ -229,6 +232,26 @@ def render_rows(
     label = key if key is not None else "checkpoint"
     for line in row_notes(rows, label):
         console.print(f"note: {line}", style="yellow", highlight=False, markup=False)
+
+
+def transform_caption(transform: dict | None) -> str | None:
+    """``transform: 3x224x224, crop_pct=0.95 (center), bicubic, mean=(..), std=(..)`` for a
+    ``data.transform_record``, one line per checkpoint for a dict of them; None for None."""
+    if not transform:
+        return None
+
+    def line(t: dict) -> str:
+        def numbers(values: Sequence[float]) -> str:
+            return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+        return (f"{'x'.join(str(v) for v in t['input_size'])}, crop_pct={t['crop_pct']:g} "
+                f"({t['crop_mode']}), {t['interpolation']}, mean={numbers(t['mean'])}, "
+                f"std={numbers(t['std'])}")
+
+    if "input_size" in transform:
+        return f"transform: {line(transform)}"
+    return "\n".join(f"transform of {path}: {line(t)}" for path, t in transform.items()
+                     if t is not None)
 
 
 def _cell(column: str, value: Any, row: dict | None = None) -> Text:

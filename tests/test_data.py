@@ -327,3 +327,26 @@ def test_subsample_keeps_every_class_or_refuses():
     with pytest.raises(InputError, match=r"--max-samples 2 .* 3 classes.*--max-samples 3"):
         stratified_indices(labels, 2)
     assert torch.bincount(labels[stratified_indices(labels, 3)]).tolist() == [1, 1, 1]
+
+
+# --------------------------------------------------------------------------- eval transform
+
+
+def test_transform_uses_timm_test_size_like_validate_py():
+    from timm.data import resolve_data_config
+
+    model = make_timm("test_mambaout", in_chans=3)
+    assert model.pretrained_cfg["test_input_size"] != model.pretrained_cfg["input_size"]
+    cfg = data.resolve_transform_config(model)
+    want = resolve_data_config(model=model, use_test_size=True)  # timm's validate.py default
+    assert cfg["input_size"] == want["input_size"] == (3, 192, 192)
+    assert cfg["crop_pct"] == want["crop_pct"] and cfg["interpolation"] == want["interpolation"]
+    assert data.resolve_transform_config(model, input_size=64)["input_size"] == (3, 64, 64)
+
+
+def test_image_data_records_its_transform(tmp_path, grey_model, data_file):
+    root = make_image_folder(tmp_path / "imgs", {"a": 1, "b": 1})
+    d = load_data(root, model=grey_model, input_size=12, crop_pct=1.0, cache=None)
+    assert d.transform == {"input_size": [1, 12, 12], "crop_pct": 1.0, "crop_mode": "center",
+                           "interpolation": "bilinear", "mean": [0.5], "std": [0.5]}
+    assert load_data(data_file, cache=None).transform is None  # tensors go in as they are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -104,3 +105,25 @@ def test_track_skips_aliases_and_goes_on_past_a_zero_head(tmp_path):
     assert zero["mir"] == "" and zero["h_w"] == "" and float(zero["h_z"]) > 0
     assert "head rows of classes 0, 1, 2, 3, 4, ... are zero" in zero["note"]
     assert "zero" in result.stdout  # the note is printed under the table
+
+
+# ----------------------------------------------------------------------------- transform
+
+
+def test_the_transform_is_recorded_in_the_json_and_the_caption(tmp_path):
+    model = make_timm("test_resnet", num_classes=2, in_chans=3)
+    ckpt = tmp_path / "m.safetensors"
+    save_file(model.state_dict(), str(ckpt), metadata={"arch": "test_resnet"})
+    root = make_image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    js = tmp_path / "m.json"
+    result = run("analyze", ckpt, "--data", root, "--input-size", 16, "--device", "cpu",
+                 "--json", js)
+    doc = json.loads(js.read_text())
+    cfg = model.pretrained_cfg
+    assert doc["transform"] == {"input_size": [3, 16, 16], "crop_pct": cfg["crop_pct"],
+                                "crop_mode": "center", "interpolation": cfg["interpolation"],
+                                "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+    assert (f"transform: 3x16x16, crop_pct={cfg['crop_pct']} (center), "
+            f"{cfg['interpolation']}, mean=") in result.stdout
+    tensors = json.loads(run("analyze", A, *FAST, "--json", "-").stdout)
+    assert tensors["transform"] is None
