@@ -36,6 +36,7 @@ import pandas as pd
 from infoprobe import checkpoint, probe
 from infoprobe import data as datasets
 from infoprobe.errors import InputError
+from infoprobe.slq import PROBES
 from infoprobe.rows import (
     COLUMNS,
     PER_CLASS_COLUMNS,
@@ -95,10 +96,11 @@ class RunOptions:
     amp_dtype: str = "bf16"
     channels_last: bool = False
     # measure
-    estimate: str = "exact"
+    estimate: str = "auto"
     estimate_batch_size: int = 256
     drop_zero_rows: bool = False
     max_exact_dim: int | None = None
+    probes: int = PROBES
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> RunOptions:
@@ -123,6 +125,7 @@ class RunOptions:
             drop_zero_rows=self.drop_zero_rows,
             max_exact_dim="auto" if self.max_exact_dim is None else self.max_exact_dim or None,
             device=str(probe.resolve_device(self.device)),
+            probes=self.probes,
         )
 
     def load_kwargs(self) -> dict[str, Any]:
@@ -195,10 +198,11 @@ def _input_size(value: Any) -> int | tuple[int, ...] | None:
 
 
 #: Options that leave every number of a row unchanged (where it runs, how many processes
-#: decode, how much is trusted, the size limit that only refuses) and the points of a sweep
-#: (a resumed sweep may add points). Every other option is recorded by :func:`run_record`.
+#: decode, how much is trusted) and the points of a sweep (a resumed sweep may add points).
+#: Every other option is recorded by :func:`run_record`; ``max_exact_dim`` is, since it
+#: chooses between the exact and the slq route under ``--estimate auto``.
 RESUME_NEUTRAL = frozenset({
-    "device", "workers", "trust_checkpoint", "max_exact_dim", "debug",
+    "device", "workers", "trust_checkpoint", "debug",
     "steps", "alphas", "ratios",
 })
 

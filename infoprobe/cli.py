@@ -35,6 +35,7 @@ from infoprobe.checkpoint import checkpoint_files
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.paths import refuse_overwrite
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
+from infoprobe.slq import PROBES
 from infoprobe.rows import PER_CLASS_COLUMNS
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
@@ -151,9 +152,11 @@ def _root(
 
 
 class Estimate(str, Enum):
-    """Which entropy value a row holds."""
+    """Which route gives the joint entropy of a row."""
 
+    auto = "auto"
     exact = "exact"
+    slq = "slq"
     batch = "batch"
 
 
@@ -259,8 +262,14 @@ class Options:
     # measure
     estimate: Annotated[Estimate, _opt(
         "--estimate", panel=_MEASURE,
-        help="exact: the full-set entropies; batch: the paper's mean over mini-batches.")
-    ] = Estimate.exact
+        help="auto: exact when the joint eigen-solve fits --max-exact-dim, else slq; exact: "
+        "the full-set value (past the limit h_zw/mi/mir are left empty); slq: the stochastic "
+        "Lanczos estimate of the full-set value with error bars; batch: the paper's mean over "
+        "mini-batches (a different quantity).")
+    ] = Estimate.auto
+    probes: Annotated[int, _opt(
+        "--probes", min=4, panel=_MEASURE,
+        help="Probe vectors of the slq estimate (its error bar shrinks as 1/sqrt).")] = PROBES
     estimate_batch_size: Annotated[int, _opt(
         "--estimate-batch-size", min=1, panel=_MEASURE,
         help="Mini-batch size of --estimate batch.")] = 256

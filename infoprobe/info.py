@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from infoprobe import slq
 from infoprobe.errors import InputError
 
 Estimate = Literal["auto", "exact", "batch", "slq"]
@@ -533,7 +534,7 @@ class _Joint:
     note: str = ""
 
 
-_ESTIMATES = ("exact", "batch")
+_ESTIMATES = ("auto", "exact", "batch", "slq")
 
 
 def _check_estimate(estimate: str) -> None:
@@ -558,8 +559,6 @@ def _joint_entropy(zh: Tensor, y: Tensor, wh: Tensor, estimate: str,
         if not fits:
             return _refused(size, limit)
         return _Joint(float(spectral_entropy(_joint_matrix(zh, y, wh))))
-    from infoprobe import slq
-
     found = slq.joint_entropy(zh, y, wh, **slq_options)
     return _Joint(found.value, "slq", found.label, found.err, found.upper)
 
@@ -605,7 +604,7 @@ def interplay(
     labels: Tensor,
     head: Tensor,
     *,
-    estimate: Estimate = "exact",
+    estimate: Estimate = "auto",
     batch_size: int = 256,
     seed: int = 0,
     drop_zero_rows: bool = False,
@@ -737,7 +736,7 @@ def interplay_between(
     features_a: Tensor,
     features_b: Tensor,
     *,
-    estimate: Estimate = "exact",
+    estimate: Estimate = "auto",
     batch_size: int = 256,
     seed: int = 0,
     drop_zero_rows: bool = False,

@@ -29,6 +29,7 @@ from infoprobe.info import (
     interplay,
     nc_optimum,
 )
+from infoprobe.slq import PROBES
 
 COLUMNS: tuple[str, ...] = (
     "checkpoint",
@@ -99,18 +100,22 @@ class MeasureOptions:
     ``"auto"`` follows the device (:func:`infoprobe.info.default_max_exact_dim`).
     """
 
-    estimate: Estimate = "exact"
+    estimate: Estimate = "auto"
     batch_size: int = 256
     seed: int = 0
     drop_zero_rows: bool = False
     max_exact_dim: int | str | None = "auto"
     device: str | None = None
+    probes: int = PROBES
 
     def matches(self, label: str) -> bool:
         """Whether a row's ``estimate`` label can come from these options (``--resume``)."""
         if self.estimate == "batch":
             return label == f"batch(B={self.batch_size},seed={self.seed})"
-        return label == "exact"
+        slq = label.startswith(f"slq(probes={self.probes},") and label.endswith(
+            f",seed={self.seed})")
+        return {"exact": label == "exact", "slq": slq}.get(self.estimate,
+                                                           label == "exact" or slq)
 
 
 def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
@@ -125,6 +130,7 @@ def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -
         drop_zero_rows=options.drop_zero_rows,
         max_exact_dim=options.max_exact_dim,
         device=options.device,
+        probes=options.probes,
     )
 
 

@@ -388,3 +388,24 @@ def test_entry_point_usage_error_is_one_line(monkeypatch, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("infoprobe: error: No such option: --stesp") and "\n" not in err
+
+
+def test_analyze_past_max_exact_dim_estimates_with_error_bars(tmp_path):
+    """auto: the joint solve (150 x 150) is over the limit, so slq gives h_zw/mi/mir with
+    error bars; h_z, h_w and hdr stay exact. --estimate exact leaves the joint empty."""
+    csv = tmp_path / "est.csv"
+    result = run("analyze", A, *FAST, "--max-exact-dim", 100, "--probes", 8, "--csv", csv)
+    raw = csv.read_text().splitlines()
+    got = pd.read_csv(csv).iloc[0]
+    want = reference(A)[1]
+    assert got["estimate"].startswith("slq(probes=8,steps=") and got["estimate"].endswith(",seed=0)")
+    for column in ("h_z", "h_w", "hdr"):
+        assert got[column] == pytest.approx(want[column], abs=1e-12)
+    assert abs(got["mir"] - want["mir"]) <= 2 * got["mir_err"] and got["mir_err"] > 0
+    assert got["mir_lower"] <= want["mir"] and (got["n_used"], got["n_batches"]) == (N, 1)
+    assert f"{got['mir']:.4f} ± {got['mir_err']:.4f}" in result.stdout
+    exact = run("analyze", A, *FAST, "--max-exact-dim", 100, "--estimate", "exact", "--csv", "-")
+    header, row = exact.stdout.strip().splitlines()
+    cells = dict(zip(header.split(","), row.split(",")))
+    assert cells["h_zw"] == cells["mi"] == cells["mir"] == "" and cells["hdr"] != ""
+    assert raw[0] == header
