@@ -55,7 +55,7 @@ _OUTPUT = "Output"
 
 def _say_error(message: str) -> None:
     """Print ``infoprobe: error: MESSAGE`` on one line of stderr."""
-    one_line = " ".join(str(message).split())
+    one_line = report.printable(" ".join(str(message).split()))
     Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
         f"{PROG}: error: {one_line}", markup=False
     )
@@ -558,7 +558,7 @@ def _stdout() -> Console:
 def _log(message: str) -> None:
     # soft_wrap: one log line stays one line, however narrow the terminal
     Console(stderr=True, highlight=False, emoji=False, soft_wrap=True).print(
-        message, style="dim", markup=False
+        report.printable(message), style="dim", markup=False
     )
 
 

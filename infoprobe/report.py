@@ -48,7 +48,9 @@ __all__ = [
     "jsonable",
     "plot_lmc",
     "plot_prune",
+    "plot_text",
     "plot_track",
+    "printable",
     "read_csv_rows",
     "render_barriers",
     "render_rows",
@@ -85,7 +87,7 @@ class RichProgress:
         self.stop()
         self.completed, self.total = 0, int(total)
         self._progress = Progress(
-            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.description}", style="progress.description", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -95,7 +97,7 @@ class RichProgress:
             disable=not self.enabled,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=self.total)
+        self._task = self._progress.add_task(printable(description), total=self.total)
 
     def advance(self, n: int) -> None:
         self.completed += int(n)
@@ -217,21 +219,40 @@ def render_rows(
     if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
         shown.remove("name")  # class names that are just the indices
     shared = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
-    caption = "\n".join(filter(None, [shared, caption]))
-    table = Table(title=title, caption=caption or None, caption_justify="left",
-                  box=box.SIMPLE_HEAD)
+    caption = "\n".join(printable(line) for line in filter(None, [shared, caption]))
+    # Text, not str: a '[' in a path is not rich markup, and control characters are escaped
+    table = Table(title=Text(printable(title)) if title else None,
+                  caption=Text(caption) if caption else None,
+                  caption_justify="left", box=box.SIMPLE_HEAD)
     for column in shown:
         text = column in ("checkpoint", "name")
         table.add_column(column, justify="left" if text else "right", no_wrap=not text,
                          overflow="fold", min_width=None if text else len(column))
     labels = short_names([str(r.get("checkpoint")) for r in rows])
     for row, label in zip(rows, labels, strict=True):
-        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row)
+        table.add_row(*(Text(printable(label)) if c == "checkpoint"
+                        else _cell(c, row.get(c), row)
                         for c in shown))
     console.print(table)
     label = key if key is not None else "checkpoint"
     for line in row_notes(rows, label):
-        console.print(f"note: {line}", style="yellow", highlight=False, markup=False)
+        console.print(f"note: {printable(line)}", style="yellow", highlight=False,
+                      markup=False)
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (terminal escapes, carriage returns,
+    bidirectional overrides) written as its Python escape, e.g. ESC as ``\\x1b``: names
+    from files (paths, class names, a recorded architecture) cannot rewrite the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def plot_text(text: str) -> str:
+    """``text`` for a matplotlib title: '$' is literal, not the start of mathtext."""
+    return printable(text).replace("$", r"\$")
 
 
 def transform_caption(transform: dict | None) -> str | None:
@@ -259,7 +280,7 @@ def _cell(column: str, value: Any, row: dict | None = None) -> Text:
     err = (row or {}).get(f"{column}_err")
     if isinstance(err, float) and not math.isnan(err) and text != "nan":
         text = f"{text} ± {format_value(column, err)}"
-    return Text(text, style="dim" if text == "nan" else "")
+    return Text(printable(text), style="dim" if text == "nan" else "")
 
 
 def render_barriers(console: Console, barriers: dict[str, Any]) -> None:
@@ -593,7 +614,7 @@ def plot_track(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -
     ax.set_xlabel("step")
     ax.set_ylabel("value")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title or "information interplay over training")
+    ax.set_title(plot_text(title) or "information interplay over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save_figure(fig, path)
@@ -619,7 +640,7 @@ def plot_lmc(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> 
     for ax in (left, right):
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "linear mode connectivity")
+    fig.suptitle(plot_text(title) or "linear mode connectivity")
     return _save_figure(fig, path)
 
 
@@ -639,5 +660,5 @@ def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -
     for ax in (left, right):
         ax.set_xlabel("pruning ratio")
         ax.grid(alpha=0.3)
-    fig.suptitle(title or "unstructured pruning (no fine-tuning)")
+    fig.suptitle(plot_text(title) or "unstructured pruning (no fine-tuning)")
     return _save_figure(fig, path)
