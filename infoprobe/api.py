@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import filecmp
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,9 +49,11 @@ from infoprobe.rows import (
 )
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
+from infoprobe.sweeps.finetune import FinetuneOptions
 
-__all__ = ["RESUME_NEUTRAL", "RunOptions", "analyze", "columns", "lmc", "prune", "records",
-           "run_record", "track"]
+__all__ = ["FINETUNE_FLAGS", "RESUME_NEUTRAL", "RunOptions", "analyze", "columns",
+           "finetune_options", "finetune_settings", "lmc", "prune", "records", "run_record",
+           "track"]
 
 #: The evaluation batch size when none is given (``--batch-size``).
 DEFAULT_BATCH_SIZE = 256
@@ -505,27 +508,112 @@ def _same_data(a: str, b: str | None) -> bool:
     return os.path.samefile(pa, pb)
 
 
+#: prune's fine-tuning options (keyword names) with their command-line flags.
+FINETUNE_FLAGS: dict[str, str] = {
+    "finetune_epochs": "--finetune-epochs", "lr": "--lr",
+    "finetune_batch_size": "--finetune-batch-size", "optimizer": "--optimizer",
+    "momentum": "--momentum", "weight_decay": "--weight-decay",
+}
+
+
+def finetune_options(finetune_data: str | None, *, seed: int = 0,
+                     **values: Any) -> FinetuneOptions | None:
+    """prune's fine-tuning options (:data:`FINETUNE_FLAGS`, None: the default) as
+    :class:`~infoprobe.sweeps.finetune.FinetuneOptions`; None without ``finetune_data``.
+
+    InputError for options given without ``finetune_data``, ``momentum`` with AdamW, a
+    missing ``finetune_data`` path and values out of range.
+    """
+    unknown = sorted(set(values) - set(FINETUNE_FLAGS))
+    if unknown:
+        raise TypeError(f"unknown fine-tuning option(s) {', '.join(unknown)}")
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()
+             if v is not None}
+    if finetune_data is None:
+        if given:
+            raise InputError(f"{', '.join(FINETUNE_FLAGS[k] for k in given)} only apply with "
+                             "--finetune-data DATA (the training data to fine-tune on)")
+        return None
+    if given.get("optimizer") == "adamw" and "momentum" in given:
+        raise InputError("--momentum applies to --optimizer sgd only; AdamW has none")
+    if not Path(finetune_data).expanduser().exists():
+        raise InputError(f"--finetune-data {finetune_data} does not exist; check the path")
+    names = {"finetune_epochs": "epochs", "finetune_batch_size": "batch_size"}
+    return FinetuneOptions(seed=seed, **{names.get(k, k): v for k, v in given.items()})
+
+
+def finetune_settings(finetune_data: str | None, *, seed: int = 0,
+                      **values: Any) -> dict[str, Any]:
+    """The fine-tuning options with their defaults filled in (all None without
+    ``finetune_data``; ``momentum`` None with AdamW): what a run record holds, so that a
+    default and the same value given explicitly are one run."""
+    tune = finetune_options(finetune_data, seed=seed, **values)
+    if tune is None:
+        return dict.fromkeys(FINETUNE_FLAGS)
+    return {"finetune_epochs": tune.epochs, "lr": tune.lr,
+            "finetune_batch_size": tune.batch_size, "optimizer": tune.optimizer,
+            "momentum": tune.momentum if tune.optimizer == "sgd" else None,
+            "weight_decay": tune.weight_decay}
+
+
+def _check_resumed_finetune(done: Sequence[Mapping], tune: FinetuneOptions | None) -> None:
+    """InputError when finished rows were fine-tuned and this run is not, or the reverse
+    (a diverged ratio has empty ft_ columns and a note, and counts as fine-tuned)."""
+    for row in done:
+        value = row.get("ft_accuracy")
+        tuned = not (value is None or math.isnan(float(value))) or (
+            tune is not None and "fine-tuning diverged" in str(row.get("note") or ""))
+        if tuned != (tune is not None):
+            this = "fine-tunes" if tune else "does not fine-tune"
+            raise InputError(
+                f"--resume: the finished rows hold another run (ratio {float(row['ratio']):g} "
+                f"{'was' if tuned else 'was not'} fine-tuned; this run {this}); remove the "
+                "--csv file or write to another one")
+
+
 def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterable[float],
           method: str = "global-magnitude", include_head: bool = False,
           iterative: bool = False, dense_metrics: bool = True,
+          finetune_data: str | None = None, finetune_epochs: int | None = None,
+          lr: float | None = None, finetune_batch_size: int | None = None,
+          optimizer: str | None = None, momentum: float | None = None,
+          weight_decay: float | None = None,
           progress: probe.ProgressSink | None = None, log: Log | None = None,
           on_row: OnRow | None = None, done: Iterable[Mapping] = (),
           **options: Any) -> pd.DataFrame:
-    """Unstructured pruning sweep (no fine-tuning): one row per ratio."""
+    """Unstructured pruning sweep: one row per ratio, fine-tuned with ``finetune_data``.
+
+    ``finetune_data`` is read like ``data`` (all its samples); the other fine-tuning
+    options are :func:`finetune_options`'s (None: the default). ``attrs["finetune"]`` holds
+    the fine-tuning options used (with ``data``), None without fine-tuning.
+    """
     method = method.value if isinstance(method, Enum) else method
     points = prune_lib.parse_ratios(ratios)
     opts = RunOptions.of(options)
     opts.check()
+    tune = finetune_options(
+        finetune_data, seed=opts.seed, finetune_epochs=finetune_epochs, lr=lr,
+        finetune_batch_size=finetune_batch_size, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay)
     check_inputs([checkpoint_path], data, allow_features=False)
     measure = opts.measure()
     done = list(done)
+    _check_resumed_finetune(done, tune)
     loaded = checkpoint.load_model(checkpoint_path, **opts.load_kwargs())
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     _check_resumed(done, checkpoint_path, len(dataset), measure, log)
+    train = None
+    if tune is not None:
+        if _same_data(finetune_data, data):
+            _say(log, "warning: --finetune-data is the evaluation data (--data): the "
+                 "fine-tuned rows are measured on the samples they were trained on")
+        train = opts.load_data(finetune_data, loaded.model, progress, None, log)
     rows = _sweep(prune_lib.prune_sweep(
         loaded.model, dataset, points, method=method, include_head=include_head,
         seed=opts.seed, iterative=iterative, dense_metrics=dense_metrics, name=checkpoint_path,
-        eval_kwargs=opts.eval_kwargs(), measure=measure, skip=[float(r["ratio"]) for r in done],
+        eval_kwargs=opts.eval_kwargs(), measure=measure, finetune_data=train,
+        finetune_options=tune, skip=[float(r["ratio"]) for r in done],
         progress=progress), done, "ratio", on_row)
+    record = None if tune is None else {"data": finetune_data, **tune.record()}
     return _frame("prune", rows, data=data, transform=dataset.transform, method=method,
-                  include_head=include_head, iterative=iterative)
+                  include_head=include_head, iterative=iterative, finetune=record)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ _DATA = "Data"
 _COMPUTE = "Compute"
 _MEASURE = "Measure"
 _OUTPUT = "Output"
+_FT = "Fine-tuning"
 
 
 # ----------------------------------------------------------------------------- errors
@@ -173,6 +175,13 @@ class PruneMethod(str, Enum):
     global_magnitude = "global-magnitude"
     layer_magnitude = "layer-magnitude"
     random = "random"
+
+
+class Optimizer(str, Enum):
+    """The optimizer of `prune --finetune-data`."""
+
+    sgd = "sgd"
+    adamw = "adamw"
 
 
 def _opt(*names: str, panel: str, **kwargs: Any) -> Any:
@@ -372,6 +381,9 @@ _LMC_EXAMPLES = _examples(
 )
 _PRUNE_EXAMPLES = _examples(
     f"infoprobe prune fixtures/lmc/same_init_a.safetensors {_DIGITS} --ratios 0,0.5,0.9",
+    f"infoprobe prune fixtures/lmc/same_init_a.safetensors {_DIGITS} --ratios 0,0.5,0.9 "
+    "--method layer-magnitude --finetune-data fixtures/digits/train.safetensors "
+    "--finetune-epochs 2",
     "infoprobe prune model.pth --data val/ --ratios 0,0.3,0.6,0.9 --method layer-magnitude "
     "--csv prune.csv --resume --plot prune.png",
 )
@@ -474,6 +486,27 @@ def prune(
         "--dense-metrics/--no-dense-metrics", panel="Sweep",
         help="Compute mir_dense/hdr_dense (pruned vs dense features): one more exact "
         "eigen-solve per ratio, up to n x n.")] = True,
+    finetune_data: Annotated[str | None, _opt(
+        "--finetune-data", metavar="DATA", panel=_FT,
+        help="Fine-tune each pruned model on this data (masks fixed), then measure it "
+        "again: the ft_* columns. Read like --data; use the training set.")] = None,
+    finetune_epochs: Annotated[int | None, _opt(
+        "--finetune-epochs", metavar="E", min=1, panel=_FT,
+        help="Epochs over --finetune-data per ratio.  [default: 1]")] = None,
+    lr: Annotated[float | None, _opt(
+        "--lr", panel=_FT,
+        help="Constant learning rate.  [default: 0.01 with sgd, 0.001 with adamw]")] = None,
+    finetune_batch_size: Annotated[int | None, _opt(
+        "--finetune-batch-size", metavar="B", min=1, panel=_FT,
+        help="Training batch size.  [default: 64]")] = None,
+    optimizer: Annotated[Optimizer | None, _opt(
+        "--optimizer", panel=_FT, help="sgd (with --momentum) or adamw.  [default: sgd]")
+    ] = None,
+    momentum: Annotated[float | None, _opt(
+        "--momentum", panel=_FT, help="SGD momentum.  [default: 0.9]")] = None,
+    weight_decay: Annotated[float | None, _opt(
+        "--weight-decay", panel=_FT,
+        help="Weight decay.  [default: 0 with sgd, 0.01 with adamw]")] = None,
     resume: Resume = False,
     plot: Plot = None,
     *,
@@ -481,11 +514,15 @@ def prune(
 ) -> None:
     """Unstructured pruning sweep of Conv/Linear weights: one row per ratio.
 
-    There is no fine-tuning: each row measures the pruned weights as they are. mir_dense and
+    Each row measures the pruned weights as they are. With --finetune-data each pruned model
+    is then fine-tuned with its masks fixed and measured again (ft_* columns). mir_dense and
     hdr_dense compare the pruned model's features with the dense model's on the same samples.
     """
     sweep = dict(ratios=ratios, method=method.value, include_head=include_head,
-                 iterative=iterative, dense_metrics=dense_metrics)
+                 iterative=iterative, dense_metrics=dense_metrics, finetune_data=finetune_data,
+                 finetune_epochs=finetune_epochs, lr=lr, finetune_batch_size=finetune_batch_size,
+                 optimizer=optimizer.value if optimizer else None, momentum=momentum,
+                 weight_decay=weight_decay)
     _prune(checkpoint, sweep, resume, plot, opts)
 
 
@@ -640,8 +677,13 @@ def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
 
     def record(row: dict) -> None:
         log.add(row)
+        tuned = row.get("ft_accuracy")
+        after = ("" if tuned is None or math.isnan(tuned) else
+                 f"; fine-tuned: accuracy {tuned:.4f}, "
+                 f"mir {report.format_value('mir', row['ft_mir'])}")
         _log(f"[{len(log.rows)}/{total()}] {key} {report.format_value(key, row[key])}: "
-             f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}")
+             f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}"
+             f"{after}")
 
     return log, record
 
@@ -673,19 +715,25 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
 def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | None,
            opts: Options) -> None:
     prune_lib.parse_ratios(sweep["ratios"])
-    _preflight(opts, plot=plot, resume=resume, checkpoints=[checkpoint])
+    # the fine-tuning options with their defaults filled in, so the record holds the values
+    tune = {k: sweep[k] for k in api.FINETUNE_FLAGS}
+    sweep = {**sweep, **api.finetune_settings(sweep["finetune_data"], seed=opts.seed, **tune)}
+    _preflight(opts, plot=plot, resume=resume, checkpoints=[checkpoint],
+               finetune_data=sweep["finetune_data"])
     run = _run_record("prune", opts, checkpoint=checkpoint, **sweep)
     log, record = _sweep_csv("prune", "ratio", resume, opts,
                              lambda: len(prune_lib.parse_ratios(sweep["ratios"])), run)
     with _progress() as progress:
         frame = api.prune(checkpoint, opts.data, **sweep, progress=progress, log=_log,
                           on_row=record, done=log.rows, **_api_options(opts))
-    rows, method = api.records(frame), sweep["method"]
-    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, "
-          "no fine-tuning)", key="ratio",
+    rows, method, tuned = api.records(frame), sweep["method"], frame.attrs["finetune"]
+    how = ("no fine-tuning" if tuned is None else
+           f"fine-tuned {tuned['epochs']} epoch(s) on {sweep['finetune_data']}")
+    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, {how})",
+          key="ratio",
           extra={"data": opts.data, "transform": frame.attrs["transform"], "method": method,
                  "include_head": sweep["include_head"], "iterative": sweep["iterative"],
-                 "options": run})
+                 "finetune": tuned, "options": run})
     if plot is not None:
-        report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, no fine-tuning")
+        report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, {how}")
         _log(f"wrote {plot}")

@@ -20,6 +20,10 @@ class InputError(InfoprobeError, ValueError):
     exit_code = 2
 
 
+class NonFiniteFeatures(InputError):
+    """Features with NaN/Inf: bad weights or input normalisation (or a diverged training)."""
+
+
 class RunFailure(InfoprobeError, RuntimeError):
     """A failure while running valid input (out of memory, a model that raises)."""
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoprobe.data import LabelledTensors, model_in_chans, validate_labels
-from infoprobe.errors import InputError, RunFailure
+from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure
 
 __all__ = [
     "Evaluation",
@@ -403,7 +403,7 @@ def _check_features(features: Tensor, source: str) -> None:
     bad = ~torch.isfinite(features).all(dim=1)
     if bad.any():
         first = int(bad.nonzero()[0])
-        raise InputError(
+        raise NonFiniteFeatures(
             f"features of {int(bad.sum())} samples of {source} are NaN/Inf (first: sample "
             f"{first}); check the checkpoint's weights and the input normalisation (--mean/--std)")
 

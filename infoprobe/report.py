@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infoprobe.errors import InputError
-from infoprobe.rows import INT_COLUMNS, rows_frame
+from infoprobe.rows import FT_COLUMNS, INT_COLUMNS, rows_frame
 
 __all__ = [
     "STDOUT",
@@ -211,6 +211,8 @@ def render_rows(
         constant = [c for c in constant if c != "classes_present"]  # nothing to report
         columns = [c for c in columns if c != "classes_present"]
     hidden = set(constant) | _HIDDEN_COLUMNS
+    # a prune sweep without fine-tuning: its ft_* columns are empty, not worth a column each
+    hidden |= {c for c in FT_COLUMNS if all(_is_nan(r.get(c, math.nan)) for r in rows)}
     if "checkpoint" in constant:
         constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
         if key is None and len(rows) == 1:
@@ -645,20 +647,32 @@ def plot_lmc(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> 
 
 
 def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Accuracy (left) and MIR/HDR against the head and the dense features (right) vs ratio."""
+    """Accuracy, and MIR/HDR against the head and the dense features, vs ratio.
+
+    Rows of a fine-tuned sweep get a second line per quantity: solid before fine-tuning,
+    dashed after (the ``ft_`` columns), with MIR/HDR vs the head and vs the dense features
+    on two panels. Without fine-tuning: two panels, accuracy and all four ratios.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    left.plot(*_series(rows, "ratio", "accuracy"), "^-", color="C2", label="accuracy")
-    left.set_ylabel("accuracy")
-    left.legend(fontsize="small")
-    for column, style in (("mir", "o-"), ("hdr", "s-"), ("mir_dense", "o--"),
-                          ("hdr_dense", "s--")):
-        right.plot(*_series(rows, "ratio", column), style, label=column)
-    right.legend(fontsize="small")
-    for ax in (left, right):
+    tuned = not all(_is_nan(row.get("ft_accuracy", math.nan)) for row in rows)
+    fig = Figure(figsize=(14 if tuned else 10, 4), layout="constrained")
+    axes = fig.subplots(1, 3 if tuned else 2)
+    groups = ([["accuracy"], ["mir", "hdr"], ["mir_dense", "hdr_dense"]] if tuned
+              else [["accuracy"], ["mir", "hdr", "mir_dense", "hdr_dense"]])
+    styles = {"accuracy": ("^", "C2"), "mir": ("o", "C0"), "hdr": ("s", "C1"),
+              "mir_dense": ("o", "C4"), "hdr_dense": ("s", "C3")}
+    for ax, columns in zip(axes, groups, strict=True):
+        for column in columns:
+            marker, color = styles[column]
+            ax.plot(*_series(rows, "ratio", column), marker + "-", color=color, label=column)
+            if tuned:
+                ax.plot(*_series(rows, "ratio", f"ft_{column}"), marker + "--", color=color,
+                        mfc="none", label=f"ft_{column} (fine-tuned)")
         ax.set_xlabel("pruning ratio")
         ax.grid(alpha=0.3)
-    fig.suptitle(plot_text(title) or "unstructured pruning (no fine-tuning)")
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(plot_text(title) or ("unstructured pruning, before and after fine-tuning"
+                                      if tuned else "unstructured pruning (no fine-tuning)"))
     return _save_figure(fig, path)

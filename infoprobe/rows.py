@@ -1,10 +1,10 @@
 """One evaluation -> one row of the shared column schema (``DESIGN.md``, CLI contract).
 
 Every command emits rows with :data:`COLUMNS` (lmc adds ``alpha``, prune adds ``ratio,
-sparsity, mir_dense, hdr_dense``, track adds ``step``), so CSV from any command loads
-straight into pandas and joins on these names. ``estimate`` says which route gave the joint
-entropy of a row: ``exact``, ``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``;
-``h_zw_err, mi_err, mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a
+sparsity, mir_dense, hdr_dense`` and the after-fine-tuning :data:`FT_COLUMNS`, track adds
+``step``), so CSV from any command loads straight into pandas and joins on these names.
+``estimate`` says which route gave the joint entropy of a row: ``exact``,
+``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``; ``h_zw_err, mi_err, mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a
 certified lower bound of MIR (NaN when the route gives none); ``n_samples`` says on how many
 samples, ``n_used`` how many entered the values and ``n_batches`` in how many batches;
 ``note`` says why a value is NaN (empty otherwise).
@@ -56,12 +56,22 @@ COLUMNS: tuple[str, ...] = (
     "note",
 )
 
+#: A fine-tuned prune row's values after fine-tuning (NaN when the sweep does not fine-tune).
+FT_COLUMNS: tuple[str, ...] = (
+    "ft_accuracy",
+    "ft_loss",
+    "ft_mir",
+    "ft_hdr",
+    "ft_mir_dense",
+    "ft_hdr_dense",
+)
+
 #: Extra columns each command puts before the shared ones.
 SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
     "analyze": (),
     "track": ("step",),
     "lmc": ("alpha",),
-    "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense"),
+    "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense", *FT_COLUMNS),
 }
 
 

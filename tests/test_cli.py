@@ -368,7 +368,7 @@ def test_help_on_every_command_shows_examples(command):
         assert "Examples" in result.stdout and f"infoprobe {command}" in result.stdout
         assert "--data" in result.stdout and "--csv" in result.stdout
     if command == "prune":
-        assert "no fine-tuning" in result.stdout
+        assert "--finetune-data" in result.stdout and "--optimizer" in result.stdout
 
 
 def test_version_and_module_entry_point(monkeypatch, capsys):

@@ -2,7 +2,8 @@
 
 * :mod:`infoprobe.sweeps.lmc`: linear mode connectivity, ``theta(alpha)`` between two
   checkpoints, with REPAIR-style BatchNorm resets and the loss/accuracy barriers;
-* :mod:`infoprobe.sweeps.prune`: unstructured pruning ratios through ``torch.nn.utils.prune``.
+* :mod:`infoprobe.sweeps.prune`: unstructured pruning ratios through ``torch.nn.utils.prune``,
+  optionally fine-tuned after each by :mod:`infoprobe.sweeps.finetune`.
 
 Both follow one protocol. The caller decodes the data once (a
 :class:`~infoprobe.data.LabelledTensors` in memory) and passes one model object; the sweep
@@ -117,6 +118,7 @@ def sweep_progress(
 
 
 # Public API (imported last: lmc and prune import the helpers above from this package).
+from infoprobe.sweeps.finetune import FinetuneOptions, finetune  # noqa: E402
 from infoprobe.sweeps.lmc import (  # noqa: E402
     barriers,
     batchnorm_layers,
@@ -136,10 +138,12 @@ from infoprobe.sweeps.prune import (  # noqa: E402
 
 __all__ = [
     "METHODS",
+    "FinetuneOptions",
     "VALUE_TOL",
     "barriers",
     "batchnorm_layers",
     "check_compatible",
+    "finetune",
     "interpolate_state",
     "lmc_sweep",
     "measured_sparsity",
