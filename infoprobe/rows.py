@@ -4,10 +4,11 @@ Every command emits rows with :data:`COLUMNS` (lmc adds ``alpha``, prune adds ``
 sparsity, mir_dense, hdr_dense`` and the after-fine-tuning :data:`FT_COLUMNS`, track adds
 ``step``), so CSV from any command loads straight into pandas and joins on these names.
 ``estimate`` says which route gave the joint entropy of a row: ``exact``,
-``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``; ``h_zw_err, mi_err, mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a
-certified lower bound of MIR (NaN when the route gives none); ``n_samples`` says on how many
-samples, ``n_used`` how many entered the values and ``n_batches`` in how many batches;
-``note`` says why a value is NaN (empty otherwise).
+``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``; ``h_zw_err, mi_err,
+mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a certified lower bound
+of MIR (NaN when the route gives none); ``n_samples`` says on how many samples, ``n_used``
+how many entered the values and ``n_batches`` in how many batches; ``note`` says why a value
+is NaN (empty otherwise).
 """
 
 from __future__ import annotations

@@ -360,6 +360,8 @@ def test_prune_finetune_command_matches_the_library(tmp_path):
 @pytest.mark.parametrize(("args", "words"), [
     (["--lr", "0.1"], "--lr only apply with --finetune-data"),
     (["--optimizer", "adamw", "--momentum", "0.5"], "--optimizer, --momentum only apply"),
+    (["--finetune-data", TRAIN, "--optimizer", "adamw", "--momentum", "0.5"],
+     "--momentum applies to --optimizer sgd only"),
     (["--finetune-data", "missing.safetensors"], "--finetune-data missing.safetensors does not"),
     (["--finetune-data", TRAIN, "--lr", "-1"], "--lr -1.0: give a positive number"),
     (["--finetune-data", TRAIN, "--finetune-epochs", "0"], "Invalid value for '--finetune-epochs'"),
@@ -371,16 +373,32 @@ def test_bad_finetune_flags_are_bad_input(args, words):
 
 
 def test_resume_refuses_rows_of_another_finetuning(tmp_path):
+    from infoprobe import api
+
     train = small_train_file(tmp_path)
     csv = tmp_path / "p.csv"
-    cli_run("prune", A, *FAST, "--ratios", "0", "--csv", csv)
-    result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume",
-                     "--finetune-data", train, code=2)
-    assert "was not fine-tuned; this run fine-tunes" in result.stderr
-    csv.unlink()
     cli_run("prune", A, *FAST, "--ratios", "0", "--csv", csv, "--finetune-data", train)
+    for other in (["--lr", "0.02"], ["--finetune-epochs", "2"], ["--optimizer", "adamw"]):
+        result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume",
+                         "--finetune-data", train, *other, code=2)
+        assert f"{other[0]} " in result.stderr and "another run" in result.stderr
     result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2)
-    assert "was fine-tuned; this run does not fine-tune" in result.stderr
+    assert "--finetune-data" in result.stderr and "another run" in result.stderr
+    # the defaults given explicitly are the same run
+    cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume", "--finetune-data",
+            train, "--lr", "0.01", "--momentum", "0.9", "--finetune-batch-size", "64")
+    import pandas as pd
+
+    assert pd.read_csv(csv)["ratio"].tolist() == [0.0, 0.5]
+    # the library checks the finished rows it is given too
+    rows = pd.read_csv(csv).to_dict("records")
+    with pytest.raises(InputError, match="was fine-tuned; this run does not fine-tune"):
+        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu",
+                  done=rows)
+    plain = [{**r, **dict.fromkeys(FT_COLUMNS, math.nan)} for r in rows]
+    with pytest.raises(InputError, match="was not fine-tuned; this run fine-tunes"):
+        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu",
+                  done=plain, finetune_data=str(train))
 
 
 def test_finetuning_on_the_evaluation_data_warns():
