@@ -44,6 +44,7 @@ from infoprobe.rows import (
     SWEEP_COLUMNS,
     MeasureOptions,
     analysis_row,
+    model_columns,
     per_class_rows,
     rows_frame,
 )
@@ -67,7 +68,10 @@ class RunOptions:
     """The options every command shares, with the command line's defaults.
 
     ``input_size`` is N or (C, H, W); ``mean`` and ``std`` are one value per channel; each
-    may also be given as the command line's text (``"3,224,224"``). ``model_kwargs`` is a
+    may also be given as the command line's text (``"3,224,224"`` or ``"3 224 224"``).
+    ``class_map`` is timm's class-map text file for image folders; ``valid_labels`` the
+    model class indices the data's labels 0..k-1 stand for, or a text file listing them
+    one per line (timm validate.py's ``--class-map`` / ``--valid-labels``). ``model_kwargs`` is a
     dict or the command line's ``["key=value", ...]``. ``amp`` turns autocast on with
     ``amp_dtype`` (``"bf16"`` or ``"fp16"``). ``max_exact_dim`` None follows the device
     (:func:`infoprobe.info.default_max_exact_dim`), 0 means no limit.
@@ -92,6 +96,8 @@ class RunOptions:
     crop_pct: float | None = None
     interpolation: str | None = None
     workers: int = 0
+    class_map: str | None = None
+    valid_labels: str | Sequence[int] | None = None
     # compute
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -119,6 +125,9 @@ class RunOptions:
         probe.resolve_device(self.device)
         self.load_kwargs()
         self.transform_kwargs()
+        self.eval_kwargs()
+        if self.class_map is not None:
+            datasets.read_class_map(self.class_map)
 
     def measure(self) -> MeasureOptions:
         return MeasureOptions(
@@ -142,7 +151,8 @@ class RunOptions:
 
     def eval_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`infoprobe.probe.evaluate` (less the progress sink)."""
-        return dict(head=self.head, device=self.device, batch_size=self.batch_size,
+        return dict(valid_labels=_valid_labels(self.valid_labels), head=self.head,
+                    device=self.device, batch_size=self.batch_size,
                     amp=self.amp_dtype if self.amp else False,
                     channels_last=self.channels_last)
 
@@ -157,8 +167,8 @@ class RunOptions:
         """``spec`` loaded for ``model`` (decoded once per process, see data.py)."""
         loaded = datasets.load_data(spec, model=model, split=self.split,
                                     max_samples=max_samples, seed=self.seed,
-                                    workers=self.workers, progress=progress,
-                                    **self.transform_kwargs())
+                                    workers=self.workers, class_map=self.class_map,
+                                    progress=progress, **self.transform_kwargs())
         _report_missing_classes(loaded, log)
         return loaded
 
@@ -182,9 +192,10 @@ def _numbers(value: Any, flag: str, kind: type) -> tuple | None:
     try:
         values = tuple(kind(v) for v in items if v != "")
     except (TypeError, ValueError):
-        raise InputError(f"{flag} {value!r}: expected comma-separated numbers") from None
+        raise InputError(f"{flag} {value!r}: expected numbers separated by spaces or commas"
+                         ) from None
     if not values:
-        raise InputError(f"{flag} {value!r}: expected comma-separated numbers")
+        raise InputError(f"{flag} {value!r}: expected numbers separated by spaces or commas")
     return values
 
 
@@ -193,8 +204,22 @@ def _input_size(value: Any) -> int | tuple[int, ...] | None:
     if values is None:
         return None
     if len(values) not in (1, 3) or min(values) < 1:
-        raise InputError(f"--input-size {value!r}: give N or C,H,W with positive integers")
+        raise InputError(f"--input-size {value!r}: give N or C H W with positive integers")
     return values[0] if len(values) == 1 else values
+
+
+def _valid_labels(value: str | Sequence[int] | None) -> list[int] | None:
+    """Model class indices: a list, or a text file with one per line (as timm reads it)."""
+    if value is None or not isinstance(value, (str, os.PathLike)):
+        return None if value is None else [int(v) for v in value]
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise InputError(f"--valid-labels {path} does not exist; check the path")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        return [int(line) for line in lines if line]
+    except ValueError:
+        raise InputError(f"--valid-labels {path}: expected one class index per line") from None
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -273,15 +298,15 @@ def _say(log: Log | None, message: str) -> None:
 
 def _evaluate(path: str, is_features: bool, data: str | None, opts: RunOptions,
               progress: Any, log: Log | None
-              ) -> tuple[probe.Evaluation, datasets.LabelledTensors | None]:
-    """(evaluation, dataset) for a checkpoint on ``data``; (evaluation, None) for a features
-    file."""
+              ) -> tuple[probe.Evaluation, datasets.LabelledTensors | None, dict | None]:
+    """(evaluation, dataset, model columns) for a checkpoint on ``data``; (evaluation, None,
+    None) for a features file."""
     if is_features:
-        return probe.load_features(path), None
+        return probe.load_features(path), None, None
     loaded = checkpoint.load_model(path, **opts.load_kwargs())
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     evaluation = probe.evaluate(loaded.model, dataset, **opts.eval_kwargs(), progress=progress)
-    return evaluation, dataset
+    return evaluation, dataset, model_columns(loaded.arch, loaded.model, dataset.inputs)
 
 
 def _transform(datasets_by_path: Mapping[str, datasets.LabelledTensors | None]) -> Any:
@@ -348,16 +373,20 @@ def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
     paths = [checkpoints] if isinstance(checkpoints, str) else [str(p) for p in checkpoints]
     opts = RunOptions.of(options)
     opts.check()
+    check_inputs(paths, data, allow_features=True)
+    # a folder of checkpoints is measured file by file (a save_for_hf folder is one)
+    paths = [str(p) for p in checkpoint.checkpoint_files(paths)]
     features = check_inputs(paths, data, allow_features=True)
     targets = features_targets(save_features, paths)
     measure = opts.measure()
     rows, classes_rows, used = [], [], {}
     for i, (path, is_features) in enumerate(zip(paths, features, strict=True)):
         _say(log, f"[{i + 1}/{len(paths)}] {path}")
-        evaluation, used[path] = _evaluate(path, is_features, data, opts, progress, log)
+        evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress,
+                                                  log)
         classes = used[path].classes if used[path] is not None else None
         _save_features(targets, path, evaluation, log)
-        rows.append(_finish(analysis_row(path, evaluation, measure), on_row))
+        rows.append(_finish(analysis_row(path, evaluation, measure, model), on_row))
         if per_class:
             classes_rows += per_class_rows(path, evaluation, classes)
     extra = {"per_class": rows_frame(classes_rows, PER_CLASS_COLUMNS)} if per_class else {}
@@ -393,11 +422,11 @@ def track(paths: str | Sequence[str], data: str | None = None, *,
     rows, used = [], {}
     for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
         _say(log, f"[{i + 1}/{len(series)}] step {step}: {path}")
-        evaluation, used[str(path)] = _evaluate(str(path), is_features, data, opts, progress,
-                                                log)
+        evaluation, used[str(path)], model = _evaluate(str(path), is_features, data, opts,
+                                                       progress, log)
         _save_features(targets, str(path), evaluation, log)
-        rows.append(_finish({"step": step, **analysis_row(str(path), evaluation, measure)},
-                            on_row))
+        rows.append(_finish({"step": step, **analysis_row(str(path), evaluation, measure,
+                                                          model)}, on_row))
     return _frame("track", rows, data=data, transform=_transform(used))
 
 
@@ -421,10 +450,11 @@ def _check_resumed(done: Sequence[Mapping], name: str, n_samples: int,
 
 
 def _sweep(rows: Iterator[dict], done: Sequence[Mapping], key: str,
-           on_row: OnRow | None) -> list[dict]:
-    """Finished rows plus the new ones as they come, ordered by ``key``."""
+           on_row: OnRow | None, model: dict) -> list[dict]:
+    """Finished rows plus the new ones, with the swept ``model``'s columns
+    (:func:`~infoprobe.rows.model_columns`), as they come, ordered by ``key``."""
     out = [dict(row) for row in done]
-    out += [_finish(row, on_row) for row in rows]
+    out += [_finish({**row, **model}, on_row) for row in rows]
     return sorted(out, key=lambda row: float(row[key]))
 
 
@@ -465,7 +495,7 @@ def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
         loaded.model, state_a, state_b, dataset, points, name=name,
         eval_kwargs=opts.eval_kwargs(), measure=measure, bn_data=bn_set, bn_batches=bn_batches,
         bn_seed=opts.seed, skip=[float(r["alpha"]) for r in done], progress=progress),
-        done, "alpha", on_row)
+        done, "alpha", on_row, model_columns(loaded.arch, loaded.model, dataset.inputs))
     return _frame("lmc", rows, data=data, transform=dataset.transform, a=a, b=b,
                   reset_bn=reset_bn,
                   barriers=lmc_lib.barriers(rows))
@@ -613,7 +643,8 @@ def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterab
         seed=opts.seed, iterative=iterative, dense_metrics=dense_metrics, name=checkpoint_path,
         eval_kwargs=opts.eval_kwargs(), measure=measure, finetune_data=train,
         finetune_options=tune, skip=[float(r["ratio"]) for r in done],
-        progress=progress), done, "ratio", on_row)
+        progress=progress), done, "ratio", on_row,
+        model_columns(loaded.arch, loaded.model, dataset.inputs))
     record = None if tune is None else {"data": finetune_data, **tune.record()}
     return _frame("prune", rows, data=data, transform=dataset.transform, method=method,
                   include_head=include_head, iterative=iterative, finetune=record)

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,8 +37,8 @@ from infoprobe.checkpoint import checkpoint_files
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.paths import refuse_overwrite
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
+from infoprobe.rows import PER_CLASS_COLUMNS, per_class_csv
 from infoprobe.slq import PROBES
-from infoprobe.rows import PER_CLASS_COLUMNS
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 
@@ -85,10 +86,50 @@ def _errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+#: Options that take several values in timm's scripts (argparse ``nargs``); click options
+#: take one, so :func:`_timm_values` rewrites them first.
+_NUMBER_LISTS = ("--input-size", "--mean", "--std")
+_PAIR_LISTS = ("--model-kwargs",)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_KEY_VALUE = re.compile(r"[A-Za-z_][\w.]*=")
+
+
+def _timm_values(args: list[str]) -> list[str]:
+    """timm's several-value spellings as click options: ``--input-size 3 224 224`` ->
+    ``--input-size 3,224,224`` (also --mean, --std) and ``--model-kwargs a=1 b=2`` ->
+    ``--model-kwargs a=1 --model-kwargs b=2``. Only the tokens that look like the values
+    (numbers; key=value) are taken, so a checkpoint path after them stays an argument."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        out.append(flag)
+        i += 1
+        if flag == "--":
+            return out + args[i:]
+        if flag not in _NUMBER_LISTS + _PAIR_LISTS or i == len(args):
+            continue
+        looks = _NUMBER.fullmatch if flag in _NUMBER_LISTS else _KEY_VALUE.match
+        values = [args[i]]
+        i += 1
+        while i < len(args) and looks(args[i]) and looks(values[0]):
+            values.append(args[i])
+            i += 1
+        if flag in _NUMBER_LISTS:
+            out.append(",".join(values))
+        else:
+            out.append(values[0])
+            for value in values[1:]:
+                out += [flag, value]
+    return out
+
+
 class _Group(TyperGroup):
-    """Typer's group, with usage errors as one ``infoprobe: error:`` line and exit 2."""
+    """Typer's group, with usage errors as one ``infoprobe: error:`` line and exit 2, and
+    timm's several-value options (:func:`_timm_values`)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = _timm_values(list(sys.argv[1:] if args is None else args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -194,8 +235,9 @@ class Options:
 
     # model
     arch: Annotated[str | None, _opt(
-        "--arch", metavar="NAME", panel=_MODEL,
-        help="Architecture: a timm model name, or path/to/file.py:factory or "
+        "--arch", "-m", "--model", metavar="NAME", panel=_MODEL,
+        help="Architecture: a timm model name, local-dir:FOLDER (the architecture a "
+        "save_for_hf folder's config.json records), or path/to/file.py:factory or "
         "package.module:factory, which imports and runs that code (yours to choose). "
         "Default: the one the checkpoint records; a recorded file.py:factory or "
         "module:factory runs only with --trust-checkpoint.")] = None
@@ -206,9 +248,9 @@ class Options:
         "--in-chans", min=1, max=allowlist.MAX_IN_CHANS, panel=_MODEL,
         help="Input channels. Default: recorded, else read off the first layer.")] = None
     model_kwargs: Annotated[list[str] | None, _opt(
-        "--model-kwargs", metavar="KEY=VALUE", panel=_MODEL,
-        help="Extra model constructor argument (value parsed as JSON when it is JSON); "
-        "repeat for several.")] = None
+        "--model-kwargs", metavar="KEY=VALUE..", panel=_MODEL,
+        help="Extra model constructor arguments (values parsed as JSON when they are JSON): "
+        "--model-kwargs a=1 b=true, or the flag repeated.")] = None
     ema: Annotated[bool, _opt(
         "--ema", panel=_MODEL,
         help="Use the EMA weights of a train checkpoint (state_dict_ema / model_ema).")] = False
@@ -239,14 +281,17 @@ class Options:
         "--seed", panel=_DATA,
         help="Seed of the subsample, the batch estimate and random pruning.")] = 0
     input_size: Annotated[str | None, _opt(
-        "--input-size", metavar="N|C,H,W", panel=_DATA,
-        help="Image size for image folders. Default: the model's.")] = None
+        "--input-size", metavar="N|C H W", panel=_DATA,
+        help="Image size for image folders (C H W as in timm, or C,H,W). Default: the "
+        "model's.")] = None
     mean: Annotated[str | None, _opt(
-        "--mean", metavar="M1,M2,..", panel=_DATA,
-        help="Normalisation mean per channel. Default: the model's.")] = None
+        "--mean", metavar="M1 M2 ..", panel=_DATA,
+        help="Normalisation mean per channel (space- or comma-separated). Default: the "
+        "model's.")] = None
     std: Annotated[str | None, _opt(
-        "--std", metavar="S1,S2,..", panel=_DATA,
-        help="Normalisation std per channel. Default: the model's.")] = None
+        "--std", metavar="S1 S2 ..", panel=_DATA,
+        help="Normalisation std per channel (space- or comma-separated). Default: the "
+        "model's.")] = None
     crop_pct: Annotated[float | None, _opt(
         "--crop-pct", min=0.0, max=1.0, panel=_DATA,
         help="Center-crop fraction for image folders.")] = None
@@ -254,13 +299,21 @@ class Options:
         "--interpolation", panel=_DATA,
         help="Resize interpolation for image folders (bilinear, bicubic, ...).")] = None
     workers: Annotated[int, _opt(
-        "--workers", min=0, panel=_DATA, help="Processes decoding images.")] = 0
+        "--workers", "-j", min=0, panel=_DATA, help="Processes decoding images.")] = 0
+    class_map: Annotated[str | None, _opt(
+        "--class-map", metavar="FILE.txt", panel=_DATA,
+        help="timm class map for image folders: line i names the folder of model class i; "
+        "other folders are left out.")] = None
+    valid_labels: Annotated[str | None, _opt(
+        "--valid-labels", metavar="FILE.txt", panel=_DATA,
+        help="Model class indices, one per line, that the data's labels 0..k-1 stand for: "
+        "logits and head rows are restricted to them (timm validate.py).")] = None
     # compute
     device: Annotated[str, _opt(
         "--device", metavar="auto|cpu|cuda[:k]|mps", panel=_COMPUTE,
         help="Where the model runs; auto takes a GPU when there is one.")] = "auto"
     batch_size: Annotated[int, _opt(
-        "--batch-size", min=1, panel=_COMPUTE,
+        "--batch-size", "-b", min=1, panel=_COMPUTE,
         help="Evaluation batch size (halved and retried on out-of-memory).")] = 256
     amp: Annotated[bool, _opt(
         "--amp", panel=_COMPUTE, help="Mixed precision (autocast, see --amp-dtype).")] = False
@@ -627,6 +680,8 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
              opts: Options) -> None:
     _preflight(opts, save_features=save_features, several=len(checkpoints) > 1,
                checkpoints=checkpoints)
+    if per_class and opts.csv not in (None, report.STDOUT):
+        report.check_output(per_class_csv(opts.csv), "--csv (its per-class file)")
     with _progress() as progress:
         frame = api.analyze(checkpoints, opts.data, per_class=per_class,
                             save_features=save_features, progress=progress, log=_log,
@@ -635,7 +690,7 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
     classes_rows = api.records(frame.attrs["per_class"]) if per_class else []
 
     def per_class_tables(console: Console) -> None:
-        for path in checkpoints:
+        for path in dict.fromkeys(r["checkpoint"] for r in rows):
             mine = [r for r in classes_rows if r["checkpoint"] == path]
             report.render_rows(console, mine, PER_CLASS_COLUMNS, title=f"per class: {path}")
 
@@ -644,6 +699,10 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
         extra["per_class"] = classes_rows
     _emit("analyze", rows, opts, title="infoprobe analyze", extra=extra,
           after=per_class_tables if per_class else None)
+    if per_class and opts.csv not in (None, report.STDOUT):
+        target = per_class_csv(opts.csv)
+        report.write_csv(target, classes_rows, PER_CLASS_COLUMNS)
+        _log(f"wrote {target}")
 
 
 def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "LabelledTensors",
     "load_data",
     "model_in_chans",
+    "read_class_map",
     "resolve_transform_config",
     "stratified_indices",
     "transform_record",
@@ -350,13 +351,29 @@ def _class_map(folder: Path) -> dict[str, int]:
     return {c: i for i, c in enumerate(sorted(names | set(found), key=natural_key))}
 
 
-def _open_image_dataset(root: Path, split: str | None):
-    """timm dataset, its labels (no decoding) and class names."""
+def read_class_map(path: str | Path) -> dict[str, int]:
+    """timm's ``--class-map`` text file: line i names the folder of model class i
+    (``timm.data.readers.class_map.load_class_map`` for .txt files; pickles are refused)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() != ".txt":
+        raise InputError(f"--class-map {p}: give a .txt file with one class folder name per "
+                         "line (line i is model class i)")
+    if not p.is_file():
+        raise InputError(f"--class-map {p} does not exist; check the path")
+    from timm.data.readers.class_map import load_class_map
+
+    return load_class_map(str(p))
+
+
+def _open_image_dataset(root: Path, split: str | None, class_map: dict | None = None):
+    """timm dataset, its labels (no decoding) and class names by index."""
     from timm.data import create_dataset
     from timm.data.dataset_factory import _search_split
 
     cifar = _cifar(root)
     if cifar:
+        if class_map:
+            raise InputError("--class-map applies to image folders, not CIFAR")
         name, base = cifar
         if split is not None and split not in _TRAIN_SPLITS + _EVAL_SPLITS:
             raise InputError(f"--split {split}: CIFAR has 'train' and 'test' splits")
@@ -380,11 +397,14 @@ def _open_image_dataset(root: Path, split: str | None):
                          f"{splits[-1]}")
     try:
         ds = create_dataset("", root=str(root), split=split or "validation",
-                            class_map=_class_map(folder))
+                            class_map=class_map or _class_map(folder))
     except RuntimeError as e:
-        raise InputError(f"image folder {root} is empty: {str(e).splitlines()[0]}; put one "
-                         "subfolder of images per class in it") from None
-    classes = sorted(ds.reader.class_to_idx, key=ds.reader.class_to_idx.get)
+        hint = " none of whose subfolders --class-map names;" if class_map else ""
+        raise InputError(f"image folder {root} is empty:{hint} {str(e).splitlines()[0]}; put "
+                         "one subfolder of images per class in it") from None
+    index = ds.reader.class_to_idx
+    names = {i: c for c, i in index.items()}
+    classes = [names.get(i, str(i)) for i in range(max(index.values(), default=-1) + 1)]
     ds._max_retries = 1  # timm substitutes the next image for a broken one; fail instead
     return ds, [int(t) for _, t in ds.reader.samples], classes
 
@@ -409,10 +429,10 @@ class _Decode(torch.utils.data.Dataset):
 
 
 def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
-                 workers: int, progress) -> LabelledTensors:
+                 workers: int, progress, class_map: dict | None = None) -> LabelledTensors:
     from timm.data import create_transform
 
-    ds, targets, classes = _open_image_dataset(root, split)
+    ds, targets, classes = _open_image_dataset(root, split, class_map)
     if not targets:
         raise InputError(f"dataset {root} is empty (0 samples)")
     chosen = stratified_indices(torch.tensor(targets), max_samples, seed).tolist()
@@ -460,20 +480,26 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
               input_size: int | Sequence[int] | None = None,
               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               crop_pct: float | None = None, interpolation: str | None = None,
-              workers: int = 0, cache: DataCache | None = DEFAULT_CACHE,
-              progress: Any = None) -> LabelledTensors:
+              workers: int = 0, class_map: str | Path | None = None,
+              cache: DataCache | None = DEFAULT_CACHE, progress: Any = None) -> LabelledTensors:
     """Load a dataset as :class:`LabelledTensors` (see the module docstring for specs).
 
     ``model`` resolves the image transform (ignored for tensor files); ``workers`` decode
     images in parallel; ``cache=None`` disables caching; ``progress`` is a ProgressSink
-    (``start``/``advance``/``stop``) for image decoding.
+    (``start``/``advance``/``stop``) for image decoding. ``class_map``: timm's class-map
+    text file for image folders (:func:`read_class_map`): each folder's label is the model
+    class index the map gives it, and folders it does not name are left out.
     """
     path = Path(spec).expanduser()
     if not path.exists():
         raise InputError(f"data {path} does not exist; give a tensor file "
                          f"({', '.join(TENSOR_SUFFIXES)}) or an image folder")
     resolved = path.resolve()
+    mapping = read_class_map(class_map) if class_map is not None else None
     if path.is_file():
+        if mapping is not None:
+            raise InputError("--class-map applies to image folders; a tensor file's labels are "
+                             "used as they are")
         if path.suffix.lower() not in TENSOR_SUFFIXES:
             raise InputError(f"data file {path}: unknown type '{path.suffix}'; use "
                              f"{', '.join(TENSOR_SUFFIXES)} or an image folder")
@@ -492,10 +518,10 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
         cfg = resolve_transform_config(model, input_size=input_size, mean=mean, std=std,
                                        crop_pct=crop_pct, interpolation=interpolation)
         key = ("images", str(resolved), split, tuple(sorted((k, str(v)) for k, v in cfg.items())),
-               max_samples, seed)
+               max_samples, seed, tuple(sorted(mapping.items())) if mapping else None)
 
         def load() -> LabelledTensors:
-            return _load_images(path, split, cfg, max_samples, seed, workers, progress)
+            return _load_images(path, split, cfg, max_samples, seed, workers, progress, mapping)
     if cache is None:
         return load()
     return cache.get_or_load(key, load)

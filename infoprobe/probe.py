@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +31,7 @@ __all__ = [
     "is_features_file",
     "load_features",
     "resolve_device",
+    "restrict_classes",
     "save_features",
 ]
 
@@ -364,8 +366,12 @@ def _run_pass(model: nn.Module, inputs: Tensor, captured: list[Tensor], out: _Ou
 def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str | None = None,
              device: str | torch.device = "auto", batch_size: int = 256,
              amp: str | bool | None = False, channels_last: bool = False,
+             valid_labels: Sequence[int] | None = None,
              progress: ProgressSink | None = None) -> Evaluation:
     """Run ``model`` over ``data`` once, capturing the head's input with a pre-hook.
+
+    ``valid_labels``: evaluate on a subset of the model's classes, as timm's validate.py
+    ``--valid-labels`` does (see :func:`restrict_classes`).
 
     ``head``: the classifier module, or its dotted path (default :func:`find_head`).
     ``device``: see :func:`resolve_device`; the model is moved there and left there (its
@@ -394,9 +400,42 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
         _run_pass(model, data.inputs, captured, out, shape, batch_size, memory_format, progress)
     if not bool(out.finite):
         _check_features(out.features, data.source)
-    return Evaluation(features=out.features, logits=out.logits, labels=labels, head=weight,
-                      loss=float(F.cross_entropy(out.logits, labels)),
-                      accuracy=float((out.logits.argmax(1) == labels).double().mean()))
+    evaluation = Evaluation(features=out.features, logits=out.logits, labels=labels,
+                            head=weight, loss=float(F.cross_entropy(out.logits, labels)),
+                            accuracy=float((out.logits.argmax(1) == labels).double().mean()))
+    return evaluation if valid_labels is None else restrict_classes(evaluation, valid_labels,
+                                                                    data.source)
+
+
+def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
+                     source: str = "the data") -> Evaluation:
+    """The evaluation of the classifier made of the head rows ``valid_labels`` (k model
+    class indices): logits ``[:, valid_labels]`` (timm validate.py's ``output[:,
+    valid_labels]``), head ``W[valid_labels]`` [k, d], labels unchanged, which must index
+    ``valid_labels`` ([0, k)). Loss and accuracy are those of the k-way logits; the features
+    are unchanged, so K_Z is too, and K_W holds the same head rows for each sample as the
+    full head with the labels mapped to ``valid_labels[y]``."""
+    valid = torch.as_tensor(list(valid_labels), dtype=torch.long)
+    c = evaluation.head.shape[0]
+    if valid.numel() == 0 or int(valid.min()) < 0 or int(valid.max()) >= c:
+        raise InputError(f"--valid-labels must list class indices in [0, {c}) of the model's "
+                         f"head; got {valid.numel()} values in "
+                         f"[{int(valid.min()) if valid.numel() else '-'}, "
+                         f"{int(valid.max()) if valid.numel() else '-'}]")
+    if valid.unique().numel() != valid.numel():
+        raise InputError("--valid-labels lists a class index twice; list each once")
+    labels = evaluation.labels
+    if int(labels.max()) >= valid.numel():
+        raise InputError(f"labels of {source} reach {int(labels.max())} but --valid-labels "
+                         f"lists {valid.numel()} classes; label i must be the i-th valid label "
+                         "(the folders sorted as the list is)")
+    logits = evaluation.logits[:, valid] if evaluation.logits is not None else None
+    loss = acc = float("nan")
+    if logits is not None:
+        loss = float(F.cross_entropy(logits, labels))
+        acc = float((logits.argmax(1) == labels).double().mean())
+    return Evaluation(features=evaluation.features, logits=logits, labels=labels,
+                      head=evaluation.head[valid].clone(), loss=loss, accuracy=acc)
 
 
 def _check_features(features: Tensor, source: str) -> None:

@@ -128,11 +128,18 @@ STDOUT = "-"
 _INT_COLUMNS = INT_COLUMNS
 _SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
 #: Columns that move from the table into its caption when every row holds the same value.
-_CAPTION_COLUMNS = ("checkpoint", "n_samples", "n_classes", "classes_present", "estimate",
-                    "n_used", "n_batches", "mir_nc", "hdr_nc")
+_CAPTION_COLUMNS = ("checkpoint", "model", "param_count", "img_size", "n_samples", "n_classes",
+                    "classes_present", "estimate", "n_used", "n_batches", "mir_nc", "hdr_nc")
 #: ``note`` is printed under the table; error bars go into the cells they belong to
-#: (``mir`` shows ``value ± mir_err``); the CSV and JSON keep them as columns.
-_HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower"})
+#: (``mir`` shows ``value ± mir_err``); top1/top5 are the percent copies of
+#: accuracy/accuracy_top5. The CSV and JSON keep them all as columns.
+_HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower", "top1",
+                             "top5"})
+_TEXT_COLUMNS = frozenset({"checkpoint", "name", "model"})
+#: Columns left out, in this order, while a table is wider than the console.
+_DROP_ORDER = ("param_count", "img_size", "accuracy_top5", "h_zw", "mi", "h_w", "h_z",
+               "estimate", "n_used", "n_batches", "mir_dense", "hdr_dense", "loss", "h_z_max",
+               "n_samples")
 
 
 def _is_nan(value: Any) -> bool:
@@ -199,12 +206,15 @@ def render_rows(
 ) -> None:
     """Print ``rows`` as a rich table, then the notes that explain NaN cells.
 
-    Values that every row shares (sample count, class count, estimate, NC optimum) go into
-    the caption (``classes_present`` only when some class has no sample), one checkpoint
-    shared by all rows (a sweep, a per-class table) is left to the title, and checkpoints
-    are shown by their shortest distinct names, so that the numbers fit a terminal; the CSV
-    and JSON keep every column in full. ``key`` names the sweep column (alpha, ratio), which
-    labels the notes. ``caption`` is a further caption line (the evaluation transform).
+    Values that every row shares (model, sample count, class count, estimate, NC optimum)
+    go into the caption (``classes_present`` only when some class has no sample), one
+    checkpoint shared by all rows (a sweep, a per-class table) is left to the title,
+    checkpoints are shown by their shortest distinct names, and the percent copies of the
+    accuracies (``top1``/``top5``) stay in the files. When the table is still wider than the
+    console, the columns of :data:`_DROP_ORDER` are left out one by one (a note names them)
+    rather than folding the checkpoint names; the CSV and JSON keep every column in full.
+    ``key`` names the sweep column (alpha, ratio), which labels the notes. ``caption`` is a
+    further caption line (the evaluation transform).
     """
     constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
     if all(r.get("classes_present") == r.get("n_classes") for r in rows):
@@ -222,20 +232,21 @@ def render_rows(
         shown.remove("name")  # class names that are just the indices
     shared = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
     caption = "\n".join(printable(line) for line in filter(None, [shared, caption]))
-    # Text, not str: a '[' in a path is not rich markup, and control characters are escaped
-    table = Table(title=Text(printable(title)) if title else None,
-                  caption=Text(caption) if caption else None,
-                  caption_justify="left", box=box.SIMPLE_HEAD)
-    for column in shown:
-        text = column in ("checkpoint", "name")
-        table.add_column(column, justify="left" if text else "right", no_wrap=not text,
-                         overflow="fold", min_width=None if text else len(column))
-    labels = short_names([str(r.get("checkpoint")) for r in rows])
-    for row, label in zip(rows, labels, strict=True):
-        table.add_row(*(Text(printable(label)) if c == "checkpoint"
-                        else _cell(c, row.get(c), row)
-                        for c in shown))
+    labels = [printable(label) for label in short_names([str(r.get("checkpoint")) for r in rows])]
+    dropped = []
+    table = _table(rows, shown, labels, title, caption)
+    for column in _DROP_ORDER:
+        if _min_width(console, table) <= console.width:
+            break
+        if column in shown:
+            shown.remove(column)
+            dropped.append(column)
+            table = _table(rows, shown, labels, title, caption)
     console.print(table)
+    if dropped:
+        console.print(f"note: left out to fit {console.width} columns: {', '.join(dropped)} "
+                      "(--csv/--json have every column)", style="dim", highlight=False,
+                      markup=False)
     label = key if key is not None else "checkpoint"
     for line in row_notes(rows, label):
         console.print(f"note: {printable(line)}", style="yellow", highlight=False,
@@ -275,6 +286,30 @@ def transform_caption(transform: dict | None) -> str | None:
         return f"transform: {line(transform)}"
     return "\n".join(f"transform of {path}: {line(t)}" for path, t in transform.items()
                      if t is not None)
+
+
+def _table(rows: Sequence[dict], shown: Sequence[str], labels: Sequence[str],
+           title: str | None, caption: str) -> Table:
+    # Text, not str: a '[' in a path is not rich markup, and control characters are escaped
+    table = Table(title=Text(printable(title)) if title else None,
+                  caption=Text(caption) if caption else None,
+                  caption_justify="left", box=box.SIMPLE_HEAD)
+    for column in shown:
+        text = column in _TEXT_COLUMNS
+        # names are never folded: a too-wide table loses columns instead (render_rows)
+        table.add_column(column, justify="left" if text else "right", no_wrap=True,
+                         min_width=None if text else len(column))
+    for row, label in zip(rows, labels, strict=True):
+        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row)
+                        for c in shown))
+    return table
+
+
+def _min_width(console: Console, table: Table) -> int:
+    """The width ``table`` needs with no cell folded."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update(width=10**4), table).maximum
 
 
 def _cell(column: str, value: Any, row: dict | None = None) -> Text:
@@ -392,7 +427,7 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]
 def _typed(row: dict) -> dict:
     out = {}
     for column, value in row.items():
-        if column in ("note", "checkpoint", "estimate") and value is None:
+        if column in ("note", "checkpoint", "estimate", "model") and value is None:
             value = ""
         elif value is None:
             value = math.nan

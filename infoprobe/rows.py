@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
@@ -34,10 +35,16 @@ from infoprobe.slq import PROBES
 
 COLUMNS: tuple[str, ...] = (
     "checkpoint",
+    "model",
+    "param_count",
+    "img_size",
     "n_samples",
     "n_classes",
     "classes_present",
     "accuracy",
+    "accuracy_top5",
+    "top1",
+    "top5",
     "loss",
     "h_z",
     "h_w",
@@ -78,7 +85,7 @@ SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
 
 #: Columns holding integers (nullable: a row without numbers leaves them empty).
 INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n",
-                         "n_used", "n_batches"})
+                         "n_used", "n_batches", "img_size"})
 
 
 def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
@@ -129,6 +136,37 @@ class MeasureOptions:
                                                            label == "exact" or slq)
 
 
+#: The columns that describe the model and its input rather than the evaluation; named and
+#: defined as in timm's validate.py results (see :func:`model_columns`).
+MODEL_COLUMNS: tuple[str, ...] = ("model", "param_count", "img_size")
+
+
+def model_columns(arch: str | None, model: torch.nn.Module | None,
+                  inputs: Tensor | None = None) -> dict:
+    """``model``: the architecture name (None: unknown); ``param_count``: parameters in
+    millions (``sum(p.numel()) / 1e6``, as timm's validate.py counts them, unrounded);
+    ``img_size``: the width of the image inputs [n, C, H, W] (timm writes
+    ``input_size[-1]``), None for other inputs."""
+    count = sum(p.numel() for p in model.parameters()) / 1e6 if model is not None else None
+    size = int(inputs.shape[-1]) if inputs is not None and inputs.ndim == 4 else None
+    return {"model": arch, "param_count": count, "img_size": size}
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float:
+    """Fraction of samples whose label is among the ``min(k, C)`` largest logits (timm's
+    ``accuracy``: with C <= k classes every label is, so the value is 1)."""
+    k = min(k, int(logits.shape[1]))
+    top = logits.topk(k, dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).double().mean())
+
+
+def _or_missing(column: str, value):
+    # an unknown model name is an empty string (like note), an unknown number NaN
+    if value is None:
+        return "" if column == "model" else float("nan")
+    return value
+
+
 def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
     """The interplay between an evaluation's features and its head."""
     return interplay(
@@ -150,10 +188,14 @@ def _nan(value: float | None) -> float:
 
 
 def analysis_row(
-    checkpoint: str, evaluation: Evaluated, options: MeasureOptions = MeasureOptions()
+    checkpoint: str, evaluation: Evaluated, options: MeasureOptions = MeasureOptions(),
+    model: dict | None = None,
 ) -> dict:
     """A dict with exactly :data:`COLUMNS`, in order, for one evaluated checkpoint.
 
+    ``model``: the :data:`MODEL_COLUMNS` values (:func:`model_columns`; None each when not
+    given). ``accuracy``/``accuracy_top5`` are fractions; ``top1``/``top5`` the same in
+    percent, as timm's validate.py writes them; top-5 needs the logits (NaN without).
     ``mir_nc``/``hdr_nc`` are the neural-collapse optimum for the head's class count
     (NaN for C = 2); ``classes_present`` counts the classes that have samples, which is
     below ``n_classes`` when the data lacks a class the head knows. Floats are Python
@@ -162,12 +204,18 @@ def analysis_row(
     result = measure(evaluation, options)
     optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
     nan = float("nan")
+    logits = getattr(evaluation, "logits", None)
+    top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
     row = {
         "checkpoint": checkpoint,
+        **{c: _or_missing(c, (model or {}).get(c)) for c in MODEL_COLUMNS},
         "n_samples": result.n_samples,
         "n_classes": result.n_classes,
         "classes_present": int(evaluation.labels.unique().numel()),
         "accuracy": float(evaluation.accuracy),
+        "accuracy_top5": top5,
+        "top1": 100.0 * float(evaluation.accuracy),
+        "top5": 100.0 * top5,
         "loss": float(evaluation.loss),
         "h_z": result.h_z,
         "h_w": result.h_w,
@@ -201,6 +249,13 @@ PER_CLASS_COLUMNS: tuple[str, ...] = (
     "h_z_max",
     "cos_head",
 )
+
+
+def per_class_csv(csv: str) -> str:
+    """Where ``--per-class`` rows go beside ``--csv FILE``: ``FILE`` with ``.per_class``
+    before its suffix (``runs.csv`` -> ``runs.per_class.csv``)."""
+    p = Path(csv)
+    return str(p.with_name(f"{p.stem}.per_class{p.suffix or '.csv'}"))
 
 
 class EvaluatedWithLogits(Evaluated, Protocol):

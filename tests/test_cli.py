@@ -25,7 +25,7 @@ from infoprobe.checkpoint import load_model
 from infoprobe.data import load_data
 from infoprobe.errors import RunFailure
 from infoprobe.probe import evaluate
-from infoprobe.rows import COLUMNS, SWEEP_COLUMNS, analysis_row, per_class_rows
+from infoprobe.rows import COLUMNS, MODEL_COLUMNS, SWEEP_COLUMNS, analysis_row, per_class_rows
 from infoprobe.sweeps.lmc import barriers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ LS = sorted((FIX / "label_smoothing").glob("ls*.safetensors"))
 SERIES = sorted((FIX / "series").glob("*-step*.safetensors"))
 N = 150
 FAST = ["--data", str(DATA), "--max-samples", str(N), "--device", "cpu"]
-NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note")]
+NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note", *MODEL_COLUMNS)]
 
 runner = CliRunner()
 

@@ -41,7 +41,7 @@ def table_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     for line in text.splitlines():
         cells = line.split()
-        if len(cells) == 9 and re.fullmatch(r"[\d.]+", cells[1]):
+        if len(cells) == 10 and re.fullmatch(r"[\d.]+", cells[1]):
             rows[cells[0]] = cells[1:]
     return rows
 

@@ -24,8 +24,9 @@ def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: floa
         note: str = "", mir_err: float = math.nan, estimate: str = "exact") -> dict:
     """A complete lmc row with made-up numbers."""
     values = dict(
-        alpha=alpha, checkpoint=checkpoint, n_samples=450, n_classes=10, classes_present=10,
-        accuracy=0.9,
+        alpha=alpha, checkpoint=checkpoint, model="test_resnet", param_count=0.375,
+        img_size=16, n_samples=450, n_classes=10, classes_present=10, accuracy=0.9,
+        accuracy_top5=1.0, top1=90.0, top5=100.0,
         loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
         mir_nc=0.9523507825397208, hdr_nc=0.0, h_zw_err=mir_err * 2.25, mi_err=mir_err * 2.25,
         mir_err=mir_err, mir_lower=math.nan, estimate=estimate, n_used=450, n_batches=1,
