@@ -163,7 +163,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float:
 def _or_missing(column: str, value):
     # an unknown model name is an empty string (like note), an unknown number NaN
     if value is None:
-        return "" if column == "model" else float("nan")
+        return "" if column == "model" else math.nan
     return value
 
 
@@ -203,7 +203,7 @@ def analysis_row(
     """
     result = measure(evaluation, options)
     optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
-    nan = float("nan")
+    nan = math.nan
     logits = getattr(evaluation, "logits", None)
     top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
     row = {

@@ -28,7 +28,7 @@ from infoprobe.sweeps.lmc import (
 
 ARCH = "test_efficientnet"
 EVAL = {"device": "cpu", "batch_size": 64}  # one forward pass per evaluation
-NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note")]
+NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note", "model")]
 
 
 def make_model(seed: int, arch: str = ARCH, num_classes: int = 10) -> nn.Module:

@@ -25,7 +25,7 @@ from infoprobe.sweeps.prune import (
 
 EVAL = {"device": "cpu", "batch_size": 64}  # one forward pass per evaluation
 PRUNE_COLUMNS = list(SWEEP_COLUMNS["prune"])
-NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note")]
+NUMERIC = [c for c in COLUMNS if c not in ("checkpoint", "estimate", "note", "model")]
 
 
 def tiny_model() -> nn.Sequential:
