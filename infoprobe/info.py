@@ -309,10 +309,15 @@ def _feature_matrix(zh: Tensor) -> Tensor:
 
 def _head_matrix(wh: Tensor, labels: Tensor) -> Tensor:
     """K_W / n as ``D^1/2 M D^1/2 / n`` over the classes present (C' x C')."""
-    counts = torch.bincount(labels, minlength=wh.shape[0]).to(wh.dtype)
+    return _head_matrix_of_counts(wh, torch.bincount(labels, minlength=wh.shape[0]))
+
+
+def _head_matrix_of_counts(wh: Tensor, counts: Tensor) -> Tensor:
+    """K_W / n from the class counts ``D`` [C] alone."""
+    counts = counts.to(wh.dtype)
     present = counts > 0
     scaled = wh[present] * counts[present].sqrt().unsqueeze(1)
-    return scaled @ scaled.mT / labels.shape[0]
+    return scaled @ scaled.mT / counts.sum()
 
 
 def _khatri_rao_matrix(z: Tensor, labels: Tensor, factor: Tensor) -> Tensor:
@@ -321,14 +326,22 @@ def _khatri_rao_matrix(z: Tensor, labels: Tensor, factor: Tensor) -> Tensor:
     ``z`` [n, k] row factor of K_Z, ``factor`` [C, r] with ``L L^T = M``. Returns [k*r, k*r],
     indexed like ``Phi_i = z_i (x) l_{y_i}`` (row ``a*r + p``). Costs ``O(n k^2 + C k^2 r^2)``.
     """
-    n, k = z.shape
-    num_classes, r = factor.shape
+    return _kronecker_sum(class_grams(z, labels, factor.shape[0]), factor, z.shape[0])
+
+
+def class_grams(z: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """``[C, k, k]``: the Gram ``Z_c^T Z_c`` of each class's rows of ``z`` [n, k] (zero when
+    the class has none), in ``z``'s dtype."""
     # One k x k Gram per class; a loop keeps memory at O(C k^2) rather than O(n C k).
-    class_grams = torch.stack(
-        [z[labels == c].mT @ z[labels == c] for c in range(num_classes)]
-    )
+    return torch.stack([z[labels == c].mT @ z[labels == c] for c in range(num_classes)])
+
+
+def _kronecker_sum(grams: Tensor, factor: Tensor, n: int) -> Tensor:
+    """``sum_c G_c (x) (l_c l_c^T) / n`` for per-class Grams ``grams`` [C, k, k] and the
+    rank factor ``factor`` [C, r]: [k*r, k*r], row ``a*r + p``."""
+    k, r = grams.shape[1], factor.shape[1]
     outer = factor.unsqueeze(2) * factor.unsqueeze(1)
-    joint = torch.einsum("cab,cpq->apbq", class_grams, outer)
+    joint = torch.einsum("cab,cpq->apbq", grams, outer)
     return joint.reshape(k * r, k * r) / n
 
 
@@ -701,6 +714,57 @@ def _headless(features: Tensor, labels: Tensor, head: Tensor, zero: list[int], *
     nan = math.nan
     return Interplay(h_z, nan, nan, nan, nan, nan, int(z.shape[0]), int(head.shape[0]),
                      estimate, note=note, **extra)
+
+
+def interplay_from_grams(
+    grams: Tensor, counts: Tensor, head: Tensor, *,
+    max_exact_dim: int | str | None = "auto",
+) -> Interplay:
+    """The exact :func:`interplay` of samples known only through per-class Grams.
+
+    Args:
+        grams: [C, d, d] ``sum_{i: y_i = c} zh_i zh_i^T`` of the unit feature rows of each
+            class (float64; :func:`class_grams` of the normalised features).
+        counts: [C] samples per class.
+        head: [C, d] classifier weights, bias excluded.
+        max_exact_dim: as for :func:`interplay`; past it h_zw, mi and mir are NaN with a note.
+
+    ``K_Z`` has the nonzero eigenvalues of ``sum_c G_c / n`` (d x d), ``K_W`` those of
+    ``D^1/2 M D^1/2 / n`` and ``K_Z o K_W`` those of ``sum_c G_c' (x) l_c l_c^T / n`` with
+    ``G_c'`` the Grams rotated onto the numerical row space of the features (k dims) and
+    ``L L^T = M`` the rank-r factor of the head Gram, as in :func:`interplay`'s Khatri-Rao
+    route. The values equal :func:`interplay` (``estimate="exact"``) on the same samples up
+    to round-off; this is what lets :class:`infoprobe.metrics.InterplayMetrics` stream.
+    """
+    with torch.no_grad():
+        g = _as_float64(grams, "grams", 3)
+        w = _as_float64(head, "head", 2).to(g.device)
+        counts = counts.to(device=g.device, dtype=torch.float64)
+        num_classes, d = w.shape
+        if g.shape != (num_classes, d, d) or counts.shape != (num_classes,):
+            raise InputError(f"grams {tuple(g.shape)} and counts {tuple(counts.shape)} do not "
+                             f"fit a head of shape {tuple(w.shape)}: expected [C, d, d] and [C]")
+        n = int(counts.sum())
+        if n == 0:
+            raise InputError("no samples: at least one is needed")
+        present = counts > 0
+        _normalise_rows(w[present], "head")  # raises for a zero row that some label uses
+        norms = torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        wh = w / torch.where(norms > 0, norms, torch.ones_like(norms))
+        total = g.sum(0)
+        h_z = float(spectral_entropy(total / n))
+        h_w = float(spectral_entropy(_head_matrix_of_counts(wh, counts)))
+        lam, vec = torch.linalg.eigh(total)
+        rows = vec[:, lam > _zero_threshold(lam, max(n, d))]
+        factor = _rank_factor(wh @ wh.mT)
+        size = rows.shape[1] * factor.shape[1]
+        limit = _limit(max_exact_dim, g.device)
+        if limit is not None and size > limit:
+            joint = _refused(size, limit)
+        else:
+            rotated = rows.mT @ g @ rows
+            joint = _Joint(float(spectral_entropy(_kronecker_sum(rotated, factor, n))))
+    return _result(h_z, h_w, joint, n, num_classes, n)
 
 
 def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:
