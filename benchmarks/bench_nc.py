@@ -57,20 +57,24 @@ def main() -> None:
     print(f"{'configuration':32} {'evaluate s':>10} {'measure s':>10} {'nc s':>8} "
           f"{'nc share (cpu)':>15} {'nc share (wall)':>16}")
     for name, model, data in configurations():
-        evaluation = probe.evaluate(model, data, device="cpu")
-        shares_cpu, shares_wall, parts = [], [], []
-        for _ in range(args.repeats):
-            ev = timed(lambda: probe.evaluate(model, data, device="cpu"))
-            me = timed(lambda: rows.measure(evaluation, rows.MeasureOptions(device="cpu")))
-            nc = timed(lambda: collapse.neural_collapse(evaluation.features, evaluation.labels,
-                                                        evaluation.head, evaluation.logits))
-            shares_wall.append(nc[0] / (ev[0] + me[0]))
-            shares_cpu.append(nc[1] / (ev[1] + me[1]))
-            parts.append((ev[1], me[1], nc[1]))
-        ev, me, nc = (statistics.median(p[i] for p in parts) for i in range(3))
-        print(f"{name:32} {ev:10.3f} {me:10.3f} {nc:8.4f} "
-              f"{statistics.median(shares_cpu):15.4f} {statistics.median(shares_wall):16.4f}")
+        (ev, me, nc), share_cpu, share_wall = measure_shares(model, data, args.repeats)
+        print(f"{name:32} {ev:10.3f} {me:10.3f} {nc:8.4f} {share_cpu:15.4f} {share_wall:16.4f}")
 
+
+def measure_shares(model, data, repeats: int) -> tuple[tuple[float, ...], float, float]:
+    """Median CPU seconds of (evaluate, measure, NC) and NC's median share, CPU and wall."""
+    evaluation = probe.evaluate(model, data, device="cpu")
+    shares_cpu, shares_wall, parts = [], [], []
+    for _ in range(repeats):
+        ev = timed(lambda: probe.evaluate(model, data, device="cpu"))
+        me = timed(lambda: rows.measure(evaluation, rows.MeasureOptions(device="cpu")))
+        nc = timed(lambda: collapse.neural_collapse(evaluation.features, evaluation.labels,
+                                                    evaluation.head, evaluation.logits))
+        shares_wall.append(nc[0] / (ev[0] + me[0]))
+        shares_cpu.append(nc[1] / (ev[1] + me[1]))
+        parts.append((ev[1], me[1], nc[1]))
+    medians = tuple(statistics.median(p[i] for p in parts) for i in range(3))
+    return medians, statistics.median(shares_cpu), statistics.median(shares_wall)
 
 if __name__ == "__main__":
     main()

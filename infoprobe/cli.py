@@ -34,10 +34,11 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from infoprobe import __version__, allowlist, api, report
 from infoprobe.checkpoint import checkpoint_files
+from infoprobe.collapse import NC_COLUMNS
 from infoprobe.errors import InfoprobeError, InputError
-from infoprobe.paths import refuse_overwrite
 from infoprobe.info import DEFAULT_MAX_EXACT_DIM
-from infoprobe.rows import PER_CLASS_COLUMNS, per_class_csv
+from infoprobe.paths import refuse_overwrite
+from infoprobe.rows import PER_CLASS_COLUMNS, SWEEP_COLUMNS, per_class_csv
 from infoprobe.slq import PROBES
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
@@ -656,14 +657,25 @@ def _progress():
     return report.RichProgress()
 
 
+def _tables(console: Console, command: str, rows: list[dict], columns: tuple[str, ...], *,
+            title: str, key: str | None, caption: str | None) -> None:
+    """The rows as two tables that fit a terminal: the information measures, then NC1-NC4
+    (each row named by its checkpoint and sweep point; the notes come once)."""
+    report.render_rows(console, rows, [c for c in columns if c not in NC_COLUMNS],
+                       title=title, key=key, caption=caption)
+    point = [c for c in SWEEP_COLUMNS[command][:1]]
+    report.render_rows(console, [{**r, "note": ""} for r in rows],
+                       [*point, "checkpoint", *NC_COLUMNS], title="neural collapse", key=key)
+
+
 def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
           extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
     """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files."""
     columns = api.columns(command)
     if report.STDOUT not in (opts.csv, opts.json_out):
         console = _stdout()
-        report.render_rows(console, rows, columns, title=title, key=key,
-                           caption=report.transform_caption((extra or {}).get("transform")))
+        _tables(console, command, rows, columns, title=title, key=key,
+                caption=report.transform_caption((extra or {}).get("transform")))
         if after is not None:
             after(console)
     if opts.csv is not None:

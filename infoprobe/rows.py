@@ -7,8 +7,9 @@ sparsity, mir_dense, hdr_dense`` and the after-fine-tuning :data:`FT_COLUMNS`, t
 ``slq(probes=..,steps=..,seed=..)`` or ``batch(B=..,seed=..)``; ``h_zw_err, mi_err,
 mir_err`` are its 1-sigma error bars (NaN when exact), ``mir_lower`` a certified lower bound
 of MIR (NaN when the route gives none); ``n_samples`` says on how many samples, ``n_used``
-how many entered the values and ``n_batches`` in how many batches; ``note`` says why a value
-is NaN (empty otherwise).
+how many entered the values and ``n_batches`` in how many batches; ``nc1, nc2_equinorm,
+nc2_equiangular, nc3, nc4`` are the neural-collapse measures of :mod:`infoprobe.collapse`
+on the same samples; ``note`` says why a value is NaN (empty otherwise).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from infoprobe.collapse import NC_COLUMNS, neural_collapse
 from infoprobe.info import (
     Estimate,
     Interplay,
@@ -54,6 +56,7 @@ COLUMNS: tuple[str, ...] = (
     "hdr",
     "mir_nc",
     "hdr_nc",
+    *NC_COLUMNS,
     "h_zw_err",
     "mi_err",
     "mir_err",
@@ -206,6 +209,10 @@ def analysis_row(
     nan = math.nan
     logits = getattr(evaluation, "logits", None)
     top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
+    collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
+    notes = [result.note]
+    if logits is None:
+        notes.append("nc4 needs the model's logits, which this features file does not hold")
     row = {
         "checkpoint": checkpoint,
         **{c: _or_missing(c, (model or {}).get(c)) for c in MODEL_COLUMNS},
@@ -225,6 +232,7 @@ def analysis_row(
         "hdr": result.hdr,
         "mir_nc": optimum.mir if optimum else nan,
         "hdr_nc": optimum.hdr if optimum else nan,
+        **{column: getattr(collapse, column) for column in NC_COLUMNS},
         "h_zw_err": _nan(result.h_zw_err),
         "mi_err": _nan(result.mi_err),
         "mir_err": _nan(result.mir_err),
@@ -232,7 +240,7 @@ def analysis_row(
         "estimate": result.label,
         "n_used": result.n_used,
         "n_batches": result.n_batches,
-        "note": result.note,
+        "note": "; ".join(filter(None, notes)),
     }
     return row
 

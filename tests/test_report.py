@@ -28,7 +28,8 @@ def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: floa
         img_size=16, n_samples=450, n_classes=10, classes_present=10, accuracy=0.9,
         accuracy_top5=1.0, top1=90.0, top5=100.0,
         loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
-        mir_nc=0.9523507825397208, hdr_nc=0.0, h_zw_err=mir_err * 2.25, mi_err=mir_err * 2.25,
+        mir_nc=0.9523507825397208, hdr_nc=0.0, nc1=0.5, nc2_equinorm=0.125,
+        nc2_equiangular=0.0625, nc3=0.25, nc4=0.875, h_zw_err=mir_err * 2.25, mi_err=mir_err * 2.25,
         mir_err=mir_err, mir_lower=math.nan, estimate=estimate, n_used=450, n_batches=1,
         note=note,
     )

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from infoprobe.collapse import NC_COLUMNS, neural_collapse
 from infoprobe.info import interplay, nc_optimum
 from infoprobe.rows import COLUMNS, MeasureOptions, analysis_row
 
@@ -18,6 +19,7 @@ def evaluation(num_classes=10, n=200, d=16, seed=0):
         features=torch.randn(n, d, generator=g),
         labels=torch.randint(0, num_classes, (n,), generator=g),
         head=torch.randn(num_classes, d, generator=g),
+        logits=torch.randn(n, num_classes, generator=g),
         loss=1.25,
         accuracy=0.5,
     )
@@ -35,6 +37,17 @@ def test_row_has_the_schema_and_library_values():
     assert (row["estimate"], row["note"]) == ("exact", "")
     assert (row["n_used"], row["n_batches"]) == (200, 1)
     assert all(math.isnan(row[c]) for c in ("h_zw_err", "mi_err", "mir_err", "mir_lower"))
+    nc = neural_collapse(ev.features, ev.labels, ev.head, ev.logits)
+    assert [row[c] for c in NC_COLUMNS] == [getattr(nc, c) for c in NC_COLUMNS]
+    assert 0 < row["nc4"] < 1 and row["nc1"] > 0
+
+
+def test_features_without_logits_leave_nc4_empty_with_a_note():
+    ev = evaluation()
+    del ev.logits
+    row = analysis_row("feats.safetensors", ev)
+    assert math.isnan(row["nc4"]) and not math.isnan(row["nc3"])
+    assert row["note"] == "nc4 needs the model's logits, which this features file does not hold"
 
 
 def test_batch_estimate_is_labelled():
