@@ -266,8 +266,9 @@ class Options:
     ] = False
     head: Annotated[str | None, _opt(
         "--head", metavar="MODULE", panel=_MODEL,
-        help="Dotted name of the classifier layer. Default: timm's get_classifier(), "
-        "else the last Linear.")] = None
+        help="Dotted name of the classifier layer; its own output then gives accuracy and "
+        "loss. Default: timm's get_classifier() (several heads: the one linear head their "
+        "mean logits use), else the last Linear.")] = None
     # data
     data: Annotated[str | None, _opt(
         "--data", metavar="DATA", panel=_DATA,

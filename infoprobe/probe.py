@@ -27,6 +27,7 @@ __all__ = [
     "ProgressSink",
     "evaluate",
     "find_head",
+    "find_heads",
     "head_weight",
     "is_features_file",
     "load_features",
@@ -112,6 +113,8 @@ def _kind(m: nn.Module) -> str:
 
 
 def _is_head_like(m: nn.Module) -> bool:
+    if _kind(m) == "NormLinear":  # timm's BatchNorm1d + Linear head (LeViT): one affine map
+        return isinstance(getattr(m, "linear", None), nn.Linear)
     w = getattr(m, "weight", None)
     if not isinstance(w, Tensor):
         return False
@@ -122,46 +125,85 @@ def _is_head_like(m: nn.Module) -> bool:
     return False
 
 
-def find_head(model: nn.Module, num_classes: int | None = None,
-              head_path: str | None = None) -> nn.Module:
-    """The classifier layer: the module at ``head_path``; else timm's ``get_classifier()``;
-    else the last-registered nn.Linear (or 1x1 conv) with ``num_classes`` outputs."""
+def find_heads(model: nn.Module, num_classes: int | None = None,
+               head_path: str | None = None) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the classifier: the module at ``head_path``; else every head
+    timm's ``get_classifier()`` returns (two for distilled models, one per branch for
+    CrossViT); else the last-registered nn.Linear (or 1x1 conv) with ``num_classes``
+    outputs."""
+    names = {id(m): n for n, m in model.named_modules()}
     if head_path:
         try:
             m = model.get_submodule(head_path)
         except AttributeError:
-            names = [n for n, m in model.named_modules() if _is_head_like(m)]
+            found = [n for n, m in model.named_modules() if _is_head_like(m)]
             raise InputError(f"--head {head_path}: no such module; linear layers: "
-                             f"{', '.join(names[-5:]) or 'none'}") from None
+                             f"{', '.join(found[-5:]) or 'none'}") from None
         if not _is_head_like(m):
             raise InputError(f"--head {head_path} is a {_kind(m)}; give a Linear or 1x1 conv")
-        return m
+        return [(head_path, m)]
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
         m = get_classifier()
-        if isinstance(m, (tuple, list)):
-            raise InputError("the model has several classifier heads; pick one with --head")
+        if isinstance(m, (tuple, list, nn.ModuleList)):
+            parts = list(m)
+            odd = [names.get(id(x), _kind(x)) for x in parts if not _is_head_like(x)]
+            if odd:
+                raise InputError(f"the model's classifier heads {', '.join(odd)} are not "
+                                 "Linear layers (built with num_classes=0?); pass --head")
+            return [(names.get(id(x), _kind(x)), x) for x in parts]
         if isinstance(m, nn.Module):
             if _is_head_like(m):
-                return m
+                return [(names.get(id(m), "classifier"), m)]
             inner = [x for x in m.modules() if _is_head_like(x)]
             if inner:
-                return inner[-1]
+                return [(names.get(id(inner[-1]), "classifier"), inner[-1])]
             raise InputError(f"the model's classifier is a {_kind(m)} (built with "
                              "num_classes=0?); pass --num-classes or --head")
-    found = [m for m in model.modules() if _is_head_like(m)
-             and (num_classes is None or m.weight.shape[0] == num_classes)]
+    found = [(n, m) for n, m in model.named_modules() if _is_head_like(m)
+             and (num_classes is None or _affine(m)[0].shape[0] == num_classes)]
     if not found:
         what = f" with {num_classes} outputs" if num_classes else ""
         raise InputError(f"no classifier head found: no nn.Linear or 1x1 conv{what}; "
                          "pass --head module.path")
-    return found[-1]
+    return [found[-1]]
+
+
+def find_head(model: nn.Module, num_classes: int | None = None,
+              head_path: str | None = None) -> nn.Module:
+    """The one classifier layer of :func:`find_heads`; InputError naming the heads when the
+    model has several."""
+    heads = find_heads(model, num_classes, head_path)
+    if len(heads) > 1:
+        raise InputError(f"the model has several classifier heads ({_names(heads)}); pick one "
+                         "with --head")
+    return heads[0][1]
+
+
+def _names(heads: list[tuple[str, nn.Module]]) -> str:
+    return ", ".join(n for n, _ in heads)
+
+
+def _affine(head: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(W [C, d], b [C])`` float32 on cpu with ``head(z) = z @ W.T + b``: a 1x1 conv kernel
+    is flattened, and a NormLinear's BatchNorm (eval mode) is folded into its Linear."""
+    if _kind(head) == "NormLinear":
+        bn, linear = head.bn, head.linear
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        shift = bn.bias - bn.running_mean * scale
+        w = linear.weight * scale
+        b = linear.weight @ shift + (linear.bias if linear.bias is not None else 0)
+    else:
+        w, b = head.weight, getattr(head, "bias", None)
+    w = w.detach().reshape(w.shape[0], -1).float().cpu().clone()
+    b = torch.zeros(w.shape[0]) if b is None else b.detach().reshape(-1).float().cpu().clone()
+    return w, b
 
 
 def head_weight(head: nn.Module) -> Tensor:
-    """The head's weight as float32 [C, d] on cpu (a 1x1 conv kernel is flattened)."""
-    w = head.weight.detach()
-    return w.reshape(w.shape[0], -1).float().cpu().clone()
+    """The head's weight as float32 [C, d] on cpu (a 1x1 conv kernel is flattened, a
+    NormLinear's BatchNorm folded in)."""
+    return _affine(head)[0]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -245,20 +287,155 @@ def _checked_labels(labels: Tensor, num_classes: int, source: str) -> Tensor:
     return labels
 
 
-@contextlib.contextmanager
-def _hooked(head: nn.Module):
-    """Yield the list that a forward pre-hook on ``head`` fills with the head's inputs."""
-    captured: list[Tensor] = []
-    try:
-        handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-    except Exception as e:  # TorchScript modules refuse Python hooks
-        raise RunFailure(f"cannot hook the head ({e}); load TorchScript weights into a Python "
-                         "model with --arch") from None
-    try:
-        yield captured
-    finally:
-        handle.remove()
-        captured.clear()
+class _Classifier:
+    """The classifier heads of one pass, hooked, and the one linear head W [C, d] (bias b)
+    that reproduces the logits from the features.
+
+    One head: the features are its input. Several (distilled models, CrossViT branches):
+    the logits are the mean of the heads' outputs, and the features are timm's pre-logits;
+    when every head reads the pre-logits, W is the mean of the heads' weights, and when the
+    pre-logits are the heads' inputs side by side, W is their weights side by side over the
+    number of heads. The first batch settles which, and checks that ``features @ W.T + b``
+    gives the logits (up to a constant per row, which softmax ignores); a model for which
+    no such W exists is refused, naming its heads. ``own_logits``: the logits are the one
+    head's own output (an explicit ``--head``), consistent with W by construction.
+    """
+
+    def __init__(self, model: nn.Module, heads: list[tuple[str, nn.Module]],
+                 own_logits: bool) -> None:
+        self.model, self.heads, self.own = model, heads, own_logits
+        affine = [_affine(m) for _, m in heads]
+        self.weights, self.biases = [w for w, _ in affine], [b for _, b in affine]
+        rows = sorted({int(w.shape[0]) for w in self.weights})
+        if len(rows) != 1:
+            raise InputError(f"the classifier heads {_names(heads)} have {rows} outputs; "
+                             "pick one with --head")
+        self.num_classes = rows[0]
+        self.weight: Tensor | None = None
+        self.bias: Tensor | None = None
+        self.concat = False
+        self.inputs: list[list[Tensor]] = [[] for _ in heads]
+        self.outputs: list[Tensor] = []
+
+    @contextlib.contextmanager
+    def hooked(self):
+        """Capture every head's input (and with ``own_logits`` the head's output)."""
+        handles = []
+        try:
+            for got, (_, m) in zip(self.inputs, self.heads, strict=True):
+                handles.append(m.register_forward_pre_hook(
+                    lambda _m, args, got=got: got.append(args[0])))
+            if self.own:
+                handles.append(self.heads[0][1].register_forward_hook(
+                    lambda _m, _args, out: self.outputs.append(out)))
+        except Exception as e:  # TorchScript modules refuse Python hooks
+            for h in handles:
+                h.remove()
+            raise RunFailure(f"cannot hook the head ({e}); load TorchScript weights into a "
+                             "Python model with --arch") from None
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.clear()
+
+    def clear(self) -> None:
+        for got in self.inputs:
+            got.clear()
+        self.outputs.clear()
+
+    def batch(self, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(features [b, d], logits [b, C]) of the batch the model just ran on."""
+        b = len(x)
+        for (name, _), got in zip(self.heads, self.inputs, strict=True):
+            if len(got) != 1:
+                raise RunFailure(
+                    f"the head {name} ran {len(got)} times in one forward pass; pick the "
+                    "classifier with --head (TorchScript: load the weights with --arch)")
+        flat = [got[0].reshape(b, -1) for got in self.inputs]
+        if self.own:
+            if self.outputs[0].reshape(b, -1).shape != logits.shape:
+                raise RunFailure(
+                    f"head output {tuple(self.outputs[0].shape)} / logits "
+                    f"{tuple(logits.shape)} do not fit on a batch of {b}; pick the "
+                    "classifier with --head")
+            logits = self.outputs[0].reshape(b, -1)
+        z = torch.cat(flat, 1) if self.concat or len(flat) > 1 and self.weight is None else None
+        if self.weight is None:
+            z = self._settle(x, flat, logits)
+        elif z is None:
+            z = flat[0]
+        self.clear()
+        if z.shape[1] != self.weight.shape[1] or tuple(logits.shape) != (b, self.num_classes):
+            raise RunFailure(
+                f"head input {tuple(z.shape)} / logits {tuple(logits.shape)} do not fit a "
+                f"{list(self.weight.shape)} classifier on a batch of {b}; pick the classifier "
+                "with --head")
+        return z, logits
+
+    def _settle(self, x: Tensor, flat: list[Tensor], logits: Tensor) -> Tensor:
+        """Fix W, b and how the features are formed; check that they give the logits."""
+        k = len(flat)
+        if k == 1:
+            z, self.weight, self.bias = flat[0], self.weights[0], self.biases[0]
+        else:
+            pre = self._pre_logits(x)
+            self.bias = torch.stack(self.biases).mean(0)
+            if pre is not None and all(torch.equal(flat[0], f) for f in flat[1:]) \
+                    and _close(pre, flat[0]):
+                z, self.weight = flat[0], torch.stack(self.weights).mean(0)
+            elif pre is not None and _close(pre, torch.cat(flat, 1)):
+                z, self.concat = torch.cat(flat, 1), True
+                self.weight = torch.cat(self.weights, 1) / k
+            else:
+                raise self._refusal()
+        if not self.own and (z.shape[1] != self.weight.shape[1]
+                             or not _reproduces(z, self.weight, self.bias, logits)):
+            raise self._refusal()
+        return z
+
+    def _pre_logits(self, x: Tensor) -> Tensor | None:
+        forward_head = getattr(self.model, "forward_head", None)
+        forward_features = getattr(self.model, "forward_features", None)
+        if not (callable(forward_head) and callable(forward_features)):
+            return None
+        pre = forward_head(forward_features(x), pre_logits=True)
+        self.clear()
+        return pre.reshape(len(x), -1) if isinstance(pre, Tensor) else None
+
+    def _refusal(self) -> InputError:
+        heads = self.heads
+        if len(heads) == 1:  # another layer adds to the logits (VOLO's aux_head)
+            heads = [(n, m) for n, m in self.model.named_modules() if _is_head_like(m)
+                     and _affine(m)[0].shape[0] == self.num_classes] or heads
+        return InputError(
+            f"the model's logits are not one linear head applied to its pre-logits features "
+            f"(heads found: {_names(heads)}); pick one head with --head NAME: its own logits "
+            "then give accuracy and loss")
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    scale = max(1.0, float(a.abs().max()))
+    return torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3 * scale)
+
+
+def _reproduces(z: Tensor, weight: Tensor, bias: Tensor, logits: Tensor) -> bool:
+    """Whether ``z @ weight.T + bias`` equals ``logits`` up to a constant per row (float64,
+    outside autocast; the tolerance allows the round-off of float32 or of autocast), on the
+    rows where both are finite."""
+    rows = torch.isfinite(z).all(1) & torch.isfinite(logits).all(1)
+    if not rows.any():
+        return True  # nothing to compare; NaN/Inf features are reported after the pass
+    z, logits = z[rows], logits[rows]
+    with torch.autocast(z.device.type, enabled=False):
+        w = weight.to(z.device, torch.float64)
+        gap = logits.double() - (z.double() @ w.T + bias.to(z.device, torch.float64))
+    gap = gap - gap.mean(1, keepdim=True)
+    tol = 1e-3 if logits.dtype == torch.float32 else 5e-2
+    return bool(gap.abs().max() <= tol * max(1.0, float(logits.abs().max())))
 
 
 @contextlib.contextmanager
@@ -286,20 +463,23 @@ def _reporting(progress: ProgressSink | None, total: int, description: str):
 
 
 class _Outputs:
-    """cpu buffers for features [n, d] and logits [n, C], written batch by batch.
+    """cpu buffers for features [n, d] and logits [n, C], written batch by batch; the
+    features buffer is made at the first batch, which settles d.
 
     On CUDA they are pinned, so the copies queue behind the compute instead of one large
     pageable transfer at the end; ``finite`` stays on the device (no sync per batch).
     """
 
-    def __init__(self, n: int, num_classes: int, dim: int, dev: torch.device) -> None:
+    def __init__(self, n: int, num_classes: int, dev: torch.device) -> None:
         self.pin = dev.type == "cuda"
         self.dev = dev
-        self.features = torch.empty(n, dim, pin_memory=self.pin)
+        self.features: Tensor | None = None
         self.logits = torch.empty(n, num_classes, pin_memory=self.pin)
         self.finite = torch.ones((), dtype=torch.bool, device=dev)
 
     def put(self, start: int, z: Tensor, logits: Tensor) -> None:
+        if self.features is None:
+            self.features = torch.empty(len(self.logits), z.shape[1], pin_memory=self.pin)
         self.finite &= torch.isfinite(z).all()
         self.features[start:start + len(z)].copy_(z, non_blocking=self.pin)
         self.logits[start:start + len(z)].copy_(logits, non_blocking=self.pin)
@@ -309,34 +489,22 @@ class _Outputs:
             torch.cuda.current_stream(self.dev).synchronize()
 
 
-def _forward(model: nn.Module, x: Tensor, captured: list[Tensor], shape: tuple[int, int],
-             start: int) -> tuple[Tensor, Tensor]:
+def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int
+             ) -> tuple[Tensor, Tensor]:
     """(features [b, d], logits [b, C]) of one batch; out-of-memory errors pass through."""
-    captured.clear()
+    heads.clear()
     try:
         logits = _logits_of(model(x))
     except _OOM:
-        captured.clear()
+        heads.clear()
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
         raise _rejected(model, x, e, start) from None
-    if len(captured) != 1:
-        raise RunFailure(
-            f"the head ran {len(captured)} times in one forward pass; pick the "
-            "classifier with --head (TorchScript: load the weights with --arch)")
-    b, (num_classes, dim) = len(x), shape
-    z = captured[0].reshape(b, -1)
-    if z.shape[1] != dim or tuple(logits.shape) != (b, num_classes):
-        raise RunFailure(
-            f"head input {tuple(captured[0].shape)} / logits {tuple(logits.shape)} "
-            f"do not fit a [{num_classes}, {dim}] classifier on a batch of {b}; "
-            "pick the classifier with --head")
-    return z, logits
+    return heads.batch(x, logits)
 
 
-def _run_pass(model: nn.Module, inputs: Tensor, captured: list[Tensor], out: _Outputs,
-              shape: tuple[int, int], batch_size: int, memory_format,
-              progress: ProgressSink | None) -> None:
+def _run_pass(model: nn.Module, inputs: Tensor, heads: _Classifier, out: _Outputs,
+              batch_size: int, memory_format, progress: ProgressSink | None) -> None:
     """Fill ``out`` with every sample of ``inputs``, ``batch_size`` at a time; a batch that
     runs out of memory is retried at half the size (like timm's validate.py), and the
     smaller size is kept for the rest of the pass."""
@@ -346,7 +514,7 @@ def _run_pass(model: nn.Module, inputs: Tensor, captured: list[Tensor], out: _Ou
         if memory_format is not None and x.ndim == 4:
             x = x.contiguous(memory_format=memory_format)
         try:
-            z, logits = _forward(model, x, captured, shape, start)
+            z, logits = _forward(model, x, heads, start)
         except _OOM:
             if bs == 1:
                 raise RunFailure("out of memory at batch size 1; use a smaller model, "
@@ -368,12 +536,15 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
              amp: str | bool | None = False, channels_last: bool = False,
              valid_labels: Sequence[int] | None = None,
              progress: ProgressSink | None = None) -> Evaluation:
-    """Run ``model`` over ``data`` once, capturing the head's input with a pre-hook.
+    """Run ``model`` over ``data`` once, capturing the heads' inputs with pre-hooks.
 
     ``valid_labels``: evaluate on a subset of the model's classes, as timm's validate.py
     ``--valid-labels`` does (see :func:`restrict_classes`).
 
-    ``head``: the classifier module, or its dotted path (default :func:`find_head`).
+    ``head``: the classifier module, or its dotted path; its own output then gives the
+    logits. Default: the heads of :func:`find_heads`, with the model's output as the logits
+    and the one linear head that reproduces them (see :class:`_Classifier`; a model without
+    one is refused, naming its heads).
     ``device``: see :func:`resolve_device`; the model is moved there and left there (its
     train/eval flags are restored). ``amp``: autocast dtype (``"bf16"``/``"fp16"``);
     ``channels_last`` applies on CUDA. A batch that runs out of memory is retried at half
@@ -386,22 +557,23 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
-    head_mod = head if isinstance(head, nn.Module) else find_head(model, head_path=head)
-    weight = head_weight(head_mod)
-    shape = (int(weight.shape[0]), int(weight.shape[1]))
-    labels = _checked_labels(data.labels, shape[0], data.source)
+    heads = ([("head", head)] if isinstance(head, nn.Module)
+             else find_heads(model, head_path=head))
+    classifier = _Classifier(model, heads, own_logits=head is not None)
+    labels = _checked_labels(data.labels, classifier.num_classes, data.source)
     dtype = _amp_dtype(amp)
     autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
                 else contextlib.nullcontext())
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
-    out = _Outputs(n, *shape, dev)
-    with (_hooked(head_mod) as captured, _eval_mode(model, dev, memory_format),
+    out = _Outputs(n, classifier.num_classes, dev)
+    with (classifier.hooked(), _eval_mode(model, dev, memory_format),
           _reporting(progress, n, "evaluating"), torch.no_grad(), autocast):
-        _run_pass(model, data.inputs, captured, out, shape, batch_size, memory_format, progress)
+        _run_pass(model, data.inputs, classifier, out, batch_size, memory_format, progress)
     if not bool(out.finite):
         _check_features(out.features, data.source)
     evaluation = Evaluation(features=out.features, logits=out.logits, labels=labels,
-                            head=weight, loss=float(F.cross_entropy(out.logits, labels)),
+                            head=classifier.weight,
+                            loss=float(F.cross_entropy(out.logits, labels)),
                             accuracy=float((out.logits.argmax(1) == labels).double().mean()))
     return evaluation if valid_labels is None else restrict_classes(evaluation, valid_labels,
                                                                     data.source)

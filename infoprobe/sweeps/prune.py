@@ -83,8 +83,8 @@ def prunable_parameters(
 ) -> list[Target]:
     """``(module, "weight")`` for every Conv1d/2d/3d and Linear layer, in module order.
 
-    The classifier head (``head``: the module or its dotted path; default
-    :func:`infoprobe.probe.find_head`) is excluded unless ``include_head``. Raises
+    The classifier heads (``head``: the module or its dotted path; default every head of
+    :func:`infoprobe.probe.find_heads`) are excluded unless ``include_head``. Raises
     :class:`InputError` "model has no prunable layers" when nothing is left, and for a
     weight tensor shared by two layers (tied weights).
     """
@@ -94,8 +94,11 @@ def prunable_parameters(
         raise InputError("model has no prunable layers (no Conv1d/2d/3d or Linear weights); "
                          "pruning sweeps need at least one")
     if not include_head:
-        excluded = head if isinstance(head, nn.Module) else probe.find_head(model, head_path=head)
-        layers = [m for m in layers if m is not excluded]
+        excluded = ([head] if isinstance(head, nn.Module)
+                    else [m for _, m in probe.find_heads(model, head_path=head)])
+        # a NormLinear head (LeViT) holds its Linear: that Linear is the head too
+        inside = {id(x) for m in excluded for x in m.modules()}
+        layers = [m for m in layers if id(m) not in inside]
         if not layers:
             raise InputError("model has no prunable layers besides the classifier head; "
                              "pass --include-head to prune the head")
