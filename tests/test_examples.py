@@ -23,15 +23,15 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 #: script -> (CSV, PNG, the script's own columns)
 OUTPUTS = {
     "01_training_dynamics": ("training_dynamics.csv", "training_dynamics.png",
-                             ("split", "step", "epoch")),
+                             ("dataset", "split", "estimator", "step", "epoch")),
     "02_label_smoothing": ("label_smoothing.csv", "label_smoothing.png",
                            ("split", "seed", "label_smoothing")),
-    "03_lmc": ("lmc.csv", "lmc.png", ("pair", "bn_reset", "alpha")),
+    "03_lmc": ("lmc.csv", "lmc.png", ("pair", "bn_reset", "lr", "alpha")),
     "04_pruning": ("pruning.csv", "pruning.png",
                    ("method", "ratio", "sparsity", "mir_dense", "hdr_dense")),
-    "05_grokking": ("grokking.csv", "grokking.png", ("split", "step", "weight_norm")),
+    "05_grokking": ("grokking.csv", "grokking.png", ("split", "estimator", "step", "weight_norm")),
     "06_interplay_loss": ("interplay_loss.csv", "interplay_loss.png",
-                          ("seed", "arm", "lambda_mi", "lambda_hdr")),
+                          ("setting", "seed", "arm", "lambda_mi", "lambda_hdr")),
 }
 
 
