@@ -150,7 +150,8 @@ def plot(rows, path: Path, data: str) -> None:
         a.set_title(title)
         a.set_xlabel("alpha")
     ax[1].set_yscale("log")
-    ax[0].legend(fontsize=6)
+    handles, labels = ax[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
     fig.suptitle(f"linear interpolation between test_resnet runs on {data} (AdamW; dashed: "
                  "interpolated BN statistics, solid: BN reset)", fontsize=9)
     C.save_figure(fig, path)

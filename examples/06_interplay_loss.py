@@ -208,9 +208,10 @@ def plot(rows, summary: dict, path: Path) -> None:
             a.set_title(f"{setting}: " + {"accuracy": "test accuracy (%)", "mir": "test MIR",
                                           "hdr": "test HDR"}[col], fontsize=9)
         s = summary[setting]
-        ax[3 * r].text(0.02, 0.02, f"paired diff {s['paired_diff_points_mean']:+.2f} ± "
-                       f"{s['paired_diff_points_std']:.2f} pts, {s['n_seeds']} seeds",
-                       transform=ax[3 * r].transAxes, fontsize=7)
+        ax[3 * r].set_title(f"{setting}: test accuracy (%)\npaired diff "
+                            f"{s['paired_diff_points_mean']:+.2f} ± "
+                            f"{s['paired_diff_points_std']:.2f} pts, {s['n_seeds']} seeds",
+                            fontsize=9)
     fig.suptitle("InterplayLoss on MNIST-5k (grey lines pair the seeds; black: mean ± sd)",
                  fontsize=9)
     C.save_figure(fig, path)
