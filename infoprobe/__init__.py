@@ -4,17 +4,35 @@ Song et al., "Unveiling the Dynamics of Information Interplay in Supervised Lear
 ICML 2024 (arXiv 2406.03999).
 """
 
-from infoprobe.api import analyze, lmc, prune, track
-from infoprobe.errors import InfoprobeError, InputError, RunFailure
-from infoprobe.info import (
-    Interplay,
-    NCOptimum,
-    interplay,
-    interplay_between,
-    matrix_entropy,
-    nc_optimum,
-)
-from infoprobe.losses import InterplayLoss
+from importlib import import_module
+from typing import Any
+
+# The public names load their modules on first use (PEP 562), so that `import infoprobe`
+# and the command's entry point start without importing torch: a Ctrl-C during start-up
+# then meets the command's handler, not a traceback.
+_LAZY = {
+    "analyze": "infoprobe.api", "lmc": "infoprobe.api", "prune": "infoprobe.api",
+    "track": "infoprobe.api",
+    "InfoprobeError": "infoprobe.errors", "InputError": "infoprobe.errors",
+    "RunFailure": "infoprobe.errors",
+    "Interplay": "infoprobe.info", "NCOptimum": "infoprobe.info",
+    "interplay": "infoprobe.info", "interplay_between": "infoprobe.info",
+    "matrix_entropy": "infoprobe.info", "nc_optimum": "infoprobe.info",
+    "InterplayLoss": "infoprobe.losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'infoprobe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

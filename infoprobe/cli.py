@@ -44,6 +44,8 @@ from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 
 PROG = "infoprobe"
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 # Help panels group the shared options in `--help`.
 _MODEL = "Model"
@@ -66,8 +68,9 @@ def _say_error(message: str) -> None:
 
 
 @contextmanager
-def _errors(debug: bool) -> Iterator[None]:
-    """Map the exception family to exit codes; ``debug`` lets tracebacks through."""
+def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
+    """Map the exception family to exit codes; ``debug`` lets tracebacks through.
+    ``resumable``: the command has --resume, which an interrupted run is pointed to."""
     try:
         yield
     except (typer.Exit, typer.Abort, click_errors.ClickException):
@@ -78,8 +81,9 @@ def _errors(debug: bool) -> Iterator[None]:
         _say_error(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        _say_error("interrupted (finished sweep rows stay in --csv; rerun with --resume)")
-        raise typer.Exit(130) from None
+        _say_error("interrupted (finished rows stay in --csv FILE; rerun with --resume to "
+                   "compute the rest)" if resumable else "interrupted")
+        raise typer.Exit(INTERRUPTED) from None
     except Exception as e:
         if debug:
             raise
@@ -145,9 +149,13 @@ class _Group(TyperGroup):
         except click_errors.ClickException as e:
             _say_error(e.format_message())
             sys.exit(e.exit_code)
-        except typer.Abort:
-            _say_error("aborted")
-            sys.exit(1)
+        except typer.Abort as e:  # click's answer to Ctrl-C while parsing
+            interrupted = isinstance(e.__cause__, KeyboardInterrupt)
+            _say_error("interrupted" if interrupted else "aborted")
+            sys.exit(INTERRUPTED if interrupted else 1)
+        except KeyboardInterrupt:
+            _say_error("interrupted")
+            sys.exit(INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -385,10 +393,12 @@ def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
     # ones, with the command's output options joining the shared Output panel at its end
     params.sort(key=lambda p: _panel(p.annotation) == _OUTPUT and p.name not in names)
 
+    resumable = "resume" in own
+
     @functools.wraps(func)
     def command(**kwargs: Any) -> None:
         opts = Options(**{name: kwargs.pop(name) for name in names})
-        with _errors(opts.debug):
+        with _errors(opts.debug, resumable):
             func(**kwargs, opts=opts)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -28,3 +28,12 @@ class RunFailure(InfoprobeError, RuntimeError):
     """A failure while running valid input (out of memory, a model that raises)."""
 
     exit_code = 1
+
+
+def unwritable(path: object, err: OSError) -> RunFailure:
+    """The error for an output that could not be written during the run (folder removed,
+    permissions changed, disk full): named at the write that failed."""
+    return RunFailure(
+        f"cannot write {path}: {err.strerror or err} (it became unwritable during the run); "
+        "any earlier version of the file is intact: fix the folder and rerun (sweeps: with "
+        "--resume)")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoprobe.data import LabelledTensors, model_in_chans, validate_labels
-from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure
+from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure, unwritable
 
 __all__ = [
     "Evaluation",
@@ -58,7 +58,8 @@ class Evaluation:
 
     ``features`` float32 [n, d]; ``logits`` float32 [n, C] (None only when loaded from a
     features file without logits); ``labels`` int64 [n]; ``head`` float32 [C, d];
-    ``loss`` mean cross-entropy (nats) and ``accuracy`` in [0, 1], NaN without logits.
+    ``loss`` mean cross-entropy (nats) and ``accuracy`` in [0, 1], NaN without logits or
+    when a logit is not finite; ``note`` says why they are NaN (empty otherwise).
     """
 
     features: Tensor
@@ -67,6 +68,7 @@ class Evaluation:
     head: Tensor
     loss: float
     accuracy: float
+    note: str = ""
 
     @property
     def n_samples(self) -> int:
@@ -571,12 +573,28 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
         _run_pass(model, data.inputs, classifier, out, batch_size, memory_format, progress)
     if not bool(out.finite):
         _check_features(out.features, data.source)
+    loss, accuracy, note = scores(out.logits, labels)
     evaluation = Evaluation(features=out.features, logits=out.logits, labels=labels,
-                            head=classifier.weight,
-                            loss=float(F.cross_entropy(out.logits, labels)),
-                            accuracy=float((out.logits.argmax(1) == labels).double().mean()))
+                            head=classifier.weight, loss=loss, accuracy=accuracy, note=note)
     return evaluation if valid_labels is None else restrict_classes(evaluation, valid_labels,
                                                                     data.source)
+
+
+def scores(logits: Tensor, labels: Tensor) -> tuple[float, float, str]:
+    """(mean cross-entropy, accuracy, note) of logits [n, C] against labels [n].
+
+    A sample whose logits are not all finite has no defined loss, and its prediction is
+    undefined too (argmax among several +inf, or NaN), so both values are NaN then, with a
+    note naming how many samples overflowed, rather than a number that looks valid.
+    """
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bad.any():
+        note = (f"logits of {int(bad.sum())} of {len(bad)} samples are Inf/NaN (first: sample "
+                f"{int(bad.nonzero()[0])}): loss and accuracy are undefined; the model "
+                "overflows (with --amp fp16 use bf16 or drop --amp)")
+        return float("nan"), float("nan"), note
+    return (float(F.cross_entropy(logits, labels)),
+            float((logits.argmax(1) == labels).double().mean()), "")
 
 
 def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
@@ -602,12 +620,10 @@ def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
                          f"lists {valid.numel()} classes; label i must be the i-th valid label "
                          "(the folders sorted as the list is)")
     logits = evaluation.logits[:, valid] if evaluation.logits is not None else None
-    loss = acc = float("nan")
-    if logits is not None:
-        loss = float(F.cross_entropy(logits, labels))
-        acc = float((logits.argmax(1) == labels).double().mean())
+    loss, acc, note = scores(logits, labels) if logits is not None else (
+        float("nan"), float("nan"), "")
     return Evaluation(features=evaluation.features, logits=logits, labels=labels,
-                      head=evaluation.head[valid].clone(), loss=loss, accuracy=acc)
+                      head=evaluation.head[valid].clone(), loss=loss, accuracy=acc, note=note)
 
 
 def _check_features(features: Tensor, source: str) -> None:
@@ -639,6 +655,8 @@ def save_features(path: str | Path, evaluation: Evaluation) -> Path:
     try:
         save_file(tensors, str(tmp), metadata={"format": "infoprobe-features"})
         os.replace(tmp, path)
+    except OSError as e:
+        raise unwritable(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -696,11 +714,12 @@ def load_features(path: str | Path) -> Evaluation:
     if not torch.isfinite(w).all():
         raise InputError(f"features file {path}: the head weights contain NaN/Inf")
     loss = acc = float("nan")
+    note = ""
     if logits is not None:
         if tuple(logits.shape) != (z.shape[0], w.shape[0]):
             raise InputError(f"features file {path}: logits {tuple(logits.shape)} should be "
                              f"[{z.shape[0]}, {w.shape[0]}]")
+        loss, acc, note = scores(logits.float(), labels)
         logits = logits.float()
-        loss = float(F.cross_entropy(logits, labels))
-        acc = float((logits.argmax(1) == labels).double().mean())
-    return Evaluation(features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc)
+    return Evaluation(features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc,
+                      note=note)

@@ -8,6 +8,7 @@ an interrupted sweep keeps its rows and ``--resume`` can skip them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from infoprobe.errors import InputError
+from infoprobe.errors import InputError, unwritable
 from infoprobe.rows import FT_COLUMNS, INT_COLUMNS, rows_frame
 
 __all__ = [
@@ -359,17 +360,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
     Readers never see a half-written file, and an interrupted write leaves the previous
     file intact: the temporary file lives in the same folder, so ``os.replace`` is atomic.
+    An output that became unwritable during the run (folder removed, permissions, disk
+    full) raises :class:`RunFailure` naming the file, at the write that failed.
     """
     p = Path(path).expanduser()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp",
+                                        dir=p.parent or ".")
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, p)
+    except OSError as e:
+        raise unwritable(p, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # the folder may be gone
+                tmp.unlink(missing_ok=True)
     return p
 
 

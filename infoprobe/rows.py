@@ -210,7 +210,7 @@ def analysis_row(
     logits = getattr(evaluation, "logits", None)
     top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
     collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
-    notes = [result.note]
+    notes = [getattr(evaluation, "note", ""), result.note]
     if logits is None:
         notes.append("nc4 needs the model's logits, which this features file does not hold")
     row = {
