@@ -5,10 +5,11 @@ The paper's protocol: two runs from the same initialisation that differ only in 
 learning rates. On CIFAR-10 at lr 0.03 the path is not connected (accuracy near chance for
 alpha in 0.4-0.6) and there "MIR shows an additional upward trend"; at 3e-3 and 3e-4 the path is
 connected. Here: timm ``test_resnet`` on MNIST-5k, AdamW at lr in {3e-2, 1e-2, 3e-3, 3e-4},
-the same-initialisation pair (init seed 0, batch orders 0 and 1) at each lr, measured with
+same-initialisation pairs (init seed k, batch orders 0 and 1; ``--pairs`` seeds k) at each lr,
+measured with
 
     infoprobe lmc OUT/checkpoints/A_lr0.03.safetensors OUT/checkpoints/B_lr0.03.safetensors \
-        --data OUT/data/mnist/test.safetensors --steps 11 --csv OUT/lmc_same_init_lr0.03.csv
+        --data OUT/data/mnist/test.safetensors --steps 11 --csv OUT/lmc_same_init0_lr0.03.csv
 
 Extra arms (not in the paper): a pair with different initialisations (seeds 0 and 1) at lr
 3e-3, and that pair and the highest-lr pair again with the BatchNorm statistics re-estimated
@@ -36,11 +37,13 @@ def add_options(parser) -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=11, help="alphas from 0 to 1")
     parser.add_argument("--data", choices=sorted(C.DATASETS), default="mnist")
+    parser.add_argument("--pairs", type=int, default=3, help="same-init pairs per lr")
 
 
-def _pairs(lrs) -> dict[str, tuple[tuple, tuple, float]]:
+def _pairs(lrs, n_pairs: int) -> dict[str, tuple[tuple, tuple, float]]:
     """pair label -> ((init, order) of A, (init, order) of B, lr)."""
-    pairs = {f"same_init_lr{lr:g}": ((0, 0), (0, 1), lr) for lr in lrs}
+    pairs = {f"same_init{k}_lr{lr:g}": ((k, 0), (k, 1), lr) for lr in lrs
+             for k in range(n_pairs)}
     pairs[f"different_init_lr{OTHER_INIT_LR:g}"] = ((0, 0), (1, 1), OTHER_INIT_LR)
     return pairs
 
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
     C.setup()
     timer = C.Timer()
     train, test, train_path, test_path = C.DATASETS[args.data](args.out)
-    pairs = _pairs(LRS[::2] if args.quick else LRS)
+    pairs = _pairs(LRS[::2] if args.quick else LRS, 1 if args.quick else args.pairs)
     ckpt = train_runs(args, train, test, pairs)
     steps = 3 if args.quick else args.steps
 
@@ -83,8 +86,8 @@ def main(argv=None) -> None:
     for pair, (a, b, lr) in pairs.items():
         # BN reset for the different-init pair and the highest lr only (a pass over the
         # training split per alpha)
-        resets = (False, True) if pair.startswith("different") or lr == max(
-            p[2] for p in pairs.values()) else (False,)
+        resets = (False, True) if pair.startswith("different") or (
+            a[0] == 0 and lr == max(p[2] for p in pairs.values())) else (False,)
         for reset in resets:
             label = f"{pair}{'+bn_reset' if reset else ''}"
             csv, js = args.out / f"lmc_{label}.csv", args.out / f"lmc_{label}.json"
@@ -104,8 +107,31 @@ def main(argv=None) -> None:
     summary = {"data": args.data, "epochs": args.epochs, "barriers": barriers}
     for (pair, reset), frame in rows.groupby(["pair", "bn_reset"]):
         summary[f"{pair}{'+bn_reset' if reset else ''}"] = _path_summary(frame)
+    summary["same_init_by_lr"] = _by_lr(rows)
     plot(rows, args.out / "lmc.png", args.data)
     C.finish(args.out, "lmc", summary, timer)
+
+
+def _by_lr(rows) -> dict:
+    """Per lr, over the same-init pairs (no BN reset): mean and sd of the accuracy barrier
+    (end mean minus worst inside) and of MIR and HDR at the worst point minus their end mean."""
+    out = {}
+    same = rows[rows.pair.str.startswith("same") & ~rows.bn_reset.astype(bool)]
+    for lr, by_lr in same.groupby("lr"):
+        stats = {"accuracy_barrier": [], "mir_change": [], "hdr_change": []}
+        for _, frame in by_lr.groupby("pair"):
+            ends = frame[frame.alpha.isin([0.0, 1.0])]
+            inner = frame[~frame.alpha.isin([0.0, 1.0])]
+            if not len(inner):
+                continue
+            worst = inner.loc[inner.accuracy.idxmin()]
+            stats["accuracy_barrier"].append(float(ends.accuracy.mean() - worst.accuracy))
+            stats["mir_change"].append(float(worst.mir - ends.mir.mean()))
+            stats["hdr_change"].append(float(worst.hdr - ends.hdr.mean()))
+        out[f"lr={lr:g}"] = {"pairs": len(stats["mir_change"]), **{
+            f"{k}_{stat}": round(v, 4) for k, vals in stats.items() if vals
+            for stat, v in zip(("mean", "sd"), C.mean_std(vals), strict=True)}}
+    return out
 
 
 def _path_summary(frame) -> dict:
@@ -138,8 +164,13 @@ def plot(rows, path: Path, data: str) -> None:
         frame = frame.sort_values("alpha")
         lr = float(frame.lr.iloc[0])
         different = pair.startswith("different")
+        first = different or pair.startswith("same_init0")
         if reset and not different:
             continue  # the BN-reset line of the same-init pair is in the CSV, not the figure
+        if not first:  # further pairs of an lr: thin, unlabelled
+            for a, col in zip(ax, ("accuracy", "loss", "mir", "hdr"), strict=True):
+                a.plot(frame.alpha, frame[col], c=colours[lr], ls="--", lw=0.7, alpha=0.6)
+            continue
         kw = dict(c="tab:red" if different else colours[lr], ls="-" if reset else "--",
                   marker="o", ms=3,
                   label=(f"different init, lr {lr:g}{', BN reset' if reset else ''}"
@@ -153,7 +184,8 @@ def plot(rows, path: Path, data: str) -> None:
     handles, labels = ax[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
     fig.suptitle(f"linear interpolation between test_resnet runs on {data} (AdamW; dashed: "
-                 "interpolated BN statistics, solid: BN reset)", fontsize=9)
+                 "interpolated BN statistics, solid: BN reset; thin: further same-init pairs)",
+                 fontsize=9)
     C.save_figure(fig, path)
 
 

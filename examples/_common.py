@@ -369,8 +369,12 @@ def quick_samples(quick: bool, n: int = 200) -> list[object]:
 def paired(frame, arm: str, base, other, columns: Sequence[str], by: str = "seed") -> dict:
     """Paired comparison of arm ``other`` against arm ``base`` over ``by`` (seeds): per column
     the mean and sample sd of each arm, the mean and sd of the paired differences, and the
-    two-sided paired t-test p-value (scipy.stats.ttest_rel)."""
-    from scipy.stats import ttest_rel
+    two-sided paired t-test p-value (scipy.stats.ttest_rel; scikit-learn installs scipy; the
+    p-value is left out without it)."""
+    try:
+        from scipy.stats import ttest_rel
+    except ImportError:
+        ttest_rel = None
 
     a = frame[frame[arm] == base].set_index(by).sort_index()
     b = frame[frame[arm] == other].set_index(by).sort_index()
@@ -384,7 +388,7 @@ def paired(frame, arm: str, base, other, columns: Sequence[str], by: str = "seed
                     "diff_mean": mean_std(diff)[0], "diff_sd": mean_std(diff)[1],
                     "better": int(sum(d > 0 for d in diff)), "worse": int(sum(d < 0 for d in diff)),
                     "p_paired_t": float(ttest_rel(b[col], a[col]).pvalue)
-                    if len(common) > 1 and any(diff) else None}
+                    if ttest_rel and len(common) > 1 and any(diff) else None}
     return out
 
 
