@@ -122,3 +122,27 @@ def test_mnist_fixtures_are_mlxtends_real_images_split_without_overlap():
     ours = sorted(zip(map(bytes, x), y.tolist(), strict=True))
     theirs = sorted(zip(map(bytes, images.astype(np.uint8)), labels.tolist(), strict=True))
     assert ours == theirs  # the same 5000 labelled images, each once (no train/test overlap)
+
+
+def test_paired_comparison_matches_the_closed_form():
+    stats = pytest.importorskip("scipy.stats")
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    base = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69}
+    other = {0: 0.73, 1: 0.72, 2: 0.75, 3: 0.70}
+    a_seeds, b_seeds = [3, 1, 2, 0], [0, 2, 1, 3]  # rows in different orders: pair by seed
+    frame = pd.DataFrame({"seed": a_seeds + b_seeds, "arm": ["a"] * 4 + ["b"] * 4,
+                          "mir": [base[k] for k in a_seeds] + [other[k] for k in b_seeds]})
+    out = _common.paired(frame, "arm", "a", "b", ["mir"])["mir"]
+    diff = [other[k] - base[k] for k in range(4)]
+    n = len(diff)
+    mean = sum(diff) / n
+    sd = (sum((d - mean) ** 2 for d in diff) / (n - 1)) ** 0.5
+    t = mean / (sd / n ** 0.5)
+    assert out["diff_mean"] == pytest.approx(mean, rel=1e-12)
+    assert out["diff_sd"] == pytest.approx(sd, rel=1e-12)
+    assert (out["better"], out["worse"]) == (3, 0)
+    assert out["p_paired_t"] == pytest.approx(2 * stats.t.sf(abs(t), n - 1), rel=1e-9)
