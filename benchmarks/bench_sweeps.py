@@ -18,6 +18,12 @@ without it they cost R + 1 (reported against R + 1 as well). Each prune row also
 ``mir_dense``/``hdr_dense``: one more exact interplay (an n x n eigen-solve when n <= d^2),
 timed separately; ``dense_metrics=False`` skips it.
 
+Fine-tuning (``prune --finetune-data``): :func:`infoprobe.sweeps.finetune.finetune` on a
+model pruned to 50 % (masks live) against a plain training loop written inline, with the same
+batches, optimizer and epochs, on the same pruned model (the loop's own overhead: seeding,
+forked RNG, finiteness checks, train/eval flags); the plain loop on the dense model shows what
+the masks' forward pre-hooks cost.
+
 Timings are medians over repeats; each repeat runs every variant in a rotated order, so a
 slow spell hits all of them. On a machine shared with other jobs ``--threads 1`` avoids the
 erratic cost of OpenMP threads waiting for each other.
@@ -25,6 +31,7 @@ erratic cost of OpenMP threads waiting for each other.
     python benchmarks/bench_sweeps.py                 # n = 1000, K = 11, R = 6, 5 repeats
     python benchmarks/bench_sweeps.py --threads 1 --repeats 3
     python benchmarks/bench_sweeps.py --quick         # n = 200, 2 repeats, a smoke run
+    python benchmarks/bench_sweeps.py --epochs 3      # fine-tuning epochs (default 2)
 """
 
 from __future__ import annotations
@@ -37,11 +44,22 @@ from contextlib import contextmanager
 
 import timm
 import torch
+import torch.nn.functional as F
 
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
 from infoprobe.rows import analysis_row
-from infoprobe.sweeps import lmc, lmc_sweep, parse_alphas, parse_ratios, prune, prune_sweep
+from infoprobe.sweeps import (
+    FinetuneOptions,
+    finetune,
+    lmc,
+    lmc_sweep,
+    parse_alphas,
+    parse_ratios,
+    prunable_parameters,
+    prune,
+    prune_sweep,
+)
 
 ARCH = "test_efficientnet"
 
@@ -132,6 +150,59 @@ def report(label: str, result: tuple[float, Inside], points: int, one: float) ->
     print(line)
 
 
+def plain_training(model: torch.nn.Module, data: LabelledTensors, options: FinetuneOptions,
+                   device: torch.device) -> None:
+    """The baseline: finetune's batches, SGD and epochs as a bare loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
+                                weight_decay=options.weight_decay)
+    generator = torch.Generator().manual_seed(options.seed)
+    model.train()
+    for _ in range(options.epochs):
+        batches = torch.randperm(len(data), generator=generator).split(options.batch_size)
+        if len(batches) > 1 and len(batches[-1]) < options.batch_size:
+            batches = batches[:-1]
+        for index in batches:
+            x, y = data.inputs[index].to(device), data.labels[index].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+def bench_finetune(data: LabelledTensors, epochs: int, repeats: int, device: str) -> None:
+    """finetune vs the plain loop on one pruned model, and the plain loop on the dense one."""
+    dev = probe.resolve_device(device)
+    options = FinetuneOptions(epochs=epochs)
+    dense_model, pruned_model = make_model(0).to(dev), make_model(0).to(dev)
+    prune._prune_to(prunable_parameters(pruned_model), 0.5, "global-magnitude", 0)
+    states = {id(m): {k: v.clone() for k, v in m.state_dict().items()}
+              for m in (dense_model, pruned_model)}
+
+    def task(model: torch.nn.Module, train: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            model.load_state_dict(states[id(model)])  # every repeat from the same weights
+            train()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        return run
+
+    results = measure({
+        "finetune": task(pruned_model, lambda: finetune(pruned_model, data, options,
+                                                        device=dev)),
+        "plain": task(pruned_model, lambda: plain_training(pruned_model, data, options, dev)),
+        "plain_dense": task(dense_model, lambda: plain_training(dense_model, data, options,
+                                                                dev)),
+    }, repeats)
+    seconds = {name: result[0] for name, result in results.items()}
+    print(f"fine-tuning {epochs} epoch(s), batch {options.batch_size}, pruned 50 %: "
+          f"finetune {seconds['finetune']:.3f} s, plain loop {seconds['plain']:.3f} s, "
+          f"ratio {seconds['finetune'] / seconds['plain']:.3f}; plain loop on the dense "
+          f"model {seconds['plain_dense']:.3f} s (masks cost "
+          f"{seconds['plain'] / seconds['plain_dense']:.3f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="samples")
@@ -142,6 +213,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 steadies timings on a shared machine)")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -190,6 +262,7 @@ def main() -> None:
     shown = ",".join(f"{v:g}" for v in without_zero)
     report(f"prune R = {len(without_zero)} ({shown}), no ratio 0",
            results["prune_without_zero"], len(without_zero), one)
+    bench_finetune(data, args.epochs, args.repeats, args.device)
 
 
 if __name__ == "__main__":

@@ -246,6 +246,22 @@ def test_finetuning_is_seeded_and_leaves_the_callers_rng(digits):
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_dropout_during_finetuning_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    data = LabelledTensors(torch.randn(48, 6, generator=g), torch.arange(48) % 3, "tiny")
+    caller_seeds = iter(range(100, 200))
+
+    def tuned(seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+        torch.manual_seed(next(caller_seeds))  # another caller state at every call
+        finetune(model, data, FinetuneOptions(batch_size=16, seed=seed), device="cpu")
+        return model[0].weight.detach().clone()
+
+    assert torch.equal(tuned(1), tuned(1))  # the dropout masks follow the seed only
+    assert not torch.equal(tuned(1), tuned(2))
+
+
 def test_finetune_trains_in_train_mode_and_restores_the_flags(digits):
     _, train = digits
     model = trained()
@@ -259,6 +275,19 @@ def test_finetune_trains_in_train_mode_and_restores_the_flags(digits):
     assert modes == [True] * 4  # 2 epochs x 2 batches (the partial batch of 28 is dropped)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert [m.training for m in model.modules()] == flags
+
+
+@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                           (False, torch.float32)])
+def test_finetune_runs_under_autocast(digits, amp, dtype):
+    _, train = digits
+    model = trained()
+    seen = []
+    hook = model.get_classifier().register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    losses = finetune(model, small(train, 64), device="cpu", amp=amp)
+    hook.remove()
+    assert seen == [dtype] and math.isfinite(losses[0])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
 
 
 def test_finetune_refuses_labels_beyond_the_head(digits):
@@ -433,3 +462,22 @@ def test_plot_shows_before_and_after(tmp_path):
     after = axes[0].get_lines()[1]
     assert list(after.get_ydata()) == [r["ft_accuracy"] for r in rows]
     assert after.get_linestyle() == "--"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_finetuning_on_cuda_with_channels_last_and_amp(digits):
+    test, train = digits
+    model = trained()
+    before = snapshot(model)
+    kwargs = {"device": "cuda", "batch_size": 512, "channels_last": True, "amp": "bf16"}
+    rows = list(prune_sweep(model, test, [0.0, 0.5], eval_kwargs=kwargs,
+                            finetune_data=small(train, 128)))
+    total = sum(m.weight.numel() for m, _ in prunable_parameters(model))
+    assert rows[1]["sparsity"] == round(0.5 * total) / total
+    assert all(math.isfinite(r["ft_accuracy"]) for r in rows)
+    assert next(model.parameters()).is_cuda and not prune.is_pruned(model)
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k].cpu(), v) for k, v in before.items())
