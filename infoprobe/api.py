@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from infoprobe import checkpoint, probe
+from infoprobe import checkpoint, distributed, probe
 from infoprobe import data as datasets
 from infoprobe.errors import InputError
 from infoprobe.slq import PROBES
@@ -339,7 +339,7 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
 
 def _save_features(targets: dict[str, str], path: str, evaluation: Any,
                    log: Log | None) -> None:
-    if path not in targets:
+    if path not in targets or not distributed.is_main():  # under torchrun rank 0 writes
         return
     probe.save_features(targets[path], evaluation)
     _say(log, f"wrote features {targets[path]}")

@@ -32,7 +32,7 @@ try:  # typer >= 0.22 vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
-from infoprobe import __version__, allowlist, api, report
+from infoprobe import __version__, allowlist, api, distributed, report
 from infoprobe.checkpoint import checkpoint_files
 from infoprobe.collapse import NC_COLUMNS
 from infoprobe.errors import InfoprobeError, InputError
@@ -78,7 +78,8 @@ def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
     except InfoprobeError as e:
         if debug:
             raise
-        _say_error(str(e))
+        if _reports(e):
+            _say_error(str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         _say_error("interrupted (finished rows stay in --csv FILE; rerun with --resume to "
@@ -87,6 +88,9 @@ def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
     except Exception as e:
         if debug:
             raise
+        if not distributed.is_main():
+            _say_error(f"rank {distributed.rank()}: unexpected {type(e).__name__}: {e}")
+            raise typer.Exit(1) from None
         _say_error(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
 
@@ -127,6 +131,22 @@ def _timm_values(args: list[str]) -> list[str]:
             for value in values[1:]:
                 out += [flag, value]
     return out
+
+
+def _reports(e: InfoprobeError) -> bool:
+    """Whether this process prints ``e``: under torchrun, rank 0 reports errors shared by
+    every process (bad input is the same everywhere); other ranks only their own failures."""
+    return distributed.is_main() or not (getattr(e, "shared", False) or isinstance(e, InputError))
+
+
+@contextmanager
+def _process_group(device: str) -> Iterator[None]:
+    """Join torchrun's process group for the command (no-op in one process)."""
+    try:
+        distributed.setup(device)
+        yield
+    finally:
+        distributed.teardown()
 
 
 class _Group(TyperGroup):
@@ -398,7 +418,7 @@ def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(func)
     def command(**kwargs: Any) -> None:
         opts = Options(**{name: kwargs.pop(name) for name in names})
-        with _errors(opts.debug, resumable):
+        with _errors(opts.debug, resumable), _process_group(opts.device):
             func(**kwargs, opts=opts)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -658,6 +678,8 @@ def _stdout() -> Console:
 
 
 def _log(message: str) -> None:
+    if not distributed.is_main():
+        return
     # soft_wrap: one log line stays one line, however narrow the terminal
     Console(stderr=True, highlight=False, emoji=False, soft_wrap=True).print(
         report.printable(message), style="dim", markup=False
@@ -665,7 +687,7 @@ def _log(message: str) -> None:
 
 
 def _progress():
-    return report.RichProgress()
+    return report.RichProgress(enabled=None if distributed.is_main() else False)
 
 
 def _tables(console: Console, command: str, rows: list[dict], columns: tuple[str, ...], *,
@@ -681,7 +703,9 @@ def _tables(console: Console, command: str, rows: list[dict], columns: tuple[str
 
 def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
           extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
-    """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files."""
+    """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files (rank 0)."""
+    if not distributed.is_main():
+        return
     columns = api.columns(command)
     if report.STDOUT not in (opts.csv, opts.json_out):
         console = _stdout()
@@ -737,7 +761,7 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, opts: 
     rows = api.records(frame)
     _emit("track", rows, opts, title="infoprobe track",
           extra={"data": opts.data, "transform": frame.attrs["transform"]})
-    if plot is not None:
+    if plot is not None and distributed.is_main():
         report.plot_track(rows, plot)
         _log(f"wrote {plot}")
 
@@ -756,6 +780,8 @@ def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
     """The sweep's incremental CSV and the ``on_row`` that records each finished row.
     ``run`` (:func:`_run_record`) is recorded beside the CSV; ``--resume`` compares it."""
     log = report.SweepCsv(opts.csv, api.columns(command), key, resume=resume, run=run)
+    if not distributed.is_main():
+        log.path = None  # every rank reads the finished rows; rank 0 writes
 
     def record(row: dict) -> None:
         log.add(row)
@@ -789,7 +815,7 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
           extra={"data": opts.data, "transform": frame.attrs["transform"], "a": a, "b": b,
                  "reset_bn": sweep["reset_bn"], "barriers": found, "options": run},
           after=show_barriers)
-    if plot is not None:
+    if plot is not None and distributed.is_main():
         report.plot_lmc(rows, plot, title=name)
         _log(f"wrote {plot}")
 
@@ -816,6 +842,6 @@ def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | Non
           extra={"data": opts.data, "transform": frame.attrs["transform"], "method": method,
                  "include_head": sweep["include_head"], "iterative": sweep["iterative"],
                  "finetune": tuned, "options": run})
-    if plot is not None:
+    if plot is not None and distributed.is_main():
         report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, {how}")
         _log(f"wrote {plot}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,17 @@ class LabelledTensors:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None
+                ) -> Iterator[Tensor]:
+        """The inputs of samples ``[start, stop)`` in order, ``batch_size`` at a time."""
+        stop = len(self) if stop is None else stop
+        for i in range(start, stop, batch_size):
+            yield self.inputs[i:min(i + batch_size, stop)]
+
+    def take(self, indices: Tensor) -> Tensor:
+        """The inputs of the samples at ``indices`` (int64), in that order."""
+        return self.inputs[indices]
 
 
 class DataCache:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from infoprobe import distributed
 from infoprobe.data import LabelledTensors, model_in_chans, validate_labels
 from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure, unwritable
 
@@ -505,31 +506,33 @@ def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int
     return heads.batch(x, logits)
 
 
-def _run_pass(model: nn.Module, inputs: Tensor, heads: _Classifier, out: _Outputs,
+def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, out: _Outputs,
               batch_size: int, memory_format, progress: ProgressSink | None) -> None:
-    """Fill ``out`` with every sample of ``inputs``, ``batch_size`` at a time; a batch that
-    runs out of memory is retried at half the size (like timm's validate.py), and the
-    smaller size is kept for the rest of the pass."""
-    n, start, bs = len(inputs), 0, batch_size
-    while start < n:
-        x = inputs[start:start + bs].to(out.dev, non_blocking=True)
-        if memory_format is not None and x.ndim == 4:
-            x = x.contiguous(memory_format=memory_format)
-        try:
-            z, logits = _forward(model, x, heads, start)
-        except _OOM:
-            if bs == 1:
-                raise RunFailure("out of memory at batch size 1; use a smaller model, "
-                                 "--amp bf16 or --device cpu") from None
-            del x
-            bs //= 2
-            if out.dev.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        out.put(start, z, logits)
-        start += len(x)
-        if progress is not None:
-            progress.advance(len(x))
+    """Fill ``out`` with every sample of ``batches`` (in order), ``batch_size`` at a time; a
+    batch that runs out of memory is retried at half the size (like timm's validate.py),
+    and the smaller size is kept for the rest of the pass."""
+    start, bs = 0, batch_size
+    for inputs in batches:
+        done = 0
+        while done < len(inputs):
+            x = inputs[done:done + bs].to(out.dev, non_blocking=True)
+            if memory_format is not None and x.ndim == 4:
+                x = x.contiguous(memory_format=memory_format)
+            try:
+                z, logits = _forward(model, x, heads, start)
+            except _OOM:
+                if bs == 1:
+                    raise RunFailure("out of memory at batch size 1; use a smaller model, "
+                                     "--amp bf16 or --device cpu") from None
+                del x
+                bs //= 2
+                if out.dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            out.put(start, z, logits)
+            start, done = start + len(x), done + len(x)
+            if progress is not None:
+                progress.advance(len(x))
     out.done()
 
 
@@ -567,14 +570,19 @@ def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str |
     autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
                 else contextlib.nullcontext())
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
-    out = _Outputs(n, classifier.num_classes, dev)
-    with (classifier.hooked(), _eval_mode(model, dev, memory_format),
-          _reporting(progress, n, "evaluating"), torch.no_grad(), autocast):
-        _run_pass(model, data.inputs, classifier, out, batch_size, memory_format, progress)
-    if not bool(out.finite):
-        _check_features(out.features, data.source)
-    loss, accuracy, note = scores(out.logits, labels)
-    evaluation = Evaluation(features=out.features, logits=out.logits, labels=labels,
+    lo, hi = distributed.shard(n, batch_size)  # (0, n) in one process
+    out = _Outputs(hi - lo, classifier.num_classes, dev)
+    with distributed.agreed():
+        with (classifier.hooked(), _eval_mode(model, dev, memory_format),
+              _reporting(progress, hi - lo, "evaluating"), torch.no_grad(), autocast):
+            _run_pass(model, data.batches(batch_size, lo, hi), classifier, out, batch_size,
+                      memory_format, progress)
+        if not bool(out.finite):
+            _check_features(out.features, data.source, offset=lo)
+    features = distributed.gather_rows(out.features, n, batch_size)
+    logits = distributed.gather_rows(out.logits, n, batch_size)
+    loss, accuracy, note = scores(logits, labels)
+    evaluation = Evaluation(features=features, logits=logits, labels=labels,
                             head=classifier.weight, loss=loss, accuracy=accuracy, note=note)
     return evaluation if valid_labels is None else restrict_classes(evaluation, valid_labels,
                                                                     data.source)
@@ -626,10 +634,11 @@ def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
                       head=evaluation.head[valid].clone(), loss=loss, accuracy=acc, note=note)
 
 
-def _check_features(features: Tensor, source: str) -> None:
+def _check_features(features: Tensor, source: str, offset: int = 0) -> None:
+    """NonFiniteFeatures naming the NaN/Inf rows; ``offset`` is the index of row 0 in the data."""
     bad = ~torch.isfinite(features).all(dim=1)
     if bad.any():
-        first = int(bad.nonzero()[0])
+        first = int(bad.nonzero()[0]) + offset
         raise NonFiniteFeatures(
             f"features of {int(bad.sum())} samples of {source} are NaN/Inf (first: sample "
             f"{first}); check the checkpoint's weights and the input normalisation (--mean/--std)")

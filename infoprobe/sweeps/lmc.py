@@ -206,7 +206,7 @@ def reset_bn_statistics(
             m.train()
         with torch.no_grad():
             for i, idx in enumerate(index_batches):
-                _forward_bn_batch(model, data.inputs[idx].to(dev), i)
+                _forward_bn_batch(model, data.take(idx).to(dev), i)
         completed = True
     finally:
         for m, (momentum, count, mean, var) in zip(layers, saved, strict=True):
