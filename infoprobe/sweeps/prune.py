@@ -29,8 +29,9 @@ from __future__ import annotations
 import atexit
 import math
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -176,6 +177,37 @@ def _prune_to(targets: list[Target], ratio: float, method: str, seed: int) -> No
     else:
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=k,
                                   importance_scores=scores)
+
+
+@dataclass(frozen=True)
+class _Tuning:
+    """The fine-tuning of one sweep: train in place, then put the masks back on the weights."""
+
+    model: nn.Module
+    data: LabelledTensors
+    options: FinetuneOptions | None
+    targets: list[Target]
+    iterative: bool
+    kwargs: dict  # device, amp, channels_last
+
+    def train(self) -> None:
+        finetune(self.model, self.data, self.options, **self.kwargs)
+        _apply_masks(self.targets)
+
+    def tune(self, measure: Callable[[], tuple[probe.Evaluation, dict]]
+             ) -> tuple[probe.Evaluation, dict] | str:
+        """Train, then ``measure()``; without ``iterative`` a divergence is the row's note."""
+        try:
+            self.train()
+            try:
+                return measure()
+            except NonFiniteFeatures:  # finite weights, overflowing activations
+                raise Diverged("fine-tuning diverged: the fine-tuned model's features are "
+                               "NaN/Inf") from None
+        except Diverged as e:
+            if self.iterative:  # the next ratios would start from unusable weights
+                raise
+            return str(e)
 
 
 def _apply_masks(targets: list[Target]) -> None:
@@ -387,26 +419,9 @@ def _prune_sweep(model, data, ratios, method, include_head, seed, iterative, den
         return
 
     names = {m: n for n, m in model.named_modules()}
-    tune_kwargs = {k: eval_kwargs[k] for k in ("device", "amp", "channels_last")
-                   if k in eval_kwargs}
-
-    def train() -> None:
-        finetune(model, finetune_data, finetune_options, **tune_kwargs)
-        _apply_masks(targets)
-
-    def tune() -> tuple[probe.Evaluation, dict] | str:
-        """Fine-tune and measure; without ``iterative`` a divergence is the row's note."""
-        try:
-            train()
-            try:
-                return evaluate_row(model, data, name, eval_kwargs, measure)
-            except NonFiniteFeatures:  # finite weights, overflowing activations
-                raise Diverged("fine-tuning diverged: the fine-tuned model's features are "
-                               "NaN/Inf") from None
-        except Diverged as e:
-            if iterative:  # the next ratios would start from unusable weights
-                raise
-            return str(e)
+    tuning = None if finetune_data is None else _Tuning(
+        model, finetune_data, finetune_options, targets, iterative,
+        {k: eval_kwargs[k] for k in ("device", "amp", "channels_last") if k in eval_kwargs})
 
     with sweep_progress(progress, len(todo), f"prune {name}") as step:
         dense, dense_row = evaluate_row(model, data, name, eval_kwargs, measure)
@@ -418,8 +433,8 @@ def _prune_sweep(model, data, ratios, method, include_head, seed, iterative, den
             for ratio in ratios if iterative else todo:
                 _prune_to(targets, ratio, method, seed)
                 if is_done(ratio, skip):
-                    if finetune_data is not None:
-                        train()
+                    if tuning is not None:
+                        tuning.train()
                         changed = True
                     continue
                 sparsity, cut = measured_sparsity(targets), _cut_layers(targets, names)
@@ -428,8 +443,9 @@ def _prune_sweep(model, data, ratios, method, include_head, seed, iterative, den
                 else:
                     evaluation, row = dense, dense_row
                 tuned = None
-                if finetune_data is not None:
-                    tuned = tune()
+                if tuning is not None:
+                    tuned = tuning.tune(lambda: evaluate_row(model, data, name, eval_kwargs,
+                                                             measure))
                     changed = True
                 step()
                 yield _prune_row(ratio, sparsity, dense, evaluation, row, measure,
