@@ -46,6 +46,14 @@ def measure(name: str, max_params: float) -> dict:
     """The outcome for one architecture (see the module docstring)."""
     started = time.perf_counter()
     try:
+        with torch.device("meta"):  # count the parameters without allocating them
+            params = sum(p.numel() for p in timm.create_model(
+                name, pretrained=False, num_classes=NUM_CLASSES).parameters())
+    except Exception:  # some constructors need real tensors: count after the real build
+        params = 0
+    if params > max_params:
+        return {"name": name, "outcome": "skipped", "error": f"{params:.3g} parameters"}
+    try:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
     except Exception as e:  # any constructor failure is an outcome to record
