@@ -24,6 +24,7 @@ import timm
 import torch
 
 from infoprobe.data import LabelledTensors
+from infoprobe.info import DEFAULT_BATCH_SIZE
 from infoprobe.probe import evaluate, resolve_device
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--arch", default="test_resnet")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (cpu device only)")

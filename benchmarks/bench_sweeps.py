@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
+from infoprobe.info import DEFAULT_BATCH_SIZE
 from infoprobe.rows import analysis_row
 from infoprobe.sweeps import (
     FinetuneOptions,
@@ -209,7 +210,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=11, help="lmc points K")
     parser.add_argument("--ratios", default="0,0.1,0.3,0.5,0.7,0.9", help="prune ratios")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 steadies timings on a shared machine)")

@@ -37,6 +37,7 @@ import pandas as pd
 from infoprobe import checkpoint, distributed, probe
 from infoprobe import data as datasets
 from infoprobe.errors import InputError
+from infoprobe.info import DEFAULT_BATCH_SIZE
 from infoprobe.slq import PROBES
 from infoprobe.rows import (
     COLUMNS,
@@ -57,7 +58,6 @@ __all__ = ["FINETUNE_FLAGS", "RESUME_NEUTRAL", "RunOptions", "analyze", "columns
            "track"]
 
 #: The evaluation batch size when none is given (``--batch-size``).
-DEFAULT_BATCH_SIZE = 256
 
 Log = Callable[[str], None]
 OnRow = Callable[[dict], None]
@@ -106,7 +106,7 @@ class RunOptions:
     channels_last: bool = False
     # measure
     estimate: str = "auto"
-    estimate_batch_size: int = 256
+    estimate_batch_size: int = DEFAULT_BATCH_SIZE
     drop_zero_rows: bool = False
     max_exact_dim: int | None = None
     probes: int = PROBES
@@ -512,8 +512,7 @@ class _LmcSweep:
 
     def check(self, data: str | None) -> None:
         """Conflicting or incomplete sweep options (InputError before any work)."""
-        if self.steps is not None and self.alphas is not None:
-            raise InputError("--steps and --alphas conflict; give one of them")
+        lmc_lib.parse_alphas(self.steps, self.alphas)  # conflicts and bad values
         if self.reset_bn and self.bn_data is None:
             raise InputError("--reset-bn needs --bn-data (usually the training set)")
         if not self.reset_bn and (self.bn_data is not None or self.bn_batches is not None):

@@ -36,7 +36,7 @@ from infoprobe import __version__, allowlist, api, distributed, report
 from infoprobe.checkpoint import checkpoint_files
 from infoprobe.collapse import NC_COLUMNS
 from infoprobe.errors import InfoprobeError, InputError
-from infoprobe.info import DEFAULT_MAX_EXACT_DIM
+from infoprobe.info import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EXACT_DIM
 from infoprobe.paths import refuse_overwrite
 from infoprobe.rows import PER_CLASS_COLUMNS, SWEEP_COLUMNS, per_class_csv
 from infoprobe.slq import PROBES
@@ -344,7 +344,7 @@ class Options:
         help="Where the model runs; auto takes a GPU when there is one.")] = "auto"
     batch_size: Annotated[int, _opt(
         "--batch-size", "-b", min=1, panel=_COMPUTE,
-        help="Evaluation batch size (halved and retried on out-of-memory).")] = 256
+        help="Evaluation batch size (halved and retried on out-of-memory).")] = DEFAULT_BATCH_SIZE
     amp: Annotated[bool, _opt(
         "--amp", panel=_COMPUTE, help="Mixed precision (autocast, see --amp-dtype).")] = False
     amp_dtype: Annotated[AmpDtype, _opt(
@@ -364,7 +364,7 @@ class Options:
         help="Probe vectors of the slq estimate (its error bar shrinks as 1/sqrt).")] = PROBES
     estimate_batch_size: Annotated[int, _opt(
         "--estimate-batch-size", min=1, panel=_MEASURE,
-        help="Mini-batch size of --estimate batch.")] = 256
+        help="Mini-batch size of --estimate batch.")] = DEFAULT_BATCH_SIZE
     drop_zero_rows: Annotated[bool, _opt(
         "--drop-zero-rows", panel=_MEASURE,
         help="Leave out samples whose features are all zero (else an error).")] = False

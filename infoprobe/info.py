@@ -1,6 +1,6 @@
 """Matrix information quantities of Song et al. (ICML 2024), computed exactly and fast.
 
-Notation (``DESIGN.md``, "The math"): ``n`` samples, features ``z_i`` in R^d, labels
+Notation (the README's "What it measures"): ``n`` samples, features ``z_i`` in R^d, labels
 ``y_i`` in {0..C-1}, head rows ``w_c`` in R^d (bias excluded). Rows are normalised to unit
 length, ``zh_i = z_i/|z_i|`` and ``wh_c = w_c/|w_c|``, and
 
@@ -41,6 +41,8 @@ Estimate = Literal["auto", "exact", "batch", "slq"]
 
 #: Largest matrix side an exact eigen-solve is attempted on by default on CPU (float64: 2 GiB).
 DEFAULT_MAX_EXACT_DIM = 16384
+#: Batch size of the evaluation pass and of the paper's batch estimate, unless given.
+DEFAULT_BATCH_SIZE = 256
 
 #: Bytes an exact eigen-solve of side m needs on CUDA, per m^2: the float64 matrix, the copy
 #: ``eigvalsh`` factorises and its workspace.
@@ -618,7 +620,7 @@ def interplay(
     head: Tensor,
     *,
     estimate: Estimate = "auto",
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     drop_zero_rows: bool = False,
     max_exact_dim: int | str | None = "auto",
@@ -801,7 +803,7 @@ def interplay_between(
     features_b: Tensor,
     *,
     estimate: Estimate = "auto",
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     drop_zero_rows: bool = False,
     max_exact_dim: int | str | None = "auto",

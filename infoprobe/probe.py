@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from infoprobe import distributed
 from infoprobe.data import LabelledTensors, model_in_chans, validate_labels
 from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure, unwritable
+from infoprobe.info import DEFAULT_BATCH_SIZE
 
 __all__ = [
     "Evaluation",
@@ -537,7 +538,7 @@ def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, o
 
 
 def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str | None = None,
-             device: str | torch.device = "auto", batch_size: int = 256,
+             device: str | torch.device = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              amp: str | bool | None = False, channels_last: bool = False,
              valid_labels: Sequence[int] | None = None,
              progress: ProgressSink | None = None) -> Evaluation:

@@ -1,4 +1,4 @@
-"""One evaluation -> one row of the shared column schema (``DESIGN.md``, CLI contract).
+"""One evaluation -> one row of the shared column schema (the README's CSV schema).
 
 Every command emits rows with :data:`COLUMNS` (lmc adds ``alpha``, prune adds ``ratio,
 sparsity, mir_dense, hdr_dense`` and the after-fine-tuning :data:`FT_COLUMNS`, track adds
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from infoprobe.collapse import NC_COLUMNS, neural_collapse
 from infoprobe.info import (
+    DEFAULT_BATCH_SIZE,
     Estimate,
     Interplay,
     feature_entropy,
@@ -122,7 +123,7 @@ class MeasureOptions:
     """
 
     estimate: Estimate = "auto"
-    batch_size: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     drop_zero_rows: bool = False
     max_exact_dim: int | str | None = "auto"

@@ -25,6 +25,7 @@ from infoprobe import probe
 from infoprobe.checkpoint import compare_states, short_list
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, RunFailure
+from infoprobe.info import DEFAULT_BATCH_SIZE, batch_indices
 from infoprobe.rows import MeasureOptions
 from infoprobe.sweeps import (
     DEFAULT_MEASURE,
@@ -137,26 +138,21 @@ def _require_batchnorm(model: nn.Module) -> list[_BatchNorm]:
 
 
 def _bn_batches(n: int, batches: int | None, batch_size: int, seed: int) -> list[Tensor]:
-    """Index batches of one seeded permutation of ``range(n)``: full batches only.
+    """The first ``batches`` of :func:`infoprobe.info.batch_indices`: one seeded
+    permutation of ``range(n)`` in full batches only.
 
     A sorted dataset (an image folder is sorted by class) would give class-pure batches;
     the permutation mixes them. Full batches only, because BN in train mode refuses a batch
     of one and a small last batch would weigh as much as a full one in the average. With
     ``n < batch_size`` the one batch is the whole set.
     """
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    full = max(n // batch_size, 1)
-    size = min(batch_size, n)
-    if batches is None:
-        batches = full
-    elif batches < 1 or batches > full:
+    parts = batch_indices(n, batch_size, seed)
+    if batches is not None and not 1 <= batches <= len(parts):
         raise InputError(
-            f"--bn-batches {batches}: the BN data has {n} samples, {full} full batch(es) of "
-            f"{size}; use --bn-batches between 1 and {full}"
+            f"--bn-batches {batches}: the BN data has {n} samples, {len(parts)} full batch(es) "
+            f"of {len(parts[0])}; use --bn-batches between 1 and {len(parts)}"
         )
-    return list(order[: batches * size].split(size))
+    return parts if batches is None else parts[:batches]
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -171,7 +167,7 @@ def reset_bn_statistics(
     data: LabelledTensors,
     *,
     batches: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
     seed: int = 0,
 ) -> int:
@@ -318,7 +314,7 @@ def lmc_sweep(
         _require_batchnorm(model)
         bn_kwargs = {
             "batches": bn_batches,
-            "batch_size": bn_batch_size or eval_kwargs.get("batch_size", 256),
+            "batch_size": bn_batch_size or eval_kwargs.get("batch_size", DEFAULT_BATCH_SIZE),
             "device": eval_kwargs.get("device", "auto"),
             "seed": bn_seed,
         }
