@@ -42,6 +42,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import pickle
 import re
@@ -814,6 +815,27 @@ def _likely_cause(missing, unexpected, mismatched, arch, num_classes) -> str:
     return f"wrong --arch: the checkpoint was not saved from '{arch}' with these options"
 
 
+def _pos_embed_cause(model: nn.Module, mismatched: list[tuple[str, tuple, tuple]]) -> str | None:
+    """An input-size explanation when a ViT's position embedding [1, prefix + grid, D]
+    differs in length: the checkpoint was trained at another image size."""
+    found = [(c, m) for k, c, m in mismatched if k.split(".")[-1] == "pos_embed"
+             and len(c) == len(m) == 3 and c[2] == m[2]]
+    if not found:
+        return None
+    ck, md = found[0]
+    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model,
+                                                                       "num_prefix_tokens", 0)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    side = math.isqrt(max(ck[1] - prefix, 0))
+    size = ""
+    if patch and side * side == ck[1] - prefix:
+        size = f"img_size={side * patch[0]} "
+    return (f"input size: the checkpoint's position embedding has {ck[1]} tokens, the model "
+            f"built here {md[1]}, so the checkpoint was trained at another image size; build "
+            f"the model at its size with --model-kwargs {size or 'img_size=SIZE '}"
+            "dynamic_img_size=true (then it also takes other input sizes)")
+
+
 def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
                  num_classes: int | None) -> None:
     diff = compare_states(sd, model.state_dict())
@@ -827,7 +849,8 @@ def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
         if mismatched:
             shown = [f"{k} checkpoint {c} vs model {m}" for k, c, m in mismatched]
             parts.append(f"shape mismatches ({len(mismatched)}) {_short(shown, 3)}")
-        cause = _likely_cause(missing, unexpected, mismatched, arch, num_classes)
+        cause = (_pos_embed_cause(model, mismatched)
+                 or _likely_cause(missing, unexpected, mismatched, arch, num_classes))
         raise InputError(f"checkpoint {path} does not fit model '{arch}': "
                          f"{'; '.join(parts)}. Likely cause: {cause}")
     model.load_state_dict(sd, strict=False)

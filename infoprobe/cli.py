@@ -69,15 +69,15 @@ def _say_error(message: str) -> None:
 
 @contextmanager
 def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
-    """Map the exception family to exit codes; ``debug`` lets tracebacks through.
-    ``resumable``: the command has --resume, which an interrupted run is pointed to."""
+    """Map the exception family to exit codes; ``debug`` prints the traceback too, and the
+    exit code stays the same (2 bad input, 1 runtime failure). ``resumable``: the command
+    has --resume, which an interrupted run is pointed to."""
     try:
         yield
     except (typer.Exit, typer.Abort, click_errors.ClickException):
         raise
     except InfoprobeError as e:
-        if debug:
-            raise
+        _traceback(debug)
         if _reports(e):
             _say_error(str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}")
         raise typer.Exit(e.exit_code) from None
@@ -86,13 +86,19 @@ def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
                    "compute the rest)" if resumable else "interrupted")
         raise typer.Exit(INTERRUPTED) from None
     except Exception as e:
-        if debug:
-            raise
+        _traceback(debug)
         if not distributed.is_main():
             _say_error(f"rank {distributed.rank()}: unexpected {type(e).__name__}: {e}")
             raise typer.Exit(1) from None
-        _say_error(f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        _say_error(f"unexpected {type(e).__name__}: {e}{hint}")
         raise typer.Exit(1) from None
+
+
+def _traceback(debug: bool) -> None:
+    """With --debug, the traceback of the exception being handled, on stderr."""
+    if debug:
+        Console(stderr=True).print_exception(show_locals=False)
 
 
 #: Options that take several values in timm's scripts (argparse ``nargs``); click options

@@ -20,6 +20,7 @@ decode the data once.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -429,14 +430,36 @@ class _Decode(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _read(self, i: int):
+        reader = getattr(self.ds, "reader", None)
+        if reader is None:  # torchvision CIFAR: decoded arrays
+            return self.ds[i][:2]
+        from PIL import Image
+
+        # timm's dataset would log the error, try the next image and report only "failed
+        # to load": open the file here to report the real reason, once
+        file, target = reader[i][:2]
+        return Image.open(file), target
+
     def __getitem__(self, j: int):
         i = self.indices[j]
         try:
-            img, target = self.ds[i][:2]
+            img, target = self._read(i)
             return self.transform(img.convert(self.mode)), int(target)
         except (OSError, RuntimeError, ValueError) as e:
             name = self.ds.filename(i, absolute=True) if hasattr(self.ds, "filename") else i
-            raise InputError(f"cannot decode image {name} ({e}); remove or replace it") from None
+            reason = re.sub(r" <_io\.\w+ name=.*?>", "", str(e))
+            raise InputError(f"cannot decode image {name} ({reason}); remove or replace it"
+                             ) from None
+
+
+def _worker_error(err: Exception) -> str:
+    """The message of an error raised in a DataLoader worker: torch re-raises it with the
+    worker's traceback folded into the message; keep the last line, without the type."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if "Original Traceback" not in str(err):
+        return lines[0]
+    return re.sub(r"^[\w.]+: ", "", lines[-1].strip())
 
 
 def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
@@ -470,10 +493,10 @@ def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
             ys.append(y)
             if progress is not None:
                 progress.advance(len(y))
-    except InputError:
-        raise
     except Exception as e:  # errors raised in worker processes arrive wrapped
-        raise InputError(str(e).strip().splitlines()[-1]) from None
+        if isinstance(e, InputError) and "Original Traceback" not in str(e):
+            raise
+        raise InputError(_worker_error(e)) from None
     finally:
         if progress is not None:
             progress.stop()

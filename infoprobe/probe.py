@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_FIXED_SIZE = re.compile(r"Input (height|width|image size).*doesn't match model", re.I)
 _SHAPE_WORDS = re.compile(r"shape|size|channel|dimension|mat1|expected input|must match", re.I)
 _AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
         "fp16": torch.float16, "float16": torch.float16}
@@ -248,6 +249,14 @@ def _expected_input(model: nn.Module) -> str:
 
 def _rejected(model: nn.Module, x: Tensor, err: Exception, start: int) -> Exception:
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:240]
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if _FIXED_SIZE.search(reason) and fixed:
+        # timm's PatchEmbed asserts the size a ViT without dynamic_img_size was built for
+        return InputError(
+            f"the model takes {fixed[0]}x{fixed[1]} images only and got "
+            f"{x.shape[-2]}x{x.shape[-1]} ({reason}): give it {fixed[0]}x{fixed[1]} inputs "
+            f"(image folders: --input-size {x.shape[1]} {fixed[0]} {fixed[1]}), or build it with "
+            "--model-kwargs dynamic_img_size=true to take any input size")
     if _SHAPE_WORDS.search(reason):
         return InputError(
             f"the model rejected inputs of shape {tuple(x.shape[1:])} per sample ({reason}); it "
