@@ -20,7 +20,9 @@ decode the data once.
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from infoprobe.errors import InputError
@@ -55,6 +59,13 @@ _CIFAR_DIRS = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}
 _TRAIN_SPLITS = ("train", "training")
 _EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation", "test")
 _IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# What reading a damaged tensor file raises (safetensors, torch.load, numpy's zip reader);
+# anything else is a failure of the code, not of the file.
+_READ_ERRORS = (SafetensorError, OSError, EOFError, ValueError, RuntimeError,
+                pickle.UnpicklingError, zipfile.BadZipFile)
+# What decoding a damaged image raises (PIL: OSError incl. UnidentifiedImageError,
+# ValueError, the decompression-bomb guard).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -205,9 +216,7 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
             with np.load(path, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k].copy()) for k in z.files}, None
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except InputError:
-        raise
-    except Exception as e:
+    except _READ_ERRORS as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise InputError(f"cannot read data file {path}: corrupt, truncated or holding "
                          f"non-tensor objects ({reason}); save a dict of tensors") from None
@@ -434,8 +443,6 @@ class _Decode(torch.utils.data.Dataset):
         reader = getattr(self.ds, "reader", None)
         if reader is None:  # torchvision CIFAR: decoded arrays
             return self.ds[i][:2]
-        from PIL import Image
-
         # timm's dataset would log the error, try the next image and report only "failed
         # to load": open the file here to report the real reason, once
         file, target = reader[i][:2]
@@ -443,14 +450,15 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int):
         i = self.indices[j]
-        try:
+        try:  # decoding only: an error of the transform is no fault of the image
             img, target = self._read(i)
-            return self.transform(img.convert(self.mode)), int(target)
-        except (OSError, RuntimeError, ValueError) as e:
+            img = img.convert(self.mode)
+        except _DECODE_ERRORS as e:
             name = self.ds.filename(i, absolute=True) if hasattr(self.ds, "filename") else i
             reason = re.sub(r" <_io\.\w+ name=.*?>", "", str(e))
             raise InputError(f"cannot decode image {name} ({reason}); remove or replace it"
                              ) from None
+        return self.transform(img), int(target)
 
 
 def _worker_error(err: Exception) -> str:
@@ -493,8 +501,8 @@ def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
             ys.append(y)
             if progress is not None:
                 progress.advance(len(y))
-    except Exception as e:  # errors raised in worker processes arrive wrapped
-        if isinstance(e, InputError) and "Original Traceback" not in str(e):
+    except InputError as e:  # a worker's arrives re-raised with its traceback as text
+        if "Original Traceback" not in str(e):
             raise
         raise InputError(_worker_error(e)) from None
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,6 @@ __all__ = [
 ]
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-_FIXED_SIZE = re.compile(r"Input (height|width|image size).*doesn't match model", re.I)
-_SHAPE_WORDS = re.compile(r"shape|size|channel|dimension|mat1|expected input|must match", re.I)
 _AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
         "fp16": torch.float16, "float16": torch.float16}
 
@@ -247,17 +244,39 @@ def _expected_input(model: nn.Module) -> str:
     return f"[{first.in_features}] feature vectors" if first else "another input shape"
 
 
+def _fixed_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one image size a timm patch embedding built with ``strict_img_size`` takes."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if not getattr(embed, "strict_img_size", False) or size is None:
+        return None
+    return tuple(int(v) for v in size)
+
+
+def _misfit(model: nn.Module, x: Tensor) -> bool:
+    """Whether inputs shaped like ``x`` do not fit what the model's first layer takes: the
+    channels of its first conv, or the width of its first Linear for [n, k] inputs."""
+    if x.is_floating_point() and x.ndim >= 3:
+        chans = model_in_chans(model)
+        return chans is not None and x.shape[1] != chans
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+    return x.ndim == 2 and first is not None and x.shape[1] != first.in_features
+
+
 def _rejected(model: nn.Module, x: Tensor, err: Exception, start: int) -> Exception:
+    """Bad input when the first batch fails on inputs that do not fit the model (decided
+    from shapes by :func:`_misfit`, never from the error's words); a runtime failure
+    otherwise."""
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:240]
-    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if _FIXED_SIZE.search(reason) and fixed:
+    fixed = _fixed_size(model)
+    if start == 0 and fixed is not None and tuple(x.shape[-2:]) != fixed:
         # timm's PatchEmbed asserts the size a ViT without dynamic_img_size was built for
         return InputError(
             f"the model takes {fixed[0]}x{fixed[1]} images only and got "
             f"{x.shape[-2]}x{x.shape[-1]} ({reason}): give it {fixed[0]}x{fixed[1]} inputs "
             f"(image folders: --input-size {x.shape[1]} {fixed[0]} {fixed[1]}), or build it with "
             "--model-kwargs dynamic_img_size=true to take any input size")
-    if _SHAPE_WORDS.search(reason):
+    if start == 0 and _misfit(model, x):
         return InputError(
             f"the model rejected inputs of shape {tuple(x.shape[1:])} per sample ({reason}); it "
             f"expects {_expected_input(model)}: check --data, --input-size or --in-chans")

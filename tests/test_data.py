@@ -350,3 +350,41 @@ def test_image_data_records_its_transform(tmp_path, grey_model, data_file):
     assert d.transform == {"input_size": [1, 12, 12], "crop_pct": 1.0, "crop_mode": "center",
                            "interpolation": "bilinear", "mean": [0.5], "std": [0.5]}
     assert load_data(data_file, cache=None).transform is None  # tensors go in as they are
+
+
+# --------------------------------------------------------------------------- typed errors
+
+
+def test_only_reading_errors_become_bad_input(tmp_path, monkeypatch):
+    x, y = make_inputs(4)
+    p = tmp_path / "d.pt"
+    torch.save({"x": x, "y": y}, p)
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug, not a corrupt file")
+
+    monkeypatch.setattr(torch, "load", bug)
+    with pytest.raises(KeyError):  # not "cannot read data file": exit 1, not exit 2
+        load_data(p, cache=None)
+
+
+def test_only_decoding_errors_become_bad_input(tmp_path, grey_model, monkeypatch):
+    import timm.data
+
+    root = make_image_folder(tmp_path / "imgs", {"a": 1, "b": 1})
+
+    def broken_transform(**kwargs):
+        def apply(img):
+            raise TypeError("a bug in the transform")
+        return apply
+
+    monkeypatch.setattr(timm.data, "create_transform", broken_transform)
+    with pytest.raises(TypeError, match="a bug in the transform"):
+        load_data(root, model=grey_model, input_size=8, cache=None)
+
+
+def test_a_bad_image_in_a_worker_is_named(tmp_path, grey_model):
+    root = make_image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    (root / "a" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"^cannot decode image .*a/1\.png"):
+        load_data(root, model=grey_model, input_size=8, workers=1, cache=None)

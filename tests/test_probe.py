@@ -318,3 +318,31 @@ def test_is_features_file(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     assert not is_features_file(tmp_path / "bad.safetensors")
     assert not is_features_file(tmp_path / "missing.safetensors")
+
+
+# --------------------------------------------------------------------------- typed errors
+
+
+class _Fails(nn.Module):
+    """A 1-channel model that raises ``error`` when it runs."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.conv, self.fc, self.error = nn.Conv2d(1, 4, 3), nn.Linear(4, 10), error
+
+    def forward(self, x):
+        if x.shape[1] != self.conv.in_channels:
+            raise AssertionError  # no words: the shapes decide
+        raise self.error
+
+
+def test_a_model_failure_is_a_runtime_failure_whatever_its_words():
+    model = _Fails(RuntimeError("kernel size larger than the input size"))
+    with pytest.raises(RunFailure, match="failed on samples 0..3"):
+        evaluate(model, _data(4), device="cpu")
+
+
+def test_inputs_the_model_does_not_take_are_bad_input_whatever_its_words():
+    model = _Fails(RuntimeError("unused"))
+    with pytest.raises(InputError, match=r"inputs of shape \(3, 16, 16\).*1-channel"):
+        evaluate(model, _data(4, chans=3), device="cpu")
