@@ -5,7 +5,8 @@
 Checks: (1) interplay on CUDA equals the CPU value to 1e-9 and its time; (2) InterplayLoss
 gradients on CUDA equal CPU's; (3) probe.evaluate on CUDA (fp32, then bf16 autocast with
 channels_last) against CPU on the bundled fixtures; (4) the CLI with ``--device cuda``,
-``--amp`` and ``--channels-last`` on analyze, lmc (with ``--reset-bn``) and prune.
+``--amp`` and ``--channels-last`` on analyze, lmc (with ``--reset-bn``) and prune (also
+fine-tuned, with bf16 and fp16 autocast, the latter through a gradient scaler).
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def cli_on_cuda() -> None:
         ["lmc", a, b, "--data", data, "--steps", "3", "--reset-bn", "--bn-data",
          "fixtures/digits/train.safetensors", *gpu],
         ["prune", a, "--data", data, "--ratios", "0,0.5", *gpu],
+        ["prune", a, "--data", data, "--ratios", "0,0.5,0.9", "--method", "layer-magnitude",
+         "--finetune-data", "fixtures/digits/train.safetensors", *gpu],
+        ["prune", a, "--data", data, "--ratios", "0.5", "--finetune-data",
+         "fixtures/digits/train.safetensors", "--device", "cuda", "--amp", "--amp-dtype",
+         "fp16"],
     ):
         out = subprocess.run([sys.executable, "-m", "infoprobe", *args, "--csv", "-"],
                              capture_output=True, text=True, timeout=300)
