@@ -26,6 +26,7 @@ import filecmp
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -36,7 +37,7 @@ import pandas as pd
 
 from infoprobe import checkpoint, distributed, probe
 from infoprobe import data as datasets
-from infoprobe.errors import InputError
+from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.info import DEFAULT_BATCH_SIZE
 from infoprobe.slq import PROBES
 from infoprobe.rows import (
@@ -45,10 +46,13 @@ from infoprobe.rows import (
     SWEEP_COLUMNS,
     MeasureOptions,
     analysis_row,
+    error_row,
+    is_measured,
     model_columns,
     per_class_rows,
     rows_frame,
 )
+from infoprobe.slq import PROBES
 from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 from infoprobe.sweeps.finetune import FinetuneOptions
@@ -362,72 +366,145 @@ def _finish(row: dict, on_row: OnRow | None) -> dict:
 
 def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
             per_class: bool = False, save_features: str | None = None,
-            progress: probe.ProgressSink | None = None, log: Log | None = None,
-            on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+            errors: str = "note", progress: probe.ProgressSink | None = None,
+            log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
             **options: Any) -> pd.DataFrame:
     """Measure checkpoints (or features files) on ``data``: one row per checkpoint.
 
     ``options`` are :class:`RunOptions` fields. With ``per_class``, ``attrs["per_class"]``
-    holds the per-class rows (:data:`~infoprobe.rows.PER_CLASS_COLUMNS`) as a DataFrame.
+    holds the per-class rows (:data:`~infoprobe.rows.PER_CLASS_COLUMNS`) of the checkpoints
+    measured in this call, as a DataFrame. Of several checkpoints, one that fails (an
+    :class:`~infoprobe.errors.InfoprobeError`: corrupt, wrong architecture...) gets an
+    :func:`~infoprobe.rows.error_row` and the others go on (``errors="raise"``, or a single
+    checkpoint: the error propagates); ``attrs["failed"]`` lists them. Rows of ``done``
+    that hold numbers are kept and their checkpoints not measured again; failed ones are
+    measured again.
     """
     paths = [checkpoints] if isinstance(checkpoints, str) else [str(p) for p in checkpoints]
     opts = RunOptions.of(options)
     opts.check()
+    _check_errors(errors)
     check_inputs(paths, data, allow_features=True)
     # a folder of checkpoints is measured file by file (a save_for_hf folder is one)
     paths = [str(p) for p in checkpoint.checkpoint_files(paths)]
     features = check_inputs(paths, data, allow_features=True)
     targets = features_targets(save_features, paths)
+    errors = errors if len(paths) > 1 else "raise"  # one checkpoint: nothing else to keep
+    finished = _finished(done, log)
     measure = opts.measure()
-    rows, classes_rows, used = [], [], {}
+    rows, classes_rows, used, failed = [], [], {}, []
     for i, (path, is_features) in enumerate(zip(paths, features, strict=True)):
+        if path in finished:
+            rows.append(finished[path])
+            continue
         _say(log, f"[{i + 1}/{len(paths)}] {path}")
-        evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress,
-                                                  log)
-        classes = used[path].classes if used[path] is not None else None
-        _save_features(targets, path, evaluation, log)
-        rows.append(_finish(analysis_row(path, evaluation, measure, model), on_row))
-        if per_class:
-            classes_rows += per_class_rows(path, evaluation, classes)
+        try:
+            evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress,
+                                                      log)
+            _save_features(targets, path, evaluation, log)
+            row = analysis_row(path, evaluation, measure, model)
+        except InfoprobeError as e:
+            row = _failed(path, e, errors, failed, log)
+        else:
+            if per_class:
+                classes = used[path].classes if used[path] is not None else None
+                classes_rows += per_class_rows(path, evaluation, classes)
+        rows.append(_finish(row, on_row))
+    _warn(failed, len(rows), log)
     extra = {"per_class": rows_frame(classes_rows, PER_CLASS_COLUMNS)} if per_class else {}
-    return _frame("analyze", rows, data=data, transform=_transform(used), **extra)
+    return _frame("analyze", rows, data=data, transform=_transform(used), failed=failed,
+                  **extra)
 
 
-def _series(paths: list[str], opts: RunOptions, log: Log | None) -> list[tuple[Path, int]]:
-    """The run's checkpoints with their steps; say which aliases are skipped and why."""
+_ERRORS = ("note", "raise")
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in _ERRORS:
+        raise InputError(f"errors={errors!r}: use 'note' (an error row, go on) or 'raise'")
+
+
+def _finished(done: Iterable[Mapping], log: Log | None) -> dict[str, dict]:
+    """The rows of ``done`` that hold numbers, by checkpoint (failed ones are redone)."""
+    finished = {str(row["checkpoint"]): dict(row) for row in done if is_measured(row)}
+    if finished:
+        _say(log, f"resuming: {len(finished)} finished rows")
+    return finished
+
+
+def _failed(path: str, error: InfoprobeError, errors: str, failed: list[dict],
+            log: Log | None) -> dict:
+    """The error row of a checkpoint that failed, recorded in ``failed`` (or ``raise``)."""
+    if errors == "raise":
+        raise error
+    message = " ".join(str(error).split())
+    _say(log, f"{path}: error: {message}")
+    failed.append({"checkpoint": path, "error": message, "exit_code": error.exit_code})
+    return error_row(path, error)
+
+
+def _warn(failed: list[dict], total: int, log: Log | None) -> None:
+    """A library caller without ``log`` hears of failed checkpoints through a warning."""
+    if failed and log is None:
+        names = ", ".join(f["checkpoint"] for f in failed[:3])
+        warnings.warn(f"{len(failed)} of {total} checkpoints failed ({names}); their rows "
+                      "hold the error in 'note' and attrs['failed'] lists them", stacklevel=3)
+
+
+def _series(paths: list[str], opts: RunOptions, log: Log | None
+            ) -> tuple[list[tuple[Path, int]], list[tuple[Path, InfoprobeError]]]:
+    """The run's checkpoints with their steps, and those whose step cannot be read; say
+    which aliases are skipped and why."""
     plan = checkpoint.series_plan(paths, trust_checkpoint=opts.trust_checkpoint)
     for path, why in plan.skipped:
         _say(log, f"skipping {path}: {why}")
     if plan.note:
         _say(log, f"note: {plan.note}")
-    return plan.steps
+    return plan.steps, plan.unreadable
 
 
 def track(paths: str | Sequence[str], data: str | None = None, *,
-          save_features: str | None = None, progress: probe.ProgressSink | None = None,
-          log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
+          save_features: str | None = None, errors: str = "note",
+          progress: probe.ProgressSink | None = None, log: Log | None = None,
+          on_row: OnRow | None = None, done: Iterable[Mapping] = (),
           **options: Any) -> pd.DataFrame:
     """Measure a checkpoint series ordered by step: one row per checkpoint, with ``step``.
 
     ``paths`` are checkpoints of one run or folders holding them; steps are read as
     :func:`infoprobe.checkpoint.series_plan` reads them (aliases of a step left out).
+    Failures, ``errors`` and ``done`` as for :func:`analyze`; a checkpoint whose step
+    cannot be read comes last, with the number in its file name as its step (if any).
     """
     paths = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     opts = RunOptions.of(options)
     opts.check()
-    series = _series(paths, opts, log)
+    _check_errors(errors)
+    series, unreadable = _series(paths, opts, log)
     features = check_inputs([str(p) for p, _ in series], data, allow_features=True)
     targets = features_targets(save_features, [str(p) for p, _ in series])
+    errors = errors if len(series) + len(unreadable) > 1 else "raise"
+    finished = _finished(done, log)
     measure = opts.measure()
-    rows, used = [], {}
+    rows, used, failed = [], {}, []
     for i, ((path, step), is_features) in enumerate(zip(series, features, strict=True)):
+        path = str(path)
+        if path in finished:
+            rows.append(finished[path])
+            continue
         _say(log, f"[{i + 1}/{len(series)}] step {step}: {path}")
-        evaluation, used[str(path)], model = _evaluate(str(path), is_features, data, opts,
-                                                       progress, log)
-        _save_features(targets, str(path), evaluation, log)
-        rows.append(_finish({"step": step, **analysis_row(str(path), evaluation, measure,
-                                                          model)}, on_row))
-    return _frame("track", rows, data=data, transform=_transform(used))
+        try:
+            evaluation, used[path], model = _evaluate(path, is_features, data, opts,
+                                                      progress, log)
+            _save_features(targets, path, evaluation, log)
+            row = analysis_row(path, evaluation, measure, model)
+        except InfoprobeError as e:
+            row = _failed(path, e, errors, failed, log)
+        rows.append(_finish({"step": step, **row}, on_row))
+    for path, error in unreadable:
+        row = _failed(str(path), error, errors, failed, log)
+        rows.append(_finish({"step": checkpoint.name_number(path), **row}, on_row))
+    _warn(failed, len(rows), log)
+    return _frame("track", rows, data=data, transform=_transform(used), failed=failed)
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -60,7 +60,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from infoprobe import allowlist
-from infoprobe.errors import InputError
+from infoprobe.errors import InfoprobeError, InputError
 
 __all__ = [
     "CHECKPOINT_META_KEYS",
@@ -1013,12 +1013,15 @@ class SeriesPlan:
     """The checkpoints of one run to measure, and why others are left out.
 
     ``steps``: ``(path, step)`` in step order; ``skipped``: ``(path, reason)`` of aliases
-    that duplicate a step already present; ``note``: why the steps are positions, if so.
+    that duplicate a step already present; ``note``: why the steps are positions, if so;
+    ``unreadable``: ``(path, error)`` of files whose step could not be read (corrupt, or
+    pickled without ``trust_checkpoint``), left out of the order.
     """
 
     steps: list[tuple[Path, int]]
     skipped: list[tuple[Path, str]]
     note: str = ""
+    unreadable: list[tuple[Path, InfoprobeError]] = field(default_factory=list)
 
 
 def checkpoint_stem(path: str | Path) -> str:
@@ -1055,8 +1058,14 @@ def series_plan(paths: list[str | Path], *, trust_checkpoint: bool = False) -> S
     number, it is the last number in the name (``ep2`` before ``ep10``); otherwise every step
     is the position in natural name order, aliases last. One series never mixes the sources.
     """
-    files = checkpoint_files(paths)
-    recorded = {f: checkpoint_step(f, trust_checkpoint=trust_checkpoint) for f in files}
+    recorded: dict[Path, int | None] = {}
+    unreadable = []
+    for f in checkpoint_files(paths):
+        try:
+            recorded[f] = checkpoint_step(f, trust_checkpoint=trust_checkpoint)
+        except InfoprobeError as e:  # one bad file does not stop the series (track)
+            unreadable.append((f, e))
+    files = list(recorded)
     plain = [f for f in files if not _ALIASES.fullmatch(checkpoint_stem(f))]
     kept, skipped = list(plain), []
     for f in files:
@@ -1066,32 +1075,37 @@ def series_plan(paths: list[str | Path], *, trust_checkpoint: bool = False) -> S
         if twin is None:
             kept.append(f)
         else:
-            step = recorded[twin] if recorded[twin] is not None else _name_number(twin)
+            step = recorded[twin] if recorded[twin] is not None else name_number(twin)
             what = f"step {step} ({twin.name})" if step is not None else twin.name
             skipped.append((f, f"an alias of {what}"))
     if kept and all(recorded[f] is not None for f in kept):
         order = sorted(kept, key=lambda f: (recorded[f], _natural_key(f)))
-        return SeriesPlan([(f, recorded[f]) for f in order], skipped)
-    numbers = {f: _name_number(f) for f in kept}
+        return SeriesPlan([(f, recorded[f]) for f in order], skipped, "", unreadable)
+    numbers = {f: name_number(f) for f in kept}
     if all(n is not None for n in numbers.values()):
         order = sorted(kept, key=lambda f: (numbers[f], _natural_key(f)))
-        return SeriesPlan([(f, numbers[f]) for f in order], skipped)
+        return SeriesPlan([(f, numbers[f]) for f in order], skipped, "", unreadable)
     order = sorted(kept, key=lambda f: (f not in plain, _natural_key(f)))
     unnumbered = [f.name for f in order if numbers[f] is None]
     note = (f"steps are positions: {short_list(unnumbered)} record no step and carry no number "
             "in the file name")
-    return SeriesPlan([(f, i) for i, f in enumerate(order)], skipped, note)
+    return SeriesPlan([(f, i) for i, f in enumerate(order)], skipped, note, unreadable)
 
 
-def _name_number(path: Path) -> int | None:
+def name_number(path: Path) -> int | None:
+    """The last number in a file name (``ep10.pt`` -> 10), None without one."""
     numbers = re.findall(r"\d+", path.name)
     return int(numbers[-1]) if numbers else None
 
 
 def series_steps(paths: list[str | Path], *,
                  trust_checkpoint: bool = False) -> list[tuple[Path, int]]:
-    """``(path, step)`` of :func:`series_plan`, aliases of a step left out."""
-    return series_plan(paths, trust_checkpoint=trust_checkpoint).steps
+    """``(path, step)`` of :func:`series_plan`, aliases of a step left out; the error of
+    the first file whose step cannot be read."""
+    plan = series_plan(paths, trust_checkpoint=trust_checkpoint)
+    if plan.unreadable:
+        raise plan.unreadable[0][1]
+    return plan.steps
 
 
 def series_order(paths: list[str | Path], *, trust_checkpoint: bool = False) -> list[Path]:

@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from infoprobe import __version__, allowlist, api, distributed, report
 from infoprobe.checkpoint import checkpoint_files
 from infoprobe.collapse import NC_COLUMNS
-from infoprobe.errors import InfoprobeError, InputError
+from infoprobe.errors import InfoprobeError, InputError, RunFailure
 from infoprobe.info import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EXACT_DIM
 from infoprobe.paths import refuse_overwrite
 from infoprobe.rows import PER_CLASS_COLUMNS, SWEEP_COLUMNS, per_class_csv
@@ -491,11 +491,12 @@ def analyze(
         help="Add a per-class table: n, accuracy, loss, within-class feature entropy and "
         "the cosine between class mean and head row.")] = False,
     save_features: SaveFeatures = None,
+    resume: Resume = False,
     *,
     opts: Options,
 ) -> None:
     """Measure checkpoints on one dataset: one row per checkpoint."""
-    _analyze(checkpoints, per_class, save_features, opts)
+    _analyze(checkpoints, per_class, save_features, resume, opts)
 
 
 @app.command(epilog=_TRACK_EXAMPLES)
@@ -506,6 +507,7 @@ def track(
         show_default=False)],
     plot: Plot = None,
     save_features: SaveFeatures = None,
+    resume: Resume = False,
     *,
     opts: Options,
 ) -> None:
@@ -514,7 +516,7 @@ def track(
     Checkpoints are ordered by the step, global_step or epoch they record, else by the
     number in their file name, which also gives the step column.
     """
-    _track(paths, plot, save_features, opts)
+    _track(paths, plot, save_features, resume, opts)
 
 
 @app.command(epilog=_LMC_EXAMPLES)
@@ -729,16 +731,42 @@ def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str
             _log(f"wrote {target}")
 
 
+def _measured_csv(command: str, resume: bool, opts: Options,
+                  **command_options: Any) -> report.SweepCsv:
+    """analyze/track's CSV, rewritten as each checkpoint's row finishes (error rows too);
+    with ``--resume`` its measured rows are kept and their checkpoints not measured again."""
+    run = _run_record(command, opts, **command_options)
+    return report.SweepCsv(opts.csv, api.columns(command), "checkpoint", resume=resume,
+                           run=run)
+
+
+def _check_failed(frame: Any, opts: Options) -> None:
+    """After the output is written: exit non-zero when a checkpoint failed (2 when any failed
+    for bad input, else 1), naming the first and how to finish the run."""
+    failed = frame.attrs["failed"]
+    if not failed:
+        return
+    kept = opts.csv not in (None, report.STDOUT)
+    how = (f"the other rows are in {opts.csv}; fix the checkpoint and rerun with --resume to "
+           "measure only the failed ones" if kept else
+           "with --csv FILE the other rows are kept and --resume measures only the failed ones")
+    first = failed[0]
+    error = InputError if max(f["exit_code"] for f in failed) == 2 else RunFailure
+    raise error(f"{len(failed)} of {len(frame)} checkpoints failed ({first['checkpoint']}: "
+                f"{first['error']}); {how}")
+
+
 def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
-             opts: Options) -> None:
+             resume: bool, opts: Options) -> None:
     _preflight(opts, save_features=save_features, several=len(checkpoints) > 1,
-               checkpoints=checkpoints)
+               checkpoints=checkpoints, resume=resume)
     if per_class and opts.csv not in (None, report.STDOUT):
         report.check_output(per_class_csv(opts.csv), "--csv (its per-class file)")
+    log = _measured_csv("analyze", resume, opts, checkpoints=list(checkpoints))
     with _progress() as progress:
         frame = api.analyze(checkpoints, opts.data, per_class=per_class,
                             save_features=save_features, progress=progress, log=_log,
-                            **_api_options(opts))
+                            on_row=log.add, done=log.rows, **_api_options(opts))
     rows = api.records(frame)
     classes_rows = api.records(frame.attrs["per_class"]) if per_class else []
 
@@ -756,20 +784,24 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
         target = per_class_csv(opts.csv)
         report.write_csv(target, classes_rows, PER_CLASS_COLUMNS)
         _log(f"wrote {target}")
+    _check_failed(frame, opts)
 
 
-def _track(paths: list[str], plot: str | None, save_features: str | None, opts: Options) -> None:
+def _track(paths: list[str], plot: str | None, save_features: str | None, resume: bool,
+           opts: Options) -> None:
     _preflight(opts, plot=plot, save_features=save_features, several=True, checkpoints=paths,
-               expand=True)
+               expand=True, resume=resume)
+    log = _measured_csv("track", resume, opts, paths=list(paths))
     with _progress() as progress:
         frame = api.track(paths, opts.data, save_features=save_features, progress=progress,
-                          log=_log, **_api_options(opts))
+                          log=_log, on_row=log.add, done=log.rows, **_api_options(opts))
     rows = api.records(frame)
     _emit("track", rows, opts, title="infoprobe track",
           extra={"data": opts.data, "transform": frame.attrs["transform"]})
     if plot is not None and distributed.is_main():
         report.plot_track(rows, plot)
         _log(f"wrote {plot}")
+    _check_failed(frame, opts)
 
 
 # ----------------------------------------------------------------------------- sweeps

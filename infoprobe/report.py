@@ -486,7 +486,9 @@ class SweepCsv:
         return tuple(float(row[self.key]) for row in self.rows)
 
     def add(self, row: dict) -> None:
-        """Record one finished row and rewrite the file (the run record first, once)."""
+        """Record one finished row and rewrite the file (the run record first, once). A row
+        for a key already present replaces it (a resumed run measuring a failed one again)."""
+        self.rows = [r for r in self.rows if r[self.key] != row[self.key]]
         self.rows.append({c: row.get(c) for c in self.columns})
         if self.path is None:
             return

@@ -15,7 +15,7 @@ on the same samples; ``note`` says why a value is NaN (empty otherwise).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -189,6 +189,24 @@ def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
+
+
+#: Columns holding text: an unknown value is an empty string there, NaN elsewhere.
+TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note"})
+
+
+def error_row(checkpoint: str, error: BaseException) -> dict:
+    """The row of a checkpoint that could not be measured: :data:`COLUMNS` with every value
+    empty (NaN) but ``checkpoint``, and ``note`` = ``"error: MESSAGE"`` on one line."""
+    row = {c: "" if c in TEXT_COLUMNS else math.nan for c in COLUMNS}
+    row.update(checkpoint=checkpoint, note="error: " + " ".join(str(error).split()))
+    return row
+
+
+def is_measured(row: Mapping) -> bool:
+    """Whether ``row`` holds numbers (not an :func:`error_row`): its ``n_samples`` is set."""
+    n = row.get("n_samples")
+    return isinstance(n, (int, float)) and not (isinstance(n, float) and math.isnan(n))
 
 
 def analysis_row(
