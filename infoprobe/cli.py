@@ -736,8 +736,11 @@ def _measured_csv(command: str, resume: bool, opts: Options,
     """analyze/track's CSV, rewritten as each checkpoint's row finishes (error rows too);
     with ``--resume`` its measured rows are kept and their checkpoints not measured again."""
     run = _run_record(command, opts, **command_options)
-    return report.SweepCsv(opts.csv, api.columns(command), "checkpoint", resume=resume,
-                           run=run)
+    log = report.SweepCsv(opts.csv, api.columns(command), "checkpoint", resume=resume,
+                          run=run)
+    if not distributed.is_main():
+        log.path = None  # every rank reads the finished rows; rank 0 writes
+    return log
 
 
 def _check_failed(frame: Any, opts: Options) -> None:
@@ -751,9 +754,11 @@ def _check_failed(frame: Any, opts: Options) -> None:
            "measure only the failed ones" if kept else
            "with --csv FILE the other rows are kept and --resume measures only the failed ones")
     first = failed[0]
-    error = InputError if max(f["exit_code"] for f in failed) == 2 else RunFailure
-    raise error(f"{len(failed)} of {len(frame)} checkpoints failed ({first['checkpoint']}: "
-                f"{first['error']}); {how}")
+    kind = InputError if max(f["exit_code"] for f in failed) == 2 else RunFailure
+    error = kind(f"{len(failed)} of {len(frame)} checkpoints failed ({first['checkpoint']}: "
+                 f"{first['error']}); {how}")
+    error.shared = True  # every process holds the same rows: rank 0 alone reports it
+    raise error
 
 
 def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,

@@ -51,7 +51,7 @@ def _interrupt(*args, **kwargs):
 
 
 @pytest.mark.parametrize("command,resumable", [
-    (["analyze", A, *FAST], False),
+    (["analyze", A, *FAST], True),  # analyze and track have --resume too
     (["lmc", A, B, *FAST, "--alphas", "0,1"], True),
 ])
 def test_interrupted_runs_mention_resume_only_where_it_exists(monkeypatch, command,
