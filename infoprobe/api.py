@@ -39,7 +39,6 @@ from infoprobe import checkpoint, distributed, probe
 from infoprobe import data as datasets
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.info import DEFAULT_BATCH_SIZE
-from infoprobe.slq import PROBES
 from infoprobe.rows import (
     COLUMNS,
     PER_CLASS_COLUMNS,
