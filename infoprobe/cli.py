@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
@@ -709,6 +710,13 @@ def _tables(console: Console, command: str, rows: list[dict], columns: tuple[str
                        [*point, "checkpoint", *NC_COLUMNS], title="neural collapse", key=key)
 
 
+def _plot_title(rows: list[dict], opts: Options, what: str) -> str:
+    """A plot's title: what was swept, the model (arch) and the data it was measured on."""
+    model = next((r["model"] for r in rows if r.get("model")), None) or "model"
+    data = "/".join(Path(str(opts.data)).parts[-2:])
+    return f"{what}\n{model} on {data}"
+
+
 def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
           extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
     """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files (rank 0)."""
@@ -804,7 +812,7 @@ def _track(paths: list[str], plot: str | None, save_features: str | None, resume
     _emit("track", rows, opts, title="infoprobe track",
           extra={"data": opts.data, "transform": frame.attrs["transform"]})
     if plot is not None and distributed.is_main():
-        report.plot_track(rows, plot)
+        report.plot_track(rows, plot, title=_plot_title(rows, opts, "training run"))
         _log(f"wrote {plot}")
     _check_failed(frame, opts)
 
@@ -859,7 +867,8 @@ def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
                  "reset_bn": sweep["reset_bn"], "barriers": found, "options": run},
           after=show_barriers)
     if plot is not None and distributed.is_main():
-        report.plot_lmc(rows, plot, title=name)
+        report.plot_lmc(rows, plot, title=_plot_title(
+            rows, opts, f"lmc {Path(a).name} → {Path(b).name}"))
         _log(f"wrote {plot}")
 
 
@@ -886,5 +895,6 @@ def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | Non
                  "include_head": sweep["include_head"], "iterative": sweep["iterative"],
                  "finetune": tuned, "options": run})
     if plot is not None and distributed.is_main():
-        report.plot_prune(rows, plot, title=f"{checkpoint}: {method}, {how}")
+        report.plot_prune(rows, plot, title=_plot_title(
+            rows, opts, f"prune {Path(checkpoint).name}: {method}, {how}"))
         _log(f"wrote {plot}")

@@ -137,8 +137,12 @@ _CAPTION_COLUMNS = ("checkpoint", "model", "param_count", "img_size", "n_samples
 _HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower", "top1",
                              "top5"})
 _TEXT_COLUMNS = frozenset({"checkpoint", "name", "model"})
-#: Columns left out, in this order, while a table is wider than the console.
-_DROP_ORDER = ("param_count", "img_size", "accuracy_top5", "h_zw", "mi", "h_w", "h_z",
+#: Columns a table keeps however narrow the console.
+_KEPT_COLUMNS = frozenset({"checkpoint", "model", "alpha", "ratio", "step", "class", "name",
+                           "accuracy", "mir", "hdr"})
+#: Columns left out first, in this order, while a table is wider than the console.
+_DROP_ORDER = ("param_count", "img_size", "accuracy_top5", "h_zw", "mi", "nc4", "nc3",
+               "nc2_equiangular", "nc2_equinorm", "h_w", "h_z",
                "estimate", "n_used", "n_batches", "mir_dense", "hdr_dense", "loss", "h_z_max",
                "n_samples")
 
@@ -236,7 +240,9 @@ def render_rows(
     labels = [printable(label) for label in short_names([str(r.get("checkpoint")) for r in rows])]
     dropped = []
     table = _table(rows, shown, labels, title, caption)
-    for column in _DROP_ORDER:
+    # then any other column, right to left, but the names and the paper's two ratios
+    order = [*_DROP_ORDER, *(c for c in reversed(shown) if c not in _KEPT_COLUMNS)]
+    for column in order:
         if _min_width(console, table) <= console.width:
             break
         if column in shown:
@@ -649,60 +655,88 @@ def _nc_reference(axis: Any, rows: Sequence[dict]) -> None:
         axis.axhline(0.0, color="C1", linestyle=":", linewidth=1, label="HDR at neural collapse")
 
 
-def plot_track(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+def _legend(axis: Any, *others: Any) -> None:
+    """One legend above ``axis`` (with the lines of twin axes ``others``), outside the
+    plotting area, so that it never covers data."""
+    handles, labels = axis.get_legend_handles_labels()
+    for other in others:
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    axis.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=2,
+                fontsize="small", frameon=False)
+
+
+def _title(fig: Any, title: str, default: str) -> None:
+    """The figure's title; each line of ``title`` is shown literally."""
+    fig.suptitle("\n".join(plot_text(line) for line in title.split("\n")) if title
+                 else default)
+
+
+def track_figure(rows: Sequence[dict], title: str = "") -> Any:
     """MIR, HDR and accuracy against training step, with the NC optimum for reference."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for column, style in (("mir", "o-"), ("hdr", "s-"), ("accuracy", "^-")):
         ax.plot(*_series(rows, "step", column), style, label=column.upper()
                 if column != "accuracy" else "accuracy")
     _nc_reference(ax, rows)
-    ax.set_xlabel("step")
-    ax.set_ylabel("value")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MIR, HDR, accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(plot_text(title) or "information interplay over training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    return _save_figure(fig, path)
+    _legend(ax)
+    _title(fig, title, "information interplay over training")
+    return fig
 
 
-def plot_lmc(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+def plot_track(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """:func:`track_figure` saved to ``path``."""
+    return _save_figure(track_figure(rows, title), path)
+
+
+def lmc_figure(rows: Sequence[dict], title: str = "") -> Any:
     """Loss and accuracy against alpha (left), MIR and HDR against alpha (right)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
     left, right = fig.subplots(1, 2)
     left.plot(*_series(rows, "alpha", "loss"), "o-", color="C3", label="loss")
-    left.set_ylabel("loss")
+    left.set_ylabel("loss (nats)")
     twin = left.twinx()
     twin.plot(*_series(rows, "alpha", "accuracy"), "^-", color="C2", label="accuracy")
     twin.set_ylabel("accuracy")
-    left.legend(loc="upper left", fontsize="small")
-    twin.legend(loc="upper right", fontsize="small")
+    _legend(left, twin)
     right.plot(*_series(rows, "alpha", "mir"), "o-", label="MIR")
     right.plot(*_series(rows, "alpha", "hdr"), "s-", label="HDR")
     _nc_reference(right, rows)
-    right.legend(fontsize="small")
+    right.set_ylabel("MIR, HDR")
+    _legend(right)
     for ax in (left, right):
-        ax.set_xlabel("alpha")
+        ax.set_xlabel("α (weight of B in (1-α)·A + α·B)")
         ax.grid(alpha=0.3)
-    fig.suptitle(plot_text(title) or "linear mode connectivity")
-    return _save_figure(fig, path)
+    _title(fig, title, "linear mode connectivity")
+    return fig
 
 
-def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Accuracy, and MIR/HDR against the head and the dense features, vs ratio.
+def plot_lmc(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """:func:`lmc_figure` saved to ``path``."""
+    return _save_figure(lmc_figure(rows, title), path)
+
+
+def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
+    """Accuracy, and MIR/HDR against the head and the dense features, vs measured sparsity.
 
     Rows of a fine-tuned sweep get a second line per quantity: solid before fine-tuning,
     dashed after (the ``ft_`` columns), with MIR/HDR vs the head and vs the dense features
-    on two panels. Without fine-tuning: two panels, accuracy and all four ratios.
+    on two panels. Without fine-tuning: two panels, accuracy and all four ratios. The panel
+    with MIR against the head has the neural-collapse optimum as reference.
     """
     from matplotlib.figure import Figure
 
     tuned = not all(_is_nan(row.get("ft_accuracy", math.nan)) for row in rows)
-    fig = Figure(figsize=(14 if tuned else 10, 4), layout="constrained")
+    fig = Figure(figsize=(14 if tuned else 10, 4.6), layout="constrained")
     axes = fig.subplots(1, 3 if tuned else 2)
     groups = ([["accuracy"], ["mir", "hdr"], ["mir_dense", "hdr_dense"]] if tuned
               else [["accuracy"], ["mir", "hdr", "mir_dense", "hdr_dense"]])
@@ -711,14 +745,22 @@ def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -
     for ax, columns in zip(axes, groups, strict=True):
         for column in columns:
             marker, color = styles[column]
-            ax.plot(*_series(rows, "ratio", column), marker + "-", color=color, label=column)
+            ax.plot(*_series(rows, "sparsity", column), marker + "-", color=color,
+                    label=column)
             if tuned:
-                ax.plot(*_series(rows, "ratio", f"ft_{column}"), marker + "--", color=color,
+                ax.plot(*_series(rows, "sparsity", f"ft_{column}"), marker + "--", color=color,
                         mfc="none", label=f"ft_{column} (fine-tuned)")
-        ax.set_xlabel("pruning ratio")
+        if "mir" in columns:
+            _nc_reference(ax, rows)
+        ax.set_xlabel("sparsity (fraction of prunable weights zeroed)")
+        ax.set_ylabel("accuracy" if columns == ["accuracy"] else ", ".join(columns))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_ylabel("accuracy")
-    fig.suptitle(plot_text(title) or ("unstructured pruning, before and after fine-tuning"
-                                      if tuned else "unstructured pruning (no fine-tuning)"))
-    return _save_figure(fig, path)
+        _legend(ax)
+    _title(fig, title, "unstructured pruning, before and after fine-tuning" if tuned
+           else "unstructured pruning (no fine-tuning)")
+    return fig
+
+
+def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """:func:`prune_figure` saved to ``path``."""
+    return _save_figure(prune_figure(rows, title), path)

@@ -248,7 +248,8 @@ def test_jsonable_converts_paths_and_scalars():
 def test_plots_are_written(tmp_path):
     track_rows = [{**row(), "step": s, "mir": 0.5 + s / 1000} for s in (0, 10, 100)]
     lmc_rows = [row(a) for a in (0.0, 0.5, 1.0)]
-    prune_rows = [{**row(), "ratio": r, "mir_dense": 1 - r, "hdr_dense": r} for r in (0, 0.5)]
+    prune_rows = [{**row(), "ratio": r, "sparsity": r, "mir_dense": 1 - r, "hdr_dense": r}
+                  for r in (0, 0.5)]
     for plot, rows, name in ((report.plot_track, track_rows, "t.png"),
                              (report.plot_lmc, lmc_rows, "l.svg"),
                              (report.plot_prune, prune_rows, "p.pdf")):
@@ -257,6 +258,70 @@ def test_plots_are_written(tmp_path):
         plot(rows, path)
         assert path.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.svg", "p.pdf", "t.png"]
+
+
+def _figures():
+    """Each plot's figure for made-up rows: (figure, x label it must have)."""
+    track_rows = [{**row(), "step": s, "mir": 0.5 + s / 1000} for s in (0, 10, 100)]
+    lmc_rows = [row(a, mir=0.9 - a / 4) for a in (0.0, 0.5, 1.0)]
+    prune_rows = [{**row(), "ratio": r, "sparsity": r + 0.01, "mir_dense": 1 - r,
+                   "hdr_dense": r} for r in (0, 0.5, 0.9)]
+    tuned = [{**r, **{f"ft_{c}": r[c] / 2 for c in ("accuracy", "mir", "hdr", "mir_dense",
+                                                   "hdr_dense")}} for r in prune_rows]
+    title = "run\ntest_resnet on digits/test.safetensors"
+    return [(report.track_figure(track_rows, title), "training step"),
+            (report.lmc_figure(lmc_rows, title), "α"),
+            (report.prune_figure(prune_rows, title), "sparsity"),
+            (report.prune_figure(tuned, title), "sparsity")]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_plots_read_well(index):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, xlabel = _figures()[index]
+    FigureCanvasAgg(fig).draw()  # lays out the legends as a saved file has them
+    assert fig.get_suptitle() == "run\ntest_resnet on digits/test.safetensors"
+    axes = [ax for ax in fig.axes if ax.get_lines()]
+    mir_panels = 0
+    for ax in axes:
+        if ax.get_xlabel():  # a twin axis shares its partner's x axis
+            assert ax.get_xlabel().startswith(xlabel)
+        labels = [line.get_label() for line in ax.get_lines()]
+        if any(label.upper() == "MIR" for label in labels):
+            mir_panels += 1
+            # the neural-collapse optimum: a horizontal line at mir_nc
+            nc = [line for line in ax.get_lines()
+                  if line.get_label().startswith("MIR at neural")]
+            assert len(nc) == 1 and set(nc[0].get_ydata()) == {row()["mir_nc"]}
+    assert mir_panels == 1
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.y0 >= area.y1 - 1e-6, "the legend overlaps the plotting area"
+    assert sum(ax.get_legend() is not None for ax in fig.axes) == len(
+        [ax for ax in fig.axes if ax.get_xlabel()])  # one legend per panel, twins included
+
+
+def test_table_fits_80_columns_and_keeps_names_and_arch():
+    columns = COLUMNS
+    rows = [{**{c: v for c, v in row().items() if c in columns},
+             "checkpoint": f"runs/resnet50-a1_in1k/checkpoint-epoch{e:03d}.pth.tar",
+             "model": "resnet50"} for e in (10, 100)]
+    out = io.StringIO()
+    report.render_rows(Console(file=out, width=80), rows, columns, title="infoprobe analyze")
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for name in ("checkpoint-epoch010", "checkpoint-epoch100"):
+        assert name in text  # whole names: not folded over lines
+    assert "model=resnet50" in text and "mir" in text and "accuracy" in text
+    assert "left out to fit 80 columns" in text
+    wide = io.StringIO()
+    report.render_rows(Console(file=wide, width=200), rows, columns)
+    assert "left out" not in wide.getvalue() and "h_zw" in wide.getvalue()
 
 
 def test_plot_path_checks(tmp_path):
