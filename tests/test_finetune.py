@@ -456,7 +456,8 @@ def test_plot_shows_before_and_after(tmp_path):
     axes = figure["fig"].axes
     labels = [[line.get_label() for line in ax.get_lines()] for ax in axes]
     assert labels == [["accuracy", "ft_accuracy (fine-tuned)"],
-                      ["mir", "ft_mir (fine-tuned)", "hdr", "ft_hdr (fine-tuned)"],
+                      ["mir", "ft_mir (fine-tuned)", "hdr", "ft_hdr (fine-tuned)",
+                       "MIR at neural collapse (0.952)", "HDR at neural collapse"],
                       ["mir_dense", "ft_mir_dense (fine-tuned)", "hdr_dense",
                        "ft_hdr_dense (fine-tuned)"]]
     after = axes[0].get_lines()[1]
