@@ -736,6 +736,8 @@ def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
     from matplotlib.figure import Figure
 
     tuned = not all(_is_nan(row.get("ft_accuracy", math.nan)) for row in rows)
+    # the measured sparsity; the requested ratio for rows without it
+    x = "sparsity" if all("sparsity" in row for row in rows) else "ratio"
     fig = Figure(figsize=(14 if tuned else 10, 4.6), layout="constrained")
     axes = fig.subplots(1, 3 if tuned else 2)
     groups = ([["accuracy"], ["mir", "hdr"], ["mir_dense", "hdr_dense"]] if tuned
@@ -745,14 +747,15 @@ def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
     for ax, columns in zip(axes, groups, strict=True):
         for column in columns:
             marker, color = styles[column]
-            ax.plot(*_series(rows, "sparsity", column), marker + "-", color=color,
+            ax.plot(*_series(rows, x, column), marker + "-", color=color,
                     label=column)
             if tuned:
-                ax.plot(*_series(rows, "sparsity", f"ft_{column}"), marker + "--", color=color,
+                ax.plot(*_series(rows, x, f"ft_{column}"), marker + "--", color=color,
                         mfc="none", label=f"ft_{column} (fine-tuned)")
         if "mir" in columns:
             _nc_reference(ax, rows)
-        ax.set_xlabel("sparsity (fraction of prunable weights zeroed)")
+        ax.set_xlabel("sparsity (fraction of prunable weights zeroed)" if x == "sparsity"
+                      else "pruning ratio (requested sparsity)")
         ax.set_ylabel("accuracy" if columns == ["accuracy"] else ", ".join(columns))
         ax.grid(alpha=0.3)
         _legend(ax)
