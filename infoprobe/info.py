@@ -786,7 +786,6 @@ def feature_entropy(features: Tensor, *, drop_zero_rows: bool = False) -> float:
 
 def _between_entropies(ah: Tensor, bh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Exact ``(H(K_A), H(K_B), H(K_A o K_B))`` for unit rows ``ah`` [n, p], ``bh`` [n, q]."""
-    n = ah.shape[0]
     h_a, h_b = spectral_entropy(_feature_matrix(ah)), spectral_entropy(_feature_matrix(bh))
     return h_a, h_b, _between_joint(ah, bh)
 

@@ -191,13 +191,18 @@ def deflate(op: JointOperator, steps: int = 1, keep_tol: float = 1e-2) -> Deflat
         product_list.append(block)
     v = torch.cat(basis_list, 1)
     av = torch.cat(product_list, 1)
+    del basis_list, product_list
     t = v.mT @ av
     theta, y = torch.linalg.eigh((t + t.mT) / 2)
     theta, y = theta.flip(0), y.flip(1)
-    vectors = v @ y
-    residuals = torch.linalg.vector_norm(av @ y - vectors * theta, dim=0)
+    # |A u - theta u|^2 = y^T (AV)^T (AV) y - theta^2 for u = V y (V orthonormal): no n x k
+    # temporaries beyond the kept vectors.
+    gram = av.mT @ av
+    del av
+    residuals = ((y * (gram @ y)).sum(0) - theta ** 2).clamp_min(0).sqrt()
     keep = residuals <= keep_tol * theta.clamp_min(0)
-    return Deflation(theta[keep], vectors[:, keep], residuals[keep], theta)
+    vectors = v @ y[:, keep]
+    return Deflation(theta[keep], vectors, residuals[keep], theta)
 
 
 def certified_upper_bound(theta: Tensor, n: int) -> float:

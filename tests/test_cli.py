@@ -398,7 +398,8 @@ def test_analyze_past_max_exact_dim_estimates_with_error_bars(tmp_path):
     raw = csv.read_text().splitlines()
     got = pd.read_csv(csv).iloc[0]
     want = reference(A)[1]
-    assert got["estimate"].startswith("slq(probes=8,steps=") and got["estimate"].endswith(",seed=0)")
+    assert got["estimate"].startswith("slq(probes=8,steps=")
+    assert got["estimate"].endswith(",seed=0)")
     for column in ("h_z", "h_w", "hdr"):
         assert got[column] == pytest.approx(want[column], abs=1e-12)
     assert abs(got["mir"] - want["mir"]) <= 2 * got["mir_err"] and got["mir_err"] > 0
@@ -406,6 +407,6 @@ def test_analyze_past_max_exact_dim_estimates_with_error_bars(tmp_path):
     assert f"{got['mir']:.4f} ± {got['mir_err']:.4f}" in result.stdout
     exact = run("analyze", A, *FAST, "--max-exact-dim", 100, "--estimate", "exact", "--csv", "-")
     header, row = exact.stdout.strip().splitlines()
-    cells = dict(zip(header.split(","), row.split(",")))
+    cells = dict(zip(header.split(","), row.split(","), strict=True))
     assert cells["h_zw"] == cells["mi"] == cells["mir"] == "" and cells["hdr"] != ""
     assert raw[0] == header

@@ -78,7 +78,8 @@ def test_table_moves_shared_values_to_the_caption_and_prints_notes():
 
 
 def test_estimator_rows_show_mir_with_its_error_bar():
-    rows = [row(0.0), row(0.5, mir=0.8123, mir_err=0.0021, estimate="slq(probes=8,steps=30,seed=0)")]
+    slq = "slq(probes=8,steps=30,seed=0)"
+    rows = [row(0.0), row(0.5, mir=0.8123, mir_err=0.0021, estimate=slq)]
     text = render(rows, title="lmc", key="alpha")
     assert "0.8123 ± 0.0021" in text and "0.7500 ±" not in text
     header = next(line for line in text.splitlines() if "accuracy" in line)

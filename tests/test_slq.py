@@ -107,7 +107,8 @@ def test_control_variate_mean_is_the_least_squares_intercept():
     ref = torch.linalg.lstsq(design, values.unsqueeze(1)).solution.squeeze(1)
     assert mean == pytest.approx(float(ref[0]), abs=1e-12) and dof == 37
     rss = float(((values - design @ ref) ** 2).sum())
-    assert se == pytest.approx(math.sqrt(rss / 37 * float(torch.linalg.inv(design.T @ design)[0, 0])))
+    inverse = torch.linalg.inv(design.T @ design)
+    assert se == pytest.approx(math.sqrt(rss / 37 * float(inverse[0, 0])))
 
 
 # ---- the estimate against the exact value -------------------------------------------------

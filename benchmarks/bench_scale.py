@@ -1,0 +1,155 @@
+"""Full-set MIR at ImageNet scale on CPU: the slq estimate against the exact route, same run.
+
+    python benchmarks/bench_scale.py                 # the three targets and the batch bias
+    python benchmarks/bench_scale.py --only 1        # one target (1, 2, 3, batch)
+    python benchmarks/bench_scale.py --write-features feats.safetensors   # n=50k, d=2048, C=1000
+
+Every case runs in its own subprocess (``--case``), so that its peak RSS is its own, with
+``torch.set_num_threads(--threads)`` (2 by default, the development machine). Features are
+clustered like a trained network's: ReLU(class mean + 0.8 noise), and a head near the class
+means (mean + 0.3 noise), as in ``gpu_check.py``.
+
+Targets (the issue's):
+  1. n = 10k, d = 512, C = 100: |MIR_slq - MIR_exact| <= 0.005 and slq >= 5x faster;
+  2. n = 10k, d = 2048, C = 1000: |MIR_slq - MIR_exact| <= 0.005 and within 2 mir_err;
+  3. n = 50k, d = 2048, C = 1000: slq under 600 s, peak RSS under 8 GB, mir_err <= 0.01
+     (the exact n x n route does not fit this machine: 20 GB per float64 copy).
+``batch`` measures the batch estimate's MIR minus the exact MIR for B in {64, 256, 1024} and
+C in {10, 100, 1000} (n = 10k, d = 512), and the batch loop with the head Gram solved once
+against solving it per batch (identical values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_check import clustered  # noqa: E402
+
+from infoprobe import info  # noqa: E402
+
+TARGETS = {
+    "1": dict(n=10_000, d=512, c=100),
+    "2": dict(n=10_000, d=2048, c=1000),
+    "3": dict(n=50_000, d=2048, c=1000),
+}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def case(name: str, route: str) -> dict:
+    """One route on one target, in this process: MIR, error bar, seconds, peak RSS (GB)."""
+    z, y, w = clustered(**TARGETS[name])
+    if route == "exact":
+        r, secs = timed(lambda: info.interplay(z, y, w, estimate="exact", max_exact_dim=None))
+    else:
+        r, secs = timed(lambda: info.interplay(z, y, w, estimate="slq"))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return dict(mir=r.mir, mir_err=r.mir_err, mir_lower=r.mir_lower, h_zw=r.h_zw,
+                label=r.label, seconds=secs, peak_rss_gb=rss)
+
+
+def batch_bias() -> None:
+    """Batch MIR - exact MIR, and the hoisted head Gram against the per-batch one."""
+    for c in (10, 100, 1000):
+        z, y, w = clustered(10_000, 512, c)
+        exact = info.interplay(z, y, w, estimate="exact").mir
+        for b in (64, 256, 1024):
+            r, secs = timed(lambda b=b, z=z, y=y, w=w: info.interplay(
+                z, y, w, estimate="batch", batch_size=b))
+            print(f"batch C={c} B={b}: MIR {r.mir:.4f} exact {exact:.4f} bias "
+                  f"{r.mir - exact:+.4f} ({r.n_batches} batches, {r.n_used} used, {secs:.1f}s)",
+                  flush=True)
+    z, y, w = clustered(10_000, 2048, 1000)
+    zh, yy, wh = info.prepare(z, y, w)
+    parts = info.batch_indices(10_000, 64, 0)
+    per_batch, slow = timed(lambda: [info.entropies(zh[i], yy[i], wh) for i in parts])
+
+    def hoisted():
+        gram = wh @ wh.mT
+        factor = info._rank_factor(gram)
+        return [info.entropies(zh[i], yy[i], wh, gram=gram, factor=factor) for i in parts]
+
+    once, fast = timed(hoisted)
+    same = all(torch.equal(torch.stack(a), torch.stack(b))
+               for a, b in zip(per_batch, once, strict=True))
+    print(f"batch loop, C=1000, B=64, {len(parts)} batches: head Gram once {fast:.1f}s vs per "
+          f"batch {slow:.1f}s = {slow / fast:.1f}x faster; identical values: {same}", flush=True)
+
+
+def run_case(name: str, route: str, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--case", name, "--route", route,
+                          "--threads", str(threads)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def targets(names: list[str], threads: int) -> int:
+    failed = 0
+    for name in names:
+        shape = TARGETS[name]
+        est = run_case(name, "slq", threads)
+        line = (f"target {name} n={shape['n']} d={shape['d']} C={shape['c']}: slq MIR "
+                f"{est['mir']:.4f} ± {est['mir_err']:.4f} (lower {est['mir_lower']:.4f}) in "
+                f"{est['seconds']:.1f}s, peak RSS {est['peak_rss_gb']:.2f} GB, {est['label']}")
+        if name == "3":
+            ok = est["seconds"] < 600 and est["peak_rss_gb"] < 8 and est["mir_err"] <= 0.01
+        else:
+            exact = run_case(name, "exact", threads)
+            diff = est["mir"] - exact["mir"]
+            ratio = exact["seconds"] / est["seconds"]
+            line += (f"; exact MIR {exact['mir']:.4f} in {exact['seconds']:.1f}s (peak "
+                     f"{exact['peak_rss_gb']:.2f} GB): diff {diff:+.4f} = "
+                     f"{diff / est['mir_err']:+.2f} sigma, slq {ratio:.2f}x faster")
+            ok = abs(diff) <= 0.005 and (ratio >= 5 if name == "1" else
+                                         abs(diff) <= 2 * est["mir_err"])
+        print(("PASS " if ok else "FAIL ") + line, flush=True)
+        failed += not ok
+    return failed
+
+
+def write_features(path: str) -> None:
+    from safetensors.torch import save_file
+
+    z, y, w = clustered(**TARGETS["3"])
+    save_file({"features": z.contiguous(), "labels": y, "head": w.contiguous()}, path,
+              metadata={"format": "infoprobe-features"})
+    print(f"wrote {path}: features {tuple(z.shape)}, head {tuple(w.shape)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="1,2,3,batch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--case", choices=sorted(TARGETS))
+    parser.add_argument("--route", choices=("exact", "slq"), default="slq")
+    parser.add_argument("--write-features", metavar="FILE")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.write_features:
+        write_features(args.write_features)
+        sys.exit(0)
+    if args.case:
+        print(json.dumps(case(args.case, args.route)))
+        sys.exit(0)
+    only = args.only.split(",")
+    print(f"torch {torch.__version__}, {args.threads} threads", flush=True)
+    failed = targets([n for n in only if n in TARGETS], args.threads)
+    if "batch" in only:
+        batch_bias()
+    sys.exit(1 if failed else 0)
