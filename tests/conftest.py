@@ -101,10 +101,9 @@ def custom_model_file(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _quiet_warnings():
-    # torch.jit deprecation and pickle-protocol notices are not what the tests check
+    # torch.jit deprecation notices are not what the tests check; UserWarnings stay visible
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
         yield
 
 
