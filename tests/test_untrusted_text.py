@@ -47,6 +47,6 @@ def test_class_names_and_checkpoints_in_tables_are_escaped():
 
 def test_plot_titles_take_dollar_signs_literally(tmp_path):
     rows = [{"ratio": 0.0, "accuracy": 1.0, "mir": 0.5, "hdr": 0.1, "mir_dense": 1.0,
-             "hdr_dense": 0.0, "n_classes": 10}]
+             "hdr_dense": 0.0, "n_classes": 10, "sparsity": 0.0}]
     path = report.plot_prune(rows, tmp_path / "p.png", title="run$_x^{2$ a")
     assert path.stat().st_size > 0
