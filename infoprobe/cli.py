@@ -336,7 +336,9 @@ class Options:
         "--interpolation", panel=_DATA,
         help="Resize interpolation for image folders (bilinear, bicubic, ...).")] = None
     workers: Annotated[int, _opt(
-        "--workers", "-j", min=0, panel=_DATA, help="Processes decoding images.")] = 0
+        "--workers", "-j", min=0, panel=_DATA,
+        help="Processes decoding images (image data over 1 GiB decoded streams through "
+        "them at every pass).")] = 0
     class_map: Annotated[str | None, _opt(
         "--class-map", metavar="FILE.txt", panel=_DATA,
         help="timm class map for image folders: line i names the folder of model class i; "

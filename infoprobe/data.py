@@ -12,9 +12,13 @@ A data spec is a path:
   eval transform resolved from the model, overridable by ``input_size``, ``mean``, ``std``,
   ``crop_pct``, ``interpolation``. Nothing is ever downloaded.
 
-``max_samples`` takes a seeded, class-stratified subsample. Decoded inputs are kept in a
-:class:`DataCache` keyed by path and transform configuration, so sweeps over many models
-decode the data once.
+``max_samples`` takes a seeded, class-stratified subsample. Tensor files are held in memory
+(:class:`LabelledTensors`). Image data whose decoded float32 inputs fit ``stream_above`` bytes
+(default :data:`STREAM_ABOVE`, 1 GiB) is decoded once into memory too; larger image data is
+an :class:`ImageStream`, decoded batch by batch through a torch DataLoader with ``workers``
+processes at every pass, so memory stays flat in the number of images. Both kinds are kept
+in a :class:`DataCache` keyed by path and transform configuration (a stream holds only its
+file list and labels), so sweeps over many models decode data that fits once.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from infoprobe.errors import InputError
 __all__ = [
     "DEFAULT_CACHE",
     "TENSOR_SUFFIXES",
+    "STREAM_ABOVE",
     "DataCache",
+    "Dataset",
+    "ImageStream",
     "LabelledTensors",
     "load_data",
     "model_in_chans",
@@ -66,6 +73,8 @@ _READ_ERRORS = (SafetensorError, OSError, EOFError, ValueError, RuntimeError,
 # What decoding a damaged image raises (PIL: OSError incl. UnidentifiedImageError,
 # ValueError, the decompression-bomb guard).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+#: Image data whose decoded float32 inputs take more bytes than this streams (1 GiB).
+STREAM_ABOVE = 1 << 30
 
 
 @dataclass
@@ -102,7 +111,7 @@ class LabelledTensors:
 
 
 class DataCache:
-    """Least-recently-used store of decoded datasets.
+    """Least-recently-used store of loaded datasets (decoded tensors, or image streams).
 
     Keys are built by :func:`load_data` from the resolved path, file stamp, split, transform
     configuration and subsample; ``hits`` / ``misses`` count lookups.
@@ -110,11 +119,11 @@ class DataCache:
 
     def __init__(self, max_entries: int = 4) -> None:
         self.max_entries = max_entries
-        self._store: OrderedDict[Hashable, LabelledTensors] = OrderedDict()
+        self._store: OrderedDict[Hashable, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get_or_load(self, key: Hashable, load: Callable[[], LabelledTensors]) -> LabelledTensors:
+    def get_or_load(self, key: Hashable, load: Callable[[], Any]) -> Any:
         if key in self._store:
             self.hits += 1
             self._store.move_to_end(key)
@@ -470,14 +479,86 @@ def _worker_error(err: Exception) -> str:
     return re.sub(r"^[\w.]+: ", "", lines[-1].strip())
 
 
-def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
-                 workers: int, progress, class_map: dict | None = None) -> LabelledTensors:
+def _decoded(loader) -> Iterator[Tensor]:
+    """The input batches of ``loader``; failures in worker processes arrive wrapped."""
+    try:
+        for x, _ in loader:
+            yield x.float()
+    except InputError as e:  # a worker's arrives re-raised with its traceback as text
+        if "Original Traceback" not in str(e):
+            raise
+        raise InputError(_worker_error(e)) from None
+
+
+class ImageStream:
+    """An image dataset decoded batch by batch; only the labels are held in memory.
+
+    ``labels`` int64 [n] (read from the file list, no decoding); ``inputs`` is a shape-only
+    'meta' tensor [n, C, H, W] (no data: decode with :meth:`batches` or :meth:`take`);
+    ``source``, ``classes``, ``transform`` as in :class:`LabelledTensors`. Every pass
+    decodes again, ``workers`` processes at a time; peak memory is about
+    ``(2 * workers + 1) * batch_size * C * H * W * 4`` bytes, whatever n is.
+    """
+
+    def __init__(self, decode: _Decode, labels: Tensor, shape: tuple[int, ...], source: str,
+                 classes: list[str] | None, transform: dict[str, Any], workers: int) -> None:
+        self._decode, self.labels, self.workers = decode, labels, workers
+        self.inputs = torch.empty((len(labels), *shape), device="meta")
+        self.source, self.classes, self.transform = source, classes, transform
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def _loader(self, positions: Sequence[int], batch_size: int):
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self._decode, positions), batch_size=batch_size,
+            num_workers=self.workers)
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None
+                ) -> Iterator[Tensor]:
+        """The inputs of samples ``[start, stop)`` in order, float32, ``batch_size`` at a
+        time, decoded as they are consumed."""
+        stop = len(self) if stop is None else stop
+        yield from _decoded(self._loader(range(start, stop), batch_size))
+
+    def take(self, indices: Tensor) -> Tensor:
+        """The decoded inputs of the samples at ``indices`` (int64), in that order."""
+        parts = list(_decoded(self._loader(indices.tolist(), max(1, len(indices)))))
+        return torch.cat(parts) if parts else self.inputs[:0].to("cpu")
+
+    def decode(self, progress=None, description: str = "decoding", batch_size: int = 64
+               ) -> LabelledTensors:
+        """Every sample decoded into memory (float32 [n, C, H, W])."""
+        inputs = torch.empty(self.inputs.shape)
+        if progress is not None:
+            progress.start(len(self), description)
+        try:
+            start = 0
+            for x in self.batches(batch_size):
+                inputs[start:start + len(x)] = x
+                start += len(x)
+                if progress is not None:
+                    progress.advance(len(x))
+        finally:
+            if progress is not None:
+                progress.stop()
+        return LabelledTensors(inputs=inputs, labels=self.labels, source=self.source,
+                               classes=self.classes, transform=self.transform)
+
+
+#: What :func:`load_data` returns: a dataset in memory, or an image stream.
+Dataset = LabelledTensors | ImageStream
+
+
+def _open_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
+                 workers: int, class_map: dict | None = None) -> ImageStream:
+    """The chosen samples of an image dataset, ready to decode (only the file list is read)."""
     from timm.data import create_transform
 
     ds, targets, classes = _open_image_dataset(root, split, class_map)
     if not targets:
         raise InputError(f"dataset {root} is empty (0 samples)")
-    chosen = stratified_indices(torch.tensor(targets), max_samples, seed).tolist()
+    chosen = stratified_indices(torch.tensor(targets), max_samples, seed)
     mode = _IMAGE_MODES.get(cfg["input_size"][0])
     if mode is None:
         raise InputError(f"images can be decoded to 1, 3 or 4 channels, not "
@@ -490,28 +571,20 @@ def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
     except (KeyError, ValueError) as e:
         raise InputError(f"--interpolation {cfg['interpolation']}: not supported by timm ({e})"
                          ) from None
-    loader = torch.utils.data.DataLoader(_Decode(ds, chosen, transform, mode), batch_size=64,
-                                         num_workers=workers)
-    xs, ys = [], []
-    if progress is not None:
-        progress.start(len(chosen), f"decoding {root.name}")
-    try:
-        for x, y in loader:
-            xs.append(x)
-            ys.append(y)
-            if progress is not None:
-                progress.advance(len(y))
-    except InputError as e:  # a worker's arrives re-raised with its traceback as text
-        if "Original Traceback" not in str(e):
-            raise
-        raise InputError(_worker_error(e)) from None
-    finally:
-        if progress is not None:
-            progress.stop()
     source = f"{root}" + (f" [{split}]" if split else "")
-    return LabelledTensors(inputs=torch.cat(xs).float(), labels=torch.cat(ys).long(),
-                           transform=transform_record(cfg),
-                           source=source, classes=classes)
+    return ImageStream(_Decode(ds, chosen.tolist(), transform, mode),
+                       torch.tensor(targets, dtype=torch.long)[chosen],
+                       tuple(cfg["input_size"]), source, classes, transform_record(cfg), workers)
+
+
+def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
+                 workers: int, progress, class_map: dict | None = None,
+                 stream_above: int = STREAM_ABOVE) -> Dataset:
+    """An :class:`ImageStream`, decoded into memory when its inputs fit ``stream_above``."""
+    stream = _open_images(root, split, cfg, max_samples, seed, workers, class_map)
+    if stream.inputs.numel() * 4 > stream_above:
+        return stream
+    return stream.decode(progress, f"decoding {root.name}")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -523,8 +596,11 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               crop_pct: float | None = None, interpolation: str | None = None,
               workers: int = 0, class_map: str | Path | None = None,
-              cache: DataCache | None = DEFAULT_CACHE, progress: Any = None) -> LabelledTensors:
-    """Load a dataset as :class:`LabelledTensors` (see the module docstring for specs).
+              cache: DataCache | None = DEFAULT_CACHE, progress: Any = None,
+              stream_above: int | None = None) -> Dataset:
+    """Load a dataset (see the module docstring for specs): :class:`LabelledTensors`, or an
+    :class:`ImageStream` for image data whose decoded inputs exceed ``stream_above`` bytes
+    (None: :data:`STREAM_ABOVE`).
 
     ``model`` resolves the image transform (ignored for tensor files); ``workers`` decode
     images in parallel; ``cache=None`` disables caching; ``progress`` is a ProgressSink
@@ -559,11 +635,14 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
     else:
         cfg = resolve_transform_config(model, input_size=input_size, mean=mean, std=std,
                                        crop_pct=crop_pct, interpolation=interpolation)
+        limit = STREAM_ABOVE if stream_above is None else stream_above
         key = ("images", str(resolved), split, tuple(sorted((k, str(v)) for k, v in cfg.items())),
-               max_samples, seed, tuple(sorted(mapping.items())) if mapping else None)
+               max_samples, seed, tuple(sorted(mapping.items())) if mapping else None,
+               limit, workers)
 
-        def load() -> LabelledTensors:
-            return _load_images(path, split, cfg, max_samples, seed, workers, progress, mapping)
+        def load() -> Dataset:
+            return _load_images(path, split, cfg, max_samples, seed, workers, progress, mapping,
+                                limit)
     if cache is None:
         return load()
     return cache.get_or_load(key, load)

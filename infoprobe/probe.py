@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoprobe import distributed
-from infoprobe.data import LabelledTensors, model_in_chans, validate_labels
+from infoprobe.data import Dataset, model_in_chans, validate_labels
 from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure, unwritable
 from infoprobe.info import DEFAULT_BATCH_SIZE
 
@@ -565,12 +565,16 @@ def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, o
     out.done()
 
 
-def evaluate(model: nn.Module, data: LabelledTensors, *, head: nn.Module | str | None = None,
+def evaluate(model: nn.Module, data: Dataset, *, head: nn.Module | str | None = None,
              device: str | torch.device = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              amp: str | bool | None = False, channels_last: bool = False,
              valid_labels: Sequence[int] | None = None,
              progress: ProgressSink | None = None) -> Evaluation:
     """Run ``model`` over ``data`` once, capturing the heads' inputs with pre-hooks.
+
+    ``data``: a dataset in memory, or an :class:`~infoprobe.data.ImageStream` decoded batch
+    by batch as the pass goes. Under torchrun each process evaluates its
+    :func:`~infoprobe.distributed.shard` and every process gets all rows, in order.
 
     ``valid_labels``: evaluate on a subset of the model's classes, as timm's validate.py
     ``--valid-labels`` does (see :func:`restrict_classes`).

@@ -169,7 +169,7 @@ def _epoch(model: nn.Module, data: LabelledTensors, optimizer: torch.optim.Optim
     total = torch.zeros((), dtype=torch.float64, device=dev)
     seen = 0
     for index in _batches(len(data), options.batch_size, generator):
-        x = data.inputs[index].to(dev, non_blocking=True)
+        x = data.take(index).to(dev, non_blocking=True)
         y = data.labels[index].to(dev, non_blocking=True)
         if channels_last and dev.type == "cuda" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
