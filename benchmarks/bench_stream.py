@@ -20,7 +20,7 @@ With ``--workers 0`` (the default) all decoding happens in the measured process.
 workers, each worker's own peak is reported too; it includes pages shared with the parent
 (torch itself), so adding them up overstates the total.
 
-    python3 benchmarks/bench_stream.py [--n 2000] [--workers 0] [--batch-size 256]
+    python3 benchmarks/bench_stream.py [--n 2000] [--workers 0] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from infoprobe.info import DEFAULT_BATCH_SIZE
 
 GB = 1e9
 PER_IMAGE = 3 * 224 * 224 * 4  # float32 bytes of one decoded 224 px RGB image
@@ -120,7 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--child")
     ap.add_argument("--root")
     args = ap.parse_args()
