@@ -109,9 +109,13 @@ def test_barriers_line():
 
 
 def test_check_output_accepts_stdout_none_and_writable_paths(tmp_path):
-    report.check_output(None, "--csv")
-    report.check_output("-", "--csv")
-    report.check_output(tmp_path / "new.csv", "--csv")
+    existing = tmp_path / "old.csv"
+    existing.write_text("keep me")
+    for target in (None, "-", tmp_path / "new.csv", existing):
+        assert report.check_output(target, "--csv") is None
+    # the check only looks: it creates nothing and leaves an existing file as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]
+    assert existing.read_text() == "keep me"
 
 
 def test_check_output_rejects_bad_paths(tmp_path):
