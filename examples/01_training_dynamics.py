@@ -58,12 +58,9 @@ def run(args, dataset: str, timer):
     for split, path in (("train", train_path), ("test", test_path)):
         for estimate in ESTIMATES:
             csv = args.out / dataset / f"track_{split}_{estimate}.csv"
-            C.infoprobe("track", ckpt_dir, "--data", path, "--estimate", estimate,
-                        "--csv", csv, "--device", "cpu", *C.quick_samples(args.quick))
-            frame = C.read_csv(csv)
-            frame.insert(0, "dataset", dataset)
-            frame.insert(1, "split", split)
-            frame.insert(2, "estimator", estimate)
+            frame = C.track_frame(csv, ckpt_dir, "--data", path, "--estimate", estimate,
+                                  "--device", "cpu", *C.quick_samples(args.quick),
+                                  dataset=dataset, split=split, estimator=estimate)
             frame.insert(3, "epoch", frame["step"] / spe)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -157,11 +157,10 @@ def measure(args, ckpt_dir: Path, paths: dict[str, Path], n_train: int, model_kw
         for estimate in ESTIMATES:
             csv = args.out / f"track_{split}_{estimate}.csv"
             subsample = ["--max-samples", n_train] if split == "test" else []
-            C.infoprobe("track", ckpt_dir, "--arch", arch, *given, "--data", path, *subsample,
-                        "--estimate", estimate, "--csv", csv, "--device", "cpu")
-            frame = C.read_csv(csv)
-            frame.insert(0, "split", split)
-            frame.insert(1, "estimator", estimate)  # "estimate" holds the full label
+            # "estimator" is the short name; "estimate" holds the full label
+            frame = C.track_frame(csv, ckpt_dir, "--arch", arch, *given, "--data", path,
+                                  *subsample, "--estimate", estimate, "--device", "cpu",
+                                  split=split, estimator=estimate)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

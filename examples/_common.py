@@ -309,6 +309,15 @@ def _relative(arg: str) -> str:
 # --------------------------------------------------------------------------- tables, figures
 
 
+def track_frame(csv: Path, *args: object, **labels: object):
+    """Run ``infoprobe track *args --csv csv``; its rows with ``labels`` as the leading columns."""
+    infoprobe("track", *args, "--csv", csv)
+    frame = read_csv(csv)
+    for i, (name, value) in enumerate(labels.items()):
+        frame.insert(i, name, value)
+    return frame
+
+
 def read_csv(path: Path):
     import pandas as pd
 
