@@ -614,6 +614,26 @@ def _batch_joint(means, batch_size: int, seed: int) -> _Joint:
     return _Joint(means[2], "batch", f"batch(B={batch_size},seed={seed})")
 
 
+def _batch_interplay(zh: Tensor, y: Tensor, wh: Tensor, batch_size: int, seed: int,
+                     limit: int | None) -> Interplay:
+    """The paper's estimate: mean entropies over :func:`batch_indices` of prepared rows."""
+    n, d = zh.shape
+    num_classes = wh.shape[0]
+    gram = wh @ wh.mT  # one head Gram and rank factor for every batch
+    factor = _rank_factor(gram)
+
+    def entropies_of(idx):
+        idx = idx.to(zh.device)
+        return entropies(zh[idx], y[idx], wh, gram=gram, factor=factor)
+
+    def check_size(m):
+        _check_size(_joint_size(m, d, num_classes), limit, "batch estimate")
+
+    means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
+    return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
+                   num_classes, used, batch_size=batch_size, n_batches=batches)
+
+
 def interplay(
     features: Tensor,
     labels: Tensor,
@@ -664,19 +684,7 @@ def interplay(
         num_classes = wh.shape[0]
         limit = _limit(max_exact_dim, zh.device)
         if estimate == "batch":
-            gram = wh @ wh.mT  # one head Gram and rank factor for every batch
-            factor = _rank_factor(gram)
-
-            def entropies_of(idx):
-                idx = idx.to(zh.device)
-                return entropies(zh[idx], y[idx], wh, gram=gram, factor=factor)
-
-            def check_size(m):
-                _check_size(_joint_size(m, d, num_classes), limit, "batch estimate")
-
-            means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
-            return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
-                           num_classes, used, batch_size=batch_size, n_batches=batches)
+            return _batch_interplay(zh, y, wh, batch_size, seed, limit)
         h_z = float(spectral_entropy(_feature_matrix(zh)))
         h_w = float(spectral_entropy(_head_matrix(wh, y)))
         options = {"seed": seed} if probes is None else {"seed": seed, "probes": probes}
