@@ -60,8 +60,11 @@ def main() -> None:
     z, y, w = features(n, args.d, 10)
     fast, t_fast = timed(info.interplay, z, y, w)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"fast route alone: n = {n}, d = {args.d}, C = 10: {t_fast:.2f} s, process peak RSS "
-          f"{peak / 2**20:.2f} GiB, MIR {fast.mir:.6f} HDR {fast.hdr:.6f}", flush=True)
+    print(
+        f"fast route alone: n = {n}, d = {args.d}, C = 10: {t_fast:.2f} s, process peak RSS "
+        f"{peak / 2**20:.2f} GiB, MIR {fast.mir:.6f} HDR {fast.hdr:.6f}",
+        flush=True,
+    )
     del z, y, w
     print(f"{'n':>6} {'C':>4} {'naive s':>9} {'fast s':>8} {'speed-up':>9} {'max |diff|':>11}")
     for c in (10, 100):
@@ -71,8 +74,12 @@ def main() -> None:
             ref, t_naive = timed(naive, z, y, w)
             got = (fast.h_z, fast.h_w, fast.h_zw)
             diff = max(abs(a - b) for a, b in zip(got, ref, strict=True))
-            print(f"{n:>6} {c:>4} {t_naive:>9.2f} {t_fast:>8.2f} {t_naive / t_fast:>8.1f}x "
-                  f"{diff:>11.2e}", flush=True)
+            print(
+                f"{n:>6} {c:>4} {t_naive:>9.2f} {t_fast:>8.2f} {t_naive / t_fast:>8.1f}x "
+                f"{diff:>11.2e}",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -43,8 +43,9 @@ def configurations():
     for classes, n in ((10, 2000), (100, 5000)):
         torch.manual_seed(0)
         model = timm.create_model("resnet18", pretrained=False, num_classes=classes).eval()
-        data = LabelledTensors(inputs=torch.randn(n, 3, 32, 32),
-                               labels=torch.arange(n) % classes, source="random")
+        data = LabelledTensors(
+            inputs=torch.randn(n, 3, 32, 32), labels=torch.arange(n) % classes, source="random"
+        )
         yield f"resnet18 32x32 C={classes} n={n}", model, data
 
 
@@ -54,8 +55,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{'configuration':32} {'evaluate s':>10} {'measure s':>10} {'nc s':>8} "
-          f"{'nc share (cpu)':>15} {'nc share (wall)':>16}")
+    print(
+        f"{'configuration':32} {'evaluate s':>10} {'measure s':>10} {'nc s':>8} "
+        f"{'nc share (cpu)':>15} {'nc share (wall)':>16}"
+    )
     for name, model, data in configurations():
         (ev, me, nc), share_cpu, share_wall = measure_shares(model, data, args.repeats)
         print(f"{name:32} {ev:10.3f} {me:10.3f} {nc:8.4f} {share_cpu:15.4f} {share_wall:16.4f}")
@@ -68,13 +71,17 @@ def measure_shares(model, data, repeats: int) -> tuple[tuple[float, ...], float,
     for _ in range(repeats):
         ev = timed(lambda: probe.evaluate(model, data, device="cpu"))
         me = timed(lambda: rows.measure(evaluation, rows.MeasureOptions(device="cpu")))
-        nc = timed(lambda: collapse.neural_collapse(evaluation.features, evaluation.labels,
-                                                    evaluation.head, evaluation.logits))
+        nc = timed(
+            lambda: collapse.neural_collapse(
+                evaluation.features, evaluation.labels, evaluation.head, evaluation.logits
+            )
+        )
         shares_wall.append(nc[0] / (ev[0] + me[0]))
         shares_cpu.append(nc[1] / (ev[1] + me[1]))
         parts.append((ev[1], me[1], nc[1]))
     medians = tuple(statistics.median(p[i] for p in parts) for i in range(3))
     return medians, statistics.median(shares_cpu), statistics.median(shares_wall)
+
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,7 @@ def plain_loop(model, x: torch.Tensor, batch_size: int, dev: torch.device) -> to
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            outs.append(model(x[i:i + batch_size].to(dev, non_blocking=True)).float())
+            outs.append(model(x[i : i + batch_size].to(dev, non_blocking=True)).float())
     return torch.cat(outs).cpu()
 
 
@@ -87,18 +87,25 @@ def main() -> None:
         probe.append(b)
     pair = [pb[0] / pa[0] for pa, pb in zip(plain, probe, strict=True)]
     best = min(t for t, _ in probe) / min(t for t, _ in plain)
-    print(f"arch={args.arch} n={args.n} input=3x{args.size}x{args.size} "
-          f"batch={args.batch_size} device={dev} threads={torch.get_num_threads()} "
-          f"repeats={args.repeats}")
-    print(f"plain model(x) loop: median {statistics.median(t for t, _ in plain) * 1e3:.1f} ms, "
-          f"best {min(t for t, _ in plain) * 1e3:.1f} ms")
-    print(f"evaluate():          median {statistics.median(t for t, _ in probe) * 1e3:.1f} ms, "
-          f"best {min(t for t, _ in probe) * 1e3:.1f} ms")
-    print(f"ratio evaluate/plain: median of pairs {statistics.median(pair):.3f} "
-          f"(range {min(pair):.3f}-{max(pair):.3f}), best-vs-best {best:.3f}")
+    print(
+        f"arch={args.arch} n={args.n} input=3x{args.size}x{args.size} "
+        f"batch={args.batch_size} device={dev} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats}"
+    )
+    print(
+        f"plain model(x) loop: median {statistics.median(t for t, _ in plain) * 1e3:.1f} ms, "
+        f"best {min(t for t, _ in plain) * 1e3:.1f} ms"
+    )
+    print(
+        f"evaluate():          median {statistics.median(t for t, _ in probe) * 1e3:.1f} ms, "
+        f"best {min(t for t, _ in probe) * 1e3:.1f} ms"
+    )
+    print(
+        f"ratio evaluate/plain: median of pairs {statistics.median(pair):.3f} "
+        f"(range {min(pair):.3f}-{max(pair):.3f}), best-vs-best {best:.3f}"
+    )
     if dev.type == "cpu" and args.threads == 1:
-        cpu_ratio = (statistics.median(c for _, c in probe)
-                     / statistics.median(c for _, c in plain))
+        cpu_ratio = statistics.median(c for _, c in probe) / statistics.median(c for _, c in plain)
         print(f"ratio of thread CPU time (load-independent): {cpu_ratio:.3f}")
     print("target <= 1.05")
 

@@ -15,8 +15,8 @@ Targets (the issue's):
   3. n = 50k, d = 2048, C = 1000: slq under 600 s, peak RSS under 8 GB, mir_err <= 0.01
      (the exact n x n route does not fit this machine: 20 GB per float64 copy).
 ``batch`` measures the batch estimate's MIR minus the exact MIR for B in {64, 256, 1024} and
-C in {10, 100, 1000} (n = 10k, d = 512 unless --batch-n/--batch-d say otherwise), and the batch loop with the head Gram solved once
-against solving it per batch (identical values).
+C in {10, 100, 1000} (n = 10k, d = 512 unless --batch-n/--batch-d say otherwise), and
+the batch loop with the head Gram solved once against solving it per batch (identical values).
 """
 
 from __future__ import annotations
@@ -66,8 +66,16 @@ def case(name: str, route: str) -> dict:
     else:
         r, secs = timed(lambda: info.interplay(z, y, w, estimate="slq"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return dict(mir=r.mir, mir_err=r.mir_err, mir_lower=r.mir_lower, h_zw=r.h_zw,
-                label=r.label, seconds=secs, cpu_seconds=cpu_seconds() - cpu, peak_rss_gb=rss)
+    return dict(
+        mir=r.mir,
+        mir_err=r.mir_err,
+        mir_lower=r.mir_lower,
+        h_zw=r.h_zw,
+        label=r.label,
+        seconds=secs,
+        cpu_seconds=cpu_seconds() - cpu,
+        peak_rss_gb=rss,
+    )
 
 
 def batch_bias(n: int, d: int) -> None:
@@ -76,11 +84,14 @@ def batch_bias(n: int, d: int) -> None:
         z, y, w = clustered(n, d, c)
         exact = info.interplay(z, y, w, estimate="exact").mir
         for b in (64, 256, 1024):
-            r, secs = timed(lambda b=b, z=z, y=y, w=w: info.interplay(
-                z, y, w, estimate="batch", batch_size=b))
-            print(f"batch C={c} B={b}: MIR {r.mir:.4f} exact {exact:.4f} bias "
-                  f"{r.mir - exact:+.4f} ({r.n_batches} batches, {r.n_used} used, {secs:.1f}s)",
-                  flush=True)
+            r, secs = timed(
+                lambda b=b, z=z, y=y, w=w: info.interplay(z, y, w, estimate="batch", batch_size=b)
+            )
+            print(
+                f"batch C={c} B={b}: MIR {r.mir:.4f} exact {exact:.4f} bias "
+                f"{r.mir - exact:+.4f} ({r.n_batches} batches, {r.n_used} used, {secs:.1f}s)",
+                flush=True,
+            )
     z, y, w = clustered(n, 2048, 1000)
     zh, yy, wh = info.prepare(z, y, w)
     parts = info.batch_indices(n, 64, 0)
@@ -92,15 +103,22 @@ def batch_bias(n: int, d: int) -> None:
         return [info.entropies(zh[i], yy[i], wh, gram=gram, factor=factor) for i in parts]
 
     once, fast = timed(hoisted)
-    same = all(torch.equal(torch.stack(a), torch.stack(b))
-               for a, b in zip(per_batch, once, strict=True))
-    print(f"batch loop, C=1000, B=64, {len(parts)} batches: head Gram once {fast:.1f}s vs per "
-          f"batch {slow:.1f}s = {slow / fast:.1f}x faster; identical values: {same}", flush=True)
+    same = all(
+        torch.equal(torch.stack(a), torch.stack(b)) for a, b in zip(per_batch, once, strict=True)
+    )
+    print(
+        f"batch loop, C=1000, B=64, {len(parts)} batches: head Gram once {fast:.1f}s vs per "
+        f"batch {slow:.1f}s = {slow / fast:.1f}x faster; identical values: {same}",
+        flush=True,
+    )
 
 
 def run_case(name: str, route: str, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--case", name, "--route", route,
-                          "--threads", str(threads)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", name, "--route", route, "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -111,20 +129,26 @@ def targets(names: list[str], threads: int) -> int:
     for name in names:
         shape = TARGETS[name]
         est = run_case(name, "slq", threads)
-        line = (f"target {name} n={shape['n']} d={shape['d']} C={shape['c']}: slq MIR "
-                f"{est['mir']:.6f} ± {est['mir_err']:.6f} (lower {est['mir_lower']:.4f}) in "
-                f"{est['seconds']:.1f}s ({est['cpu_seconds']:.0f} CPU s), peak RSS {est['peak_rss_gb']:.2f} GB, {est['label']}")
+        line = (
+            f"target {name} n={shape['n']} d={shape['d']} C={shape['c']}: slq MIR "
+            f"{est['mir']:.6f} ± {est['mir_err']:.6f} (lower {est['mir_lower']:.4f}) in "
+            f"{est['seconds']:.1f}s ({est['cpu_seconds']:.0f} CPU s), "
+            f"peak RSS {est['peak_rss_gb']:.2f} GB, {est['label']}"
+        )
         if name == "3":
             ok = est["seconds"] < 600 and est["peak_rss_gb"] < 8 and est["mir_err"] <= 0.01
         else:
             exact = run_case(name, "exact", threads)
             diff = est["mir"] - exact["mir"]
             ratio = exact["seconds"] / est["seconds"]
-            line += (f"; exact MIR {exact['mir']:.6f} in {exact['seconds']:.1f}s (peak "
-                     f"{exact['peak_rss_gb']:.2f} GB): diff {diff:+.4f} = "
-                     f"{diff / est['mir_err']:+.2f} sigma, slq {ratio:.2f}x faster")
-            ok = abs(diff) <= 0.005 and (ratio >= 5 if name == "1" else
-                                         abs(diff) <= 2 * est["mir_err"])
+            line += (
+                f"; exact MIR {exact['mir']:.6f} in {exact['seconds']:.1f}s (peak "
+                f"{exact['peak_rss_gb']:.2f} GB): diff {diff:+.4f} = "
+                f"{diff / est['mir_err']:+.2f} sigma, slq {ratio:.2f}x faster"
+            )
+            ok = abs(diff) <= 0.005 and (
+                ratio >= 5 if name == "1" else abs(diff) <= 2 * est["mir_err"]
+            )
         print(("PASS " if ok else "FAIL ") + line, flush=True)
         failed += not ok
     return failed
@@ -134,8 +158,11 @@ def write_features(path: str) -> None:
     from safetensors.torch import save_file
 
     z, y, w = clustered(**TARGETS["3"])
-    save_file({"features": z.contiguous(), "labels": y, "head": w.contiguous()}, path,
-              metadata={"format": "infoprobe-features"})
+    save_file(
+        {"features": z.contiguous(), "labels": y, "head": w.contiguous()},
+        path,
+        metadata={"format": "infoprobe-features"},
+    )
     print(f"wrote {path}: features {tuple(z.shape)}, head {tuple(w.shape)}")
 
 
@@ -146,8 +173,12 @@ if __name__ == "__main__":
     parser.add_argument("--case", choices=sorted(TARGETS))
     parser.add_argument("--route", choices=("exact", "slq"), default="slq")
     parser.add_argument("--write-features", metavar="FILE")
-    parser.add_argument("--batch-n", type=int, default=10_000,
-                        help="samples of the batch-bias cases (the bias does not depend on n)")
+    parser.add_argument(
+        "--batch-n",
+        type=int,
+        default=10_000,
+        help="samples of the batch-bias cases (the bias does not depend on n)",
+    )
     parser.add_argument("--batch-d", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -66,8 +66,9 @@ def _model():
     from torch import nn
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(3 * 28 * 28, 512), nn.ReLU(),
-                         nn.Linear(512, 10))
+    return nn.Sequential(
+        nn.AvgPool2d(8), nn.Flatten(), nn.Linear(3 * 28 * 28, 512), nn.ReLU(), nn.Linear(512, 10)
+    )
 
 
 def _decode_all(root: Path, workers: int):
@@ -98,23 +99,48 @@ def child(way: str, root: Path, n: int, workers: int, batch_size: int) -> None:
     if way == "decode-all":
         dataset = _decode_all(root, workers)
     else:
-        dataset = load_data(root, input_size=224, workers=workers, cache=None, stream_above=0,
-                            max_samples=n)
+        dataset = load_data(
+            root, input_size=224, workers=workers, cache=None, stream_above=0, max_samples=n
+        )
     ev = evaluate(model, dataset, device="cpu", batch_size=batch_size)
     seconds = time.perf_counter() - t0
     kept = ev.features.numel() * 4 + ev.logits.numel() * 4
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"way": way, "n": len(ev.labels), "seconds": seconds,
-                      "beyond": own - start_rss - kept, "workers_peak": workers_peak,
-                      "kept": kept}))
+    print(
+        json.dumps(
+            {
+                "way": way,
+                "n": len(ev.labels),
+                "seconds": seconds,
+                "beyond": own - start_rss - kept,
+                "workers_peak": workers_peak,
+                "kept": kept,
+            }
+        )
+    )
 
 
 def run(way: str, root: Path, n: int, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", way, "--root", str(root),
-                          "--n", str(n), "--workers", str(args.workers),
-                          "--batch-size", str(args.batch_size)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            way,
+            "--root",
+            str(root),
+            "--n",
+            str(n),
+            "--workers",
+            str(args.workers),
+            "--batch-size",
+            str(args.batch_size),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -133,27 +159,40 @@ def main() -> None:
         root = Path(tmp) / "imgs"
         t0 = time.perf_counter()
         make_folder(root, args.n)
-        print(f"{args.n} JPEGs of 256x256 in {time.perf_counter() - t0:.1f} s; evaluated at "
-              f"224 px, batch {args.batch_size}, {args.workers} decoding workers")
-        results = [run("decode-all", root, args.n, args), run("stream", root, args.n, args),
-                   run("stream", root, args.n // 2, args)]
+        print(
+            f"{args.n} JPEGs of 256x256 in {time.perf_counter() - t0:.1f} s; evaluated at "
+            f"224 px, batch {args.batch_size}, {args.workers} decoding workers"
+        )
+        results = [
+            run("decode-all", root, args.n, args),
+            run("stream", root, args.n, args),
+            run("stream", root, args.n // 2, args),
+        ]
     for r in results:
-        extra = (f" (a decoding worker's peak {r['workers_peak'] / GB:.3f} GB)"
-                 if args.workers else "")
-        print(f"{r['way']:>10} n={r['n']:>6}: peak RSS beyond the features "
-              f"{r['beyond'] / GB:6.3f} GB{extra}, {r['seconds']:.1f} s")
+        extra = (
+            f" (a decoding worker's peak {r['workers_peak'] / GB:.3f} GB)" if args.workers else ""
+        )
+        print(
+            f"{r['way']:>10} n={r['n']:>6}: peak RSS beyond the features "
+            f"{r['beyond'] / GB:6.3f} GB{extra}, {r['seconds']:.1f} s"
+        )
     base, stream, half = results
-    stream_total = stream["beyond"] + (args.workers * stream["workers_peak"]
-                                       if args.workers else 0)
-    print(f"ratio stream/decode-all peak beyond the features at n={args.n}: "
-          f"{stream['beyond'] / base['beyond']:.3f}; time ratio "
-          f"{stream['seconds'] / base['seconds']:.3f}")
-    print(f"stream peak at n={half['n']} vs n={stream['n']}: {half['beyond'] / GB:.3f} vs "
-          f"{stream['beyond'] / GB:.3f} GB (flat in n)")
-    print(f"extrapolated to 50,000 images at 224 px: decode-all >= "
-          f"{50_000 * PER_IMAGE / GB:.1f} GB of inputs ({2 * 50_000 * PER_IMAGE / GB:.1f} GB "
-          f"while concatenating); stream about {stream_total / GB:.2f} GB "
-          f"(constant in n). Target < 4 GB beyond the features.")
+    stream_total = stream["beyond"] + (args.workers * stream["workers_peak"] if args.workers else 0)
+    print(
+        f"ratio stream/decode-all peak beyond the features at n={args.n}: "
+        f"{stream['beyond'] / base['beyond']:.3f}; time ratio "
+        f"{stream['seconds'] / base['seconds']:.3f}"
+    )
+    print(
+        f"stream peak at n={half['n']} vs n={stream['n']}: {half['beyond'] / GB:.3f} vs "
+        f"{stream['beyond'] / GB:.3f} GB (flat in n)"
+    )
+    print(
+        f"extrapolated to 50,000 images at 224 px: decode-all >= "
+        f"{50_000 * PER_IMAGE / GB:.1f} GB of inputs ({2 * 50_000 * PER_IMAGE / GB:.1f} GB "
+        f"while concatenating); stream about {stream_total / GB:.2f} GB "
+        f"(constant in n). Target < 4 GB beyond the features."
+    )
 
 
 if __name__ == "__main__":

@@ -110,9 +110,11 @@ class Inside:
 
     @contextmanager
     def watching(self) -> Iterator[None]:
-        undo = [self.wrap(lmc, "evaluate_row", "evaluate"),
-                self.wrap(prune, "evaluate_row", "evaluate"),
-                self.wrap(prune, "_dense_interplay", "mir_dense")]
+        undo = [
+            self.wrap(lmc, "evaluate_row", "evaluate"),
+            self.wrap(prune, "evaluate_row", "evaluate"),
+            self.wrap(prune, "_dense_interplay", "mir_dense"),
+        ]
         try:
             yield
         finally:
@@ -120,8 +122,9 @@ class Inside:
                 u()
 
 
-def measure(tasks: dict[str, Callable[[], object]], repeats: int
-            ) -> dict[str, tuple[float, Inside]]:
+def measure(
+    tasks: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, tuple[float, Inside]]:
     """Per task: median wall seconds and the breakdown of the median run."""
     runs: dict[str, list[tuple[float, Inside]]] = {name: [] for name in tasks}
     names = list(tasks)
@@ -139,24 +142,30 @@ def measure(tasks: dict[str, Callable[[], object]], repeats: int
 def report(label: str, result: tuple[float, Inside], points: int, one: float) -> None:
     seconds, inside = result
     evals, evaluate = inside.calls["evaluate"], inside.seconds["evaluate"]
-    line = (f"{label}: {seconds:.3f} s, {evals} evaluations; vs {points} singles "
-            f"{seconds / (points * one):.3f}")
+    line = (
+        f"{label}: {seconds:.3f} s, {evals} evaluations; vs {points} singles "
+        f"{seconds / (points * one):.3f}"
+    )
     if evals > points:
         line += f", vs {evals} singles {seconds / (evals * one):.3f}"
     line += f"; vs its own evaluations {seconds / evaluate:.3f}"
     if inside.calls["mir_dense"]:
         dense = inside.seconds["mir_dense"]
-        line += (f"; mir_dense {dense:.3f} s ({inside.calls['mir_dense']}x), vs its own "
-                 f"evaluations + mir_dense {seconds / (evaluate + dense):.3f}")
+        line += (
+            f"; mir_dense {dense:.3f} s ({inside.calls['mir_dense']}x), vs its own "
+            f"evaluations + mir_dense {seconds / (evaluate + dense):.3f}"
+        )
     print(line)
 
 
-def plain_training(model: torch.nn.Module, data: LabelledTensors, options: FinetuneOptions,
-                   device: torch.device) -> None:
+def plain_training(
+    model: torch.nn.Module, data: LabelledTensors, options: FinetuneOptions, device: torch.device
+) -> None:
     """The baseline: finetune's batches, SGD and epochs as a bare loop."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
-                                weight_decay=options.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+    )
     generator = torch.Generator().manual_seed(options.seed)
     model.train()
     for _ in range(options.epochs):
@@ -178,8 +187,10 @@ def bench_finetune(data: LabelledTensors, epochs: int, repeats: int, device: str
     options = FinetuneOptions(epochs=epochs)
     dense_model, pruned_model = make_model(0).to(dev), make_model(0).to(dev)
     prune._prune_to(prunable_parameters(pruned_model), 0.5, "global-magnitude", 0)
-    states = {id(m): {k: v.clone() for k, v in m.state_dict().items()}
-              for m in (dense_model, pruned_model)}
+    states = {
+        id(m): {k: v.clone() for k, v in m.state_dict().items()}
+        for m in (dense_model, pruned_model)
+    }
 
     def task(model: torch.nn.Module, train: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -187,21 +198,29 @@ def bench_finetune(data: LabelledTensors, epochs: int, repeats: int, device: str
             train()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
+
         return run
 
-    results = measure({
-        "finetune": task(pruned_model, lambda: finetune(pruned_model, data, options,
-                                                        device=dev)),
-        "plain": task(pruned_model, lambda: plain_training(pruned_model, data, options, dev)),
-        "plain_dense": task(dense_model, lambda: plain_training(dense_model, data, options,
-                                                                dev)),
-    }, repeats)
+    results = measure(
+        {
+            "finetune": task(
+                pruned_model, lambda: finetune(pruned_model, data, options, device=dev)
+            ),
+            "plain": task(pruned_model, lambda: plain_training(pruned_model, data, options, dev)),
+            "plain_dense": task(
+                dense_model, lambda: plain_training(dense_model, data, options, dev)
+            ),
+        },
+        repeats,
+    )
     seconds = {name: result[0] for name, result in results.items()}
-    print(f"fine-tuning {epochs} epoch(s), batch {options.batch_size}, pruned 50 %: "
-          f"finetune {seconds['finetune']:.3f} s, plain loop {seconds['plain']:.3f} s, "
-          f"ratio {seconds['finetune'] / seconds['plain']:.3f}; plain loop on the dense "
-          f"model {seconds['plain_dense']:.3f} s (masks cost "
-          f"{seconds['plain'] / seconds['plain_dense']:.3f}x)")
+    print(
+        f"fine-tuning {epochs} epoch(s), batch {options.batch_size}, pruned 50 %: "
+        f"finetune {seconds['finetune']:.3f} s, plain loop {seconds['plain']:.3f} s, "
+        f"ratio {seconds['finetune'] / seconds['plain']:.3f}; plain loop on the dense "
+        f"model {seconds['plain_dense']:.3f} s (masks cost "
+        f"{seconds['plain'] / seconds['plain_dense']:.3f}x)"
+    )
 
 
 def main() -> None:
@@ -212,8 +231,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 steadies timings on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 steadies timings on a shared machine)",
+    )
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -230,9 +253,11 @@ def main() -> None:
     ratios = parse_ratios(args.ratios)
     without_zero = sorted({r for r in ratios if r > 0} | {0.8})
     k, r = len(alphas), len(ratios)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {probe.resolve_device(args.device)}, {ARCH}, n = {args.n}, "
-          f"batch {args.batch_size}, median of {args.repeats} rotated repeats")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {probe.resolve_device(args.device)}, {ARCH}, n = {args.n}, "
+        f"batch {args.batch_size}, median of {args.repeats} rotated repeats"
+    )
     probe.evaluate(model, data, **kwargs)  # warm-up
 
     def singles() -> None:  # K single evaluations of the unchanged model
@@ -244,16 +269,20 @@ def main() -> None:
         model.load_state_dict(state_a)
 
     def run_prune(values: list[float], dense_metrics: bool = True) -> Callable[[], None]:
-        return lambda: list(prune_sweep(model, data, values, dense_metrics=dense_metrics,
-                                        eval_kwargs=kwargs))
+        return lambda: list(
+            prune_sweep(model, data, values, dense_metrics=dense_metrics, eval_kwargs=kwargs)
+        )
 
-    results = measure({
-        "singles": singles,
-        "lmc": run_lmc,
-        "prune": run_prune(ratios),
-        "prune_without_zero": run_prune(without_zero),
-        "prune_no_dense": run_prune(ratios, dense_metrics=False),
-    }, args.repeats)
+    results = measure(
+        {
+            "singles": singles,
+            "lmc": run_lmc,
+            "prune": run_prune(ratios),
+            "prune_without_zero": run_prune(without_zero),
+            "prune_no_dense": run_prune(ratios, dense_metrics=False),
+        },
+        args.repeats,
+    )
     one = results["singles"][0] / k
     print(f"one single evaluation (evaluate + analysis_row): {one:.3f} s")
     shown = ",".join(f"{v:g}" for v in ratios)
@@ -261,8 +290,12 @@ def main() -> None:
     report(f"prune R = {r} ({shown})", results["prune"], r, one)
     report(f"prune R = {r} ({shown}), dense_metrics=False", results["prune_no_dense"], r, one)
     shown = ",".join(f"{v:g}" for v in without_zero)
-    report(f"prune R = {len(without_zero)} ({shown}), no ratio 0",
-           results["prune_without_zero"], len(without_zero), one)
+    report(
+        f"prune R = {len(without_zero)} ({shown}), no ratio 0",
+        results["prune_without_zero"],
+        len(without_zero),
+        one,
+    )
     bench_finetune(data, args.epochs, args.repeats, args.device)
 
 

@@ -60,8 +60,7 @@ def shape(n, d, c):
 
 
 def interplay_on_cuda() -> None:
-    for n, d, c in [(10_000, 512, 10), (10_000, 512, 100), (50_000, 512, 10),
-                    (10_000, 2048, 1000)]:
+    for n, d, c in [(10_000, 512, 10), (10_000, 512, 100), (50_000, 512, 10), (10_000, 2048, 1000)]:
         n, d, c = shape(n, d, c)
         z, y, w = clustered(n, d, c)
         t = time.perf_counter()
@@ -73,11 +72,15 @@ def interplay_on_cuda() -> None:
         gpu = info.interplay(z, y, w, device=DEV, estimate="exact", max_exact_dim=None)
         sync()
         t_gpu = time.perf_counter() - t
-        diff = max(abs(a - b) for a, b in zip((cpu.h_z, cpu.h_w, cpu.h_zw),
-                                             (gpu.h_z, gpu.h_w, gpu.h_zw), strict=True))
-        check(f"interplay n={n} d={d} C={c} float64 {DEV} vs cpu", diff < 1e-9,
-              f"max |cpu-{DEV}| {diff:.2e}; cpu {t_cpu:.2f}s, {DEV} {t_gpu:.2f}s; MIR "
-              f"{gpu.mir:.6f}")
+        diff = max(
+            abs(a - b)
+            for a, b in zip((cpu.h_z, cpu.h_w, cpu.h_zw), (gpu.h_z, gpu.h_w, gpu.h_zw), strict=True)
+        )
+        check(
+            f"interplay n={n} d={d} C={c} float64 {DEV} vs cpu",
+            diff < 1e-9,
+            f"max |cpu-{DEV}| {diff:.2e}; cpu {t_cpu:.2f}s, {DEV} {t_gpu:.2f}s; MIR {gpu.mir:.6f}",
+        )
 
 
 def imagenet_scale_on_cuda() -> None:
@@ -92,18 +95,23 @@ def imagenet_scale_on_cuda() -> None:
     exact = info.interplay(z, y, w, device=DEV)  # auto: exact when the limit allows
     sync()
     t_exact = time.perf_counter() - t
-    check(f"auto takes exact at n={n} d={d} C={c} on {DEV}", exact.estimate == "exact",
-          f"default max_exact_dim {limit}; route {exact.label}; {t_exact:.1f}s; peak "
-          f"{peak_gib():.1f} GiB; MIR {exact.mir:.6f}")
+    check(
+        f"auto takes exact at n={n} d={d} C={c} on {DEV}",
+        exact.estimate == "exact",
+        f"default max_exact_dim {limit}; route {exact.label}; {t_exact:.1f}s; peak "
+        f"{peak_gib():.1f} GiB; MIR {exact.mir:.6f}",
+    )
     t = time.perf_counter()
     est = info.interplay(z, y, w, device=DEV, estimate="slq")
     sync()
     t_slq = time.perf_counter() - t
     diff = est.mir - exact.mir
-    check(f"slq vs exact at n={n} on {DEV}", abs(diff) <= 2 * est.mir_err
-          and est.mir_lower <= exact.mir,
-          f"slq MIR {est.mir:.6f} ± {est.mir_err:.6f} (lower {est.mir_lower:.4f}) in "
-          f"{t_slq:.1f}s, {est.label}; diff {diff:+.2e}")
+    check(
+        f"slq vs exact at n={n} on {DEV}",
+        abs(diff) <= 2 * est.mir_err and est.mir_lower <= exact.mir,
+        f"slq MIR {est.mir:.6f} ± {est.mir_err:.6f} (lower {est.mir_lower:.4f}) in "
+        f"{t_slq:.1f}s, {est.label}; diff {diff:+.2e}",
+    )
 
 
 def loss_on_cuda() -> None:
@@ -123,24 +131,36 @@ def probe_on_cuda() -> None:
     from infoprobe.data import load_data
     from infoprobe.probe import evaluate
 
-    for ckpt in ("fixtures/series/test_efficientnet-step210.safetensors",
-                 "fixtures/label_smoothing/ls0.0.safetensors"):
+    for ckpt in (
+        "fixtures/series/test_efficientnet-step210.safetensors",
+        "fixtures/label_smoothing/ls0.0.safetensors",
+    ):
         data = load_data("fixtures/digits/test.safetensors")
         cpu = evaluate(load_model(ckpt).model, data, device="cpu")
         gpu = evaluate(load_model(ckpt).model, data, device=DEV)
         diff = float((cpu.features - gpu.features).abs().max())
         scale = float(cpu.features.abs().max())
-        check(f"evaluate fp32 {ckpt}", diff <= 1e-3 * scale and cpu.accuracy == gpu.accuracy,
-              f"max feature diff {diff:.2e} (scale {scale:.2f}); acc {cpu.accuracy:.4f} / "
-              f"{gpu.accuracy:.4f}")
-        amp = evaluate(load_model(ckpt).model, data, device=DEV, amp="bf16",
-                       channels_last=True)
-        check(f"evaluate bf16+channels_last {ckpt}", abs(amp.accuracy - cpu.accuracy) < 0.02,
-              f"acc {amp.accuracy:.4f} vs {cpu.accuracy:.4f}; features {amp.features.dtype}")
-        a, b = info.interplay(cpu.features, cpu.labels, cpu.head), \
-            info.interplay(gpu.features, gpu.labels, gpu.head)
-        check(f"MIR from cuda features {ckpt}", abs(a.mir - b.mir) < 1e-4,
-              f"{a.mir:.6f} vs {b.mir:.6f}")
+        check(
+            f"evaluate fp32 {ckpt}",
+            diff <= 1e-3 * scale and cpu.accuracy == gpu.accuracy,
+            f"max feature diff {diff:.2e} (scale {scale:.2f}); acc {cpu.accuracy:.4f} / "
+            f"{gpu.accuracy:.4f}",
+        )
+        amp = evaluate(load_model(ckpt).model, data, device=DEV, amp="bf16", channels_last=True)
+        check(
+            f"evaluate bf16+channels_last {ckpt}",
+            abs(amp.accuracy - cpu.accuracy) < 0.02,
+            f"acc {amp.accuracy:.4f} vs {cpu.accuracy:.4f}; features {amp.features.dtype}",
+        )
+        a, b = (
+            info.interplay(cpu.features, cpu.labels, cpu.head),
+            info.interplay(gpu.features, gpu.labels, gpu.head),
+        )
+        check(
+            f"MIR from cuda features {ckpt}",
+            abs(a.mir - b.mir) < 1e-4,
+            f"{a.mir:.6f} vs {b.mir:.6f}",
+        )
 
 
 def cli_on_cuda() -> None:
@@ -149,20 +169,61 @@ def cli_on_cuda() -> None:
     gpu = ["--device", DEV, "--amp", "--channels-last"]
     for args in (
         ["analyze", a, "--data", data, *gpu],
-        ["lmc", a, b, "--data", data, "--steps", "3", "--reset-bn", "--bn-data",
-         "fixtures/digits/train.safetensors", *gpu],
+        [
+            "lmc",
+            a,
+            b,
+            "--data",
+            data,
+            "--steps",
+            "3",
+            "--reset-bn",
+            "--bn-data",
+            "fixtures/digits/train.safetensors",
+            *gpu,
+        ],
         ["prune", a, "--data", data, "--ratios", "0,0.5", *gpu],
-        ["prune", a, "--data", data, "--ratios", "0,0.5,0.9", "--method", "layer-magnitude",
-         "--finetune-data", "fixtures/digits/train.safetensors", *gpu],
-        ["prune", a, "--data", data, "--ratios", "0.5", "--finetune-data",
-         "fixtures/digits/train.safetensors", "--device", DEV, "--amp", "--amp-dtype",
-         "fp16"],
+        [
+            "prune",
+            a,
+            "--data",
+            data,
+            "--ratios",
+            "0,0.5,0.9",
+            "--method",
+            "layer-magnitude",
+            "--finetune-data",
+            "fixtures/digits/train.safetensors",
+            *gpu,
+        ],
+        [
+            "prune",
+            a,
+            "--data",
+            data,
+            "--ratios",
+            "0.5",
+            "--finetune-data",
+            "fixtures/digits/train.safetensors",
+            "--device",
+            DEV,
+            "--amp",
+            "--amp-dtype",
+            "fp16",
+        ],
     ):
-        out = subprocess.run([sys.executable, "-m", "infoprobe", *args, "--csv", "-"],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "infoprobe", *args, "--csv", "-"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         rows = out.stdout.strip().splitlines()
-        check(f"cli {args[0]} on {DEV}", out.returncode == 0 and len(rows) > 1,
-              f"rc {out.returncode}, {len(rows) - 1} rows; {out.stderr.strip()[-200:]}")
+        check(
+            f"cli {args[0]} on {DEV}",
+            out.returncode == 0 and len(rows) > 1,
+            f"rc {out.returncode}, {len(rows) - 1} rows; {out.stderr.strip()[-200:]}",
+        )
 
 
 if __name__ == "__main__":
@@ -171,8 +232,13 @@ if __name__ == "__main__":
     elif not torch.cuda.is_available():
         sys.exit("no CUDA device (use --cpu-smoke to test this script on CPU)")
     print(torch.__version__, torch.cuda.get_device_name() if DEV == "cuda" else "cpu smoke")
-    for step in (interplay_on_cuda, imagenet_scale_on_cuda, loss_on_cuda, probe_on_cuda,
-                 cli_on_cuda):
+    for step in (
+        interplay_on_cuda,
+        imagenet_scale_on_cuda,
+        loss_on_cuda,
+        probe_on_cuda,
+        cli_on_cuda,
+    ):
         try:
             step()
         except Exception as e:  # keep going: one report with every check

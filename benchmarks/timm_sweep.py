@@ -47,8 +47,12 @@ def measure(name: str, max_params: float) -> dict:
     started = time.perf_counter()
     try:
         with torch.device("meta"):  # count the parameters without allocating them
-            params = sum(p.numel() for p in timm.create_model(
-                name, pretrained=False, num_classes=NUM_CLASSES).parameters())
+            params = sum(
+                p.numel()
+                for p in timm.create_model(
+                    name, pretrained=False, num_classes=NUM_CLASSES
+                ).parameters()
+            )
     except Exception:  # some constructors need real tensors: count after the real build
         params = 0
     if params > max_params:
@@ -62,10 +66,14 @@ def measure(name: str, max_params: float) -> dict:
     if params > max_params:
         return {"name": name, "outcome": "skipped", "error": f"{params:.3g} parameters"}
     size = model.pretrained_cfg.get("test_input_size") or model.pretrained_cfg.get(
-        "input_size", (3, 224, 224))
+        "input_size", (3, 224, 224)
+    )
     gen = torch.Generator().manual_seed(1)
-    data = LabelledTensors(inputs=torch.randn(2, *size, generator=gen),
-                           labels=torch.arange(2) % NUM_CLASSES, source="random")
+    data = LabelledTensors(
+        inputs=torch.randn(2, *size, generator=gen),
+        labels=torch.arange(2) % NUM_CLASSES,
+        source="random",
+    )
     row = {"name": name, "params": params, "input_size": list(size)}
     try:
         ev = evaluate(model, data, device="cpu")
@@ -85,8 +93,9 @@ def main() -> None:
     parser.add_argument("--out", default="timm_sweep.jsonl")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-params", type=float, default=100e6,
-                        help="skip larger models (memory and time)")
+    parser.add_argument(
+        "--max-params", type=float, default=100e6, help="skip larger models (memory and time)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -102,8 +111,10 @@ def main() -> None:
             done[name] = row
             f.write(json.dumps(row) + "\n")
             f.flush()
-            print(f"[{i + 1}/{len(names)}] {name}: {row['outcome']} {row.get('error', '')}",
-                  flush=True)
+            print(
+                f"[{i + 1}/{len(names)}] {name}: {row['outcome']} {row.get('error', '')}",
+                flush=True,
+            )
     counts = collections.Counter(r["outcome"] for r in done.values())
     print(json.dumps({"models": len(done), **counts}))
     refused = sorted(r["name"] for r in done.values() if r["outcome"] == "refused")

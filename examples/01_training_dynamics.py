@@ -46,21 +46,41 @@ def run(args, dataset: str, timer):
 
     def on_step(step, model):
         if step in save_at:
-            C.save_checkpoint(model, ckpt_dir / f"step{step:04d}.safetensors", arch=C.ARCH,
-                              num_classes=C.NUM_CLASSES, step=step, epoch=step / spe,
-                              seed=args.seed, data=dataset)
+            C.save_checkpoint(
+                model,
+                ckpt_dir / f"step{step:04d}.safetensors",
+                arch=C.ARCH,
+                num_classes=C.NUM_CLASSES,
+                step=step,
+                epoch=step / spe,
+                seed=args.seed,
+                data=dataset,
+            )
 
     model = C.create_model(C.ARCH, seed=args.seed)
     C.train(model, train, config, order_seed=args.seed, on_step=on_step)
-    C.log(f"{dataset}: trained {total} steps ({total / spe:.1f} epochs), {len(save_at)} "
-          f"checkpoints, test accuracy {C.accuracy(model, test):.4f} ({timer})")
+    C.log(
+        f"{dataset}: trained {total} steps ({total / spe:.1f} epochs), {len(save_at)} "
+        f"checkpoints, test accuracy {C.accuracy(model, test):.4f} ({timer})"
+    )
     frames = []
     for split, path in (("train", train_path), ("test", test_path)):
         for estimate in ESTIMATES:
             csv = args.out / dataset / f"track_{split}_{estimate}.csv"
-            frame = C.track_frame(csv, ckpt_dir, "--data", path, "--estimate", estimate,
-                                  "--device", "cpu", *C.quick_samples(args.quick),
-                                  dataset=dataset, split=split, estimator=estimate)
+            frame = C.track_frame(
+                csv,
+                ckpt_dir,
+                "--data",
+                path,
+                "--estimate",
+                estimate,
+                "--device",
+                "cpu",
+                *C.quick_samples(args.quick),
+                dataset=dataset,
+                split=split,
+                estimator=estimate,
+            )
             frame.insert(3, "epoch", frame["step"] / spe)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -94,9 +114,11 @@ def summarise(rows) -> dict:
         out[f"{key}_hdr_min"] = round(float(frame.hdr.min()), 4)
         if len(frame) > 2:
             out[f"{key}_spearman_accuracy_mir"] = round(
-                float(frame.accuracy.corr(frame.mir, method="spearman")), 3)
+                float(frame.accuracy.corr(frame.mir, method="spearman")), 3
+            )
             out[f"{key}_spearman_accuracy_hdr"] = round(
-                float(frame.accuracy.corr(frame.hdr, method="spearman")), 3)
+                float(frame.accuracy.corr(frame.hdr, method="spearman")), 3
+            )
     return out
 
 
@@ -106,9 +128,10 @@ def plot(rows, path: Path) -> None:
     colours = {"train": "tab:blue", "test": "tab:orange"}
     styles = {"exact": "-", "batch": "--"}
     for row, dataset in enumerate(datasets):
-        axes = ax[4 * row: 4 * row + 4]
+        axes = ax[4 * row : 4 * row + 4]
         for (split, estimate), frame in rows[rows.dataset == dataset].groupby(
-                ["split", "estimator"]):
+            ["split", "estimator"]
+        ):
             frame = frame.sort_values("step")
             x = frame.epoch.clip(lower=frame.epoch[frame.epoch > 0].min() / 2)
             kw = dict(c=colours[split], ls=styles[estimate], label=f"{split}, {estimate}")
@@ -127,8 +150,11 @@ def plot(rows, path: Path) -> None:
         axes[0].legend(fontsize=7)
         axes[1].legend(fontsize=6)
         axes[3].legend(fontsize=6)
-    fig.suptitle("test_resnet, one training run per dataset (solid: exact entropies; dashed: "
-                 "the paper's mean over mini-batches of 256)", fontsize=9)
+    fig.suptitle(
+        "test_resnet, one training run per dataset (solid: exact entropies; dashed: "
+        "the paper's mean over mini-batches of 256)",
+        fontsize=9,
+    )
     C.save_figure(fig, path)
 
 

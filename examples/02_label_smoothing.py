@@ -43,40 +43,68 @@ def main(argv=None) -> None:
     runs = []
     for seed in seeds:
         for eps in EPSILONS:
-            config = C.TrainConfig(epochs=args.epochs, label_smoothing=eps,
-                                   max_steps=3 if args.quick else None)
+            config = C.TrainConfig(
+                epochs=args.epochs, label_smoothing=eps, max_steps=3 if args.quick else None
+            )
             total = config.total_steps(len(train["y"]))
             model = C.create_model(C.ARCH, seed=seed)
             C.train(model, train, config, order_seed=seed)
             path = ckpt_dir / f"ls{eps:.2f}-seed{seed}.safetensors"
-            C.save_checkpoint(model, path, arch=C.ARCH, num_classes=C.NUM_CLASSES, step=total,
-                              epoch=total / config.steps_per_epoch(len(train["y"])),
-                              seed=seed, label_smoothing=eps)
+            C.save_checkpoint(
+                model,
+                path,
+                arch=C.ARCH,
+                num_classes=C.NUM_CLASSES,
+                step=total,
+                epoch=total / config.steps_per_epoch(len(train["y"])),
+                seed=seed,
+                label_smoothing=eps,
+            )
             runs.append({"checkpoint": str(path), "seed": seed, "label_smoothing": eps})
-            C.log(f"seed {seed} eps {eps:.2f}: test accuracy {C.accuracy(model, test):.4f} "
-                  f"({timer})")
+            C.log(
+                f"seed {seed} eps {eps:.2f}: test accuracy {C.accuracy(model, test):.4f} ({timer})"
+            )
 
     import pandas as pd
 
     frames = []
     for split, data in (("train", train_path), ("test", test_path)):
         csv = args.out / f"analyze_{split}.csv"
-        C.infoprobe("analyze", *[r["checkpoint"] for r in runs], "--data", data, "--csv", csv,
-                    "--device", "cpu", *C.quick_samples(args.quick))
+        C.infoprobe(
+            "analyze",
+            *[r["checkpoint"] for r in runs],
+            "--data",
+            data,
+            "--csv",
+            csv,
+            "--device",
+            "cpu",
+            *C.quick_samples(args.quick),
+        )
         frame = pd.DataFrame(runs).merge(C.read_csv(csv), on="checkpoint")
         frame.insert(0, "split", split)
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
     C.write_csv(rows, args.out / "label_smoothing.csv")
 
-    table = (rows.groupby(["split", "label_smoothing"])[["accuracy", "mir", "hdr", "h_z", "h_w"]]
-             .agg(["mean", "std"]).round(4))
-    summary = {"data": args.data, "seeds": len(seeds), "epochs": args.epochs, "table": {
-        f"{split}/eps={eps}": {f"{col}_{stat}": float(v) for (col, stat), v in r.items()}
-        for (split, eps), r in table.iterrows()}}
+    table = (
+        rows.groupby(["split", "label_smoothing"])[["accuracy", "mir", "hdr", "h_z", "h_w"]]
+        .agg(["mean", "std"])
+        .round(4)
+    )
+    summary = {
+        "data": args.data,
+        "seeds": len(seeds),
+        "epochs": args.epochs,
+        "table": {
+            f"{split}/eps={eps}": {f"{col}_{stat}": float(v) for (col, stat), v in r.items()}
+            for (split, eps), r in table.iterrows()
+        },
+    }
     for split, frame in rows.groupby("split"):
         summary[f"{split}_paired_eps{EPSILONS[1]}_minus_eps0"] = C.paired(
-            frame, "label_smoothing", EPSILONS[0], EPSILONS[1], ("accuracy", "mir", "hdr"))
+            frame, "label_smoothing", EPSILONS[0], EPSILONS[1], ("accuracy", "mir", "hdr")
+        )
     plot(rows, args.out / "label_smoothing.png", args.data)
     C.finish(args.out, "label_smoothing", summary, timer, show=table.to_string())
 
@@ -89,8 +117,16 @@ def plot(rows, path: Path, data: str) -> None:
         stats = stats.fillna(0.0)
         for a, col in zip(ax, ("accuracy", "mir", "hdr"), strict=True):
             a.scatter(frame.label_smoothing, frame[col], s=8, c=colours[split], alpha=0.4)
-            a.errorbar(stats.index, stats[(col, "mean")], yerr=stats[(col, "std")], fmt="o-",
-                       ms=4, capsize=3, c=colours[split], label=split)
+            a.errorbar(
+                stats.index,
+                stats[(col, "mean")],
+                yerr=stats[(col, "std")],
+                fmt="o-",
+                ms=4,
+                capsize=3,
+                c=colours[split],
+                label=split,
+            )
     C.nc_line(ax[1], int(rows.n_classes.iloc[0]))
     for a, title in zip(ax, ("accuracy", "MIR", "HDR"), strict=True):
         a.set_title(title)
@@ -99,8 +135,10 @@ def plot(rows, path: Path, data: str) -> None:
     ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=7)
     seeds = rows.seed.nunique()
-    fig.suptitle(f"test_resnet on {data}: label smoothing (dots: seeds; bars: mean ± sd over "
-                 f"{seeds} seeds)", fontsize=9)
+    fig.suptitle(
+        f"test_resnet on {data}: label smoothing (dots: seeds; bars: mean ± sd over {seeds} seeds)",
+        fontsize=9,
+    )
     C.save_figure(fig, path)
 
 

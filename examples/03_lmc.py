@@ -42,8 +42,7 @@ def add_options(parser) -> None:
 
 def _pairs(lrs, n_pairs: int) -> dict[str, tuple[tuple, tuple, float]]:
     """pair label -> ((init, order) of A, (init, order) of B, lr)."""
-    pairs = {f"same_init{k}_lr{lr:g}": ((k, 0), (k, 1), lr) for lr in lrs
-             for k in range(n_pairs)}
+    pairs = {f"same_init{k}_lr{lr:g}": ((k, 0), (k, 1), lr) for lr in lrs for k in range(n_pairs)}
     pairs[f"different_init_lr{OTHER_INIT_LR:g}"] = ((0, 0), (1, 1), OTHER_INIT_LR)
     return pairs
 
@@ -56,18 +55,29 @@ def train_runs(args, train, test, pairs) -> dict[tuple, Path]:
             key = (init_seed, order_seed, lr)
             if key in ckpt:
                 continue
-            config = C.TrainConfig(epochs=args.epochs, lr=lr,
-                                   max_steps=3 if args.quick else None)
-            total, spe = config.total_steps(len(train["y"])), config.steps_per_epoch(
-                len(train["y"]))
+            config = C.TrainConfig(epochs=args.epochs, lr=lr, max_steps=3 if args.quick else None)
+            total, spe = (
+                config.total_steps(len(train["y"])),
+                config.steps_per_epoch(len(train["y"])),
+            )
             model = C.create_model(C.ARCH, seed=init_seed)
             C.train(model, train, config, order_seed=order_seed)
             ckpt[key] = C.save_checkpoint(
-                model, args.out / "checkpoints" / f"init{init_seed}_order{order_seed}_lr{lr:g}"
-                ".safetensors", arch=C.ARCH, num_classes=C.NUM_CLASSES, step=total,
-                epoch=total / spe, init_seed=init_seed, order_seed=order_seed, lr=lr)
-            C.log(f"init {init_seed}, order {order_seed}, lr {lr:g}: test accuracy "
-                  f"{C.accuracy(model, test):.4f}")
+                model,
+                args.out / "checkpoints" / f"init{init_seed}_order{order_seed}_lr{lr:g}"
+                ".safetensors",
+                arch=C.ARCH,
+                num_classes=C.NUM_CLASSES,
+                step=total,
+                epoch=total / spe,
+                init_seed=init_seed,
+                order_seed=order_seed,
+                lr=lr,
+            )
+            C.log(
+                f"init {init_seed}, order {order_seed}, lr {lr:g}: test accuracy "
+                f"{C.accuracy(model, test):.4f}"
+            )
     return ckpt
 
 
@@ -86,15 +96,33 @@ def main(argv=None) -> None:
     for pair, (a, b, lr) in pairs.items():
         # BN reset for the different-init pair and the highest lr only (a pass over the
         # training split per alpha)
-        resets = (False, True) if pair.startswith("different") or (
-            a[0] == 0 and lr == max(p[2] for p in pairs.values())) else (False,)
+        resets = (
+            (False, True)
+            if pair.startswith("different")
+            or (a[0] == 0 and lr == max(p[2] for p in pairs.values()))
+            else (False,)
+        )
         for reset in resets:
             label = f"{pair}{'+bn_reset' if reset else ''}"
             csv, js = args.out / f"lmc_{label}.csv", args.out / f"lmc_{label}.json"
             reset_args = ["--reset-bn", "--bn-data", train_path] if reset else []
-            C.infoprobe("lmc", ckpt[(*a, lr)], ckpt[(*b, lr)], "--data", test_path,
-                        "--steps", steps, *reset_args, "--csv", csv, "--json", js,
-                        "--device", "cpu", *C.quick_samples(args.quick))
+            C.infoprobe(
+                "lmc",
+                ckpt[(*a, lr)],
+                ckpt[(*b, lr)],
+                "--data",
+                test_path,
+                "--steps",
+                steps,
+                *reset_args,
+                "--csv",
+                csv,
+                "--json",
+                js,
+                "--device",
+                "cpu",
+                *C.quick_samples(args.quick),
+            )
             frame = C.read_csv(csv)
             frame.insert(0, "pair", pair)
             frame.insert(1, "bn_reset", reset)
@@ -128,9 +156,15 @@ def _by_lr(rows) -> dict:
             stats["accuracy_barrier"].append(float(ends.accuracy.mean() - worst.accuracy))
             stats["mir_change"].append(float(worst.mir - ends.mir.mean()))
             stats["hdr_change"].append(float(worst.hdr - ends.hdr.mean()))
-        out[f"lr={lr:g}"] = {"pairs": len(stats["mir_change"]), **{
-            f"{k}_{stat}": round(v, 4) for k, vals in stats.items() if vals
-            for stat, v in zip(("mean", "sd"), C.mean_std(vals), strict=True)}}
+        out[f"lr={lr:g}"] = {
+            "pairs": len(stats["mir_change"]),
+            **{
+                f"{k}_{stat}": round(v, 4)
+                for k, vals in stats.items()
+                if vals
+                for stat, v in zip(("mean", "sd"), C.mean_std(vals), strict=True)
+            },
+        }
     return out
 
 
@@ -138,18 +172,22 @@ def _path_summary(frame) -> dict:
     """End points against the worst interior point; MIR/HDR at the accuracy minimum."""
     ends = frame[frame.alpha.isin([0.0, 1.0])]
     inner = frame[~frame.alpha.isin([0.0, 1.0])]
-    out = {"accuracy_ends_mean": round(float(ends.accuracy.mean()), 4),
-           "mir_ends_mean": round(float(ends.mir.mean()), 4),
-           "hdr_ends_mean": round(float(ends.hdr.mean()), 4)}
+    out = {
+        "accuracy_ends_mean": round(float(ends.accuracy.mean()), 4),
+        "mir_ends_mean": round(float(ends.mir.mean()), 4),
+        "hdr_ends_mean": round(float(ends.hdr.mean()), 4),
+    }
     if len(inner):
         worst = inner.loc[inner.accuracy.idxmin()]
-        out.update(accuracy_min_inside=round(float(worst.accuracy), 4),
-                   alpha_at_min=float(worst.alpha),
-                   mir_at_accuracy_min=round(float(worst.mir), 4),
-                   hdr_at_accuracy_min=round(float(worst.hdr), 4),
-                   mir_min_inside=round(float(inner.mir.min()), 4),
-                   mir_max_inside=round(float(inner.mir.max()), 4),
-                   hdr_max_inside=round(float(inner.hdr.max()), 4))
+        out.update(
+            accuracy_min_inside=round(float(worst.accuracy), 4),
+            alpha_at_min=float(worst.alpha),
+            mir_at_accuracy_min=round(float(worst.mir), 4),
+            hdr_at_accuracy_min=round(float(worst.hdr), 4),
+            mir_min_inside=round(float(inner.mir.min()), 4),
+            mir_max_inside=round(float(inner.mir.max()), 4),
+            hdr_max_inside=round(float(inner.hdr.max()), 4),
+        )
     return out
 
 
@@ -171,10 +209,17 @@ def plot(rows, path: Path, data: str) -> None:
             for a, col in zip(ax, ("accuracy", "loss", "mir", "hdr"), strict=True):
                 a.plot(frame.alpha, frame[col], c=colours[lr], ls="--", lw=0.7, alpha=0.6)
             continue
-        kw = dict(c="tab:red" if different else colours[lr], ls="-" if reset else "--",
-                  marker="o", ms=3,
-                  label=(f"different init, lr {lr:g}{', BN reset' if reset else ''}"
-                         if different else f"same init, lr {lr:g}"))
+        kw = dict(
+            c="tab:red" if different else colours[lr],
+            ls="-" if reset else "--",
+            marker="o",
+            ms=3,
+            label=(
+                f"different init, lr {lr:g}{', BN reset' if reset else ''}"
+                if different
+                else f"same init, lr {lr:g}"
+            ),
+        )
         for a, col in zip(ax, ("accuracy", "loss", "mir", "hdr"), strict=True):
             a.plot(frame.alpha, frame[col], **kw)
     for a, title in zip(ax, ("test accuracy", "test loss", "MIR", "HDR"), strict=True):
@@ -183,9 +228,11 @@ def plot(rows, path: Path, data: str) -> None:
     ax[1].set_yscale("log")
     handles, labels = ax[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
-    fig.suptitle(f"linear interpolation between test_resnet runs on {data} (AdamW; dashed: "
-                 "interpolated BN statistics, solid: BN reset; thin: further same-init pairs)",
-                 fontsize=9)
+    fig.suptitle(
+        f"linear interpolation between test_resnet runs on {data} (AdamW; dashed: "
+        "interpolated BN statistics, solid: BN reset; thin: further same-init pairs)",
+        fontsize=9,
+    )
     C.save_figure(fig, path)
 
 

@@ -50,19 +50,42 @@ def sweep(args, seed: int, train, test, train_path, test_path):
     total = config.total_steps(len(train["y"]))
     model = C.create_model(C.ARCH, seed=seed)
     C.train(model, train, config, order_seed=seed)
-    dense = C.save_checkpoint(model, args.out / "checkpoints" / f"dense-seed{seed}.safetensors",
-                              arch=C.ARCH, num_classes=C.NUM_CLASSES, step=total,
-                              epoch=total / config.steps_per_epoch(len(train["y"])), seed=seed)
+    dense = C.save_checkpoint(
+        model,
+        args.out / "checkpoints" / f"dense-seed{seed}.safetensors",
+        arch=C.ARCH,
+        num_classes=C.NUM_CLASSES,
+        step=total,
+        epoch=total / config.steps_per_epoch(len(train["y"])),
+        seed=seed,
+    )
     C.log(f"dense model, seed {seed}: test accuracy {C.accuracy(model, test):.4f}")
     ratios = "0,0.5,0.9" if args.quick else ",".join(f"{r / 10:g}" for r in range(10))
     frames = []
     for method in METHODS:
         csv = args.out / f"prune_{method}_seed{seed}.csv"
         csv.unlink(missing_ok=True)  # a fresh sweep (the CLI resumes only with --resume)
-        finetune = ["--finetune-data", train_path, "--finetune-epochs", args.finetune_epochs
-                    ] if method == FINETUNED else []
-        C.infoprobe("prune", dense, "--data", test_path, "--ratios", ratios, "--method", method,
-                    *finetune, *C.quick_samples(args.quick), "--csv", csv, "--device", "cpu")
+        finetune = (
+            ["--finetune-data", train_path, "--finetune-epochs", args.finetune_epochs]
+            if method == FINETUNED
+            else []
+        )
+        C.infoprobe(
+            "prune",
+            dense,
+            "--data",
+            test_path,
+            "--ratios",
+            ratios,
+            "--method",
+            method,
+            *finetune,
+            *C.quick_samples(args.quick),
+            "--csv",
+            csv,
+            "--device",
+            "cpu",
+        )
         frame = C.read_csv(csv)
         frame.insert(0, "method", method)
         frame.insert(1, "seed", seed)
@@ -70,8 +93,18 @@ def sweep(args, seed: int, train, test, train_path, test_path):
     return pd.concat(frames, ignore_index=True)
 
 
-COLUMNS = ("accuracy", "mir", "hdr", "mir_dense", "hdr_dense", "ft_accuracy", "ft_mir", "ft_hdr",
-           "ft_mir_dense", "ft_hdr_dense")
+COLUMNS = (
+    "accuracy",
+    "mir",
+    "hdr",
+    "mir_dense",
+    "hdr_dense",
+    "ft_accuracy",
+    "ft_mir",
+    "ft_hdr",
+    "ft_mir_dense",
+    "ft_hdr_dense",
+)
 
 
 def main(argv=None) -> None:
@@ -82,27 +115,37 @@ def main(argv=None) -> None:
     import pandas as pd
 
     seeds = range(1 if args.quick else args.seeds)
-    rows = pd.concat([sweep(args, seed, train, test, train_path, test_path) for seed in seeds],
-                     ignore_index=True)
+    rows = pd.concat(
+        [sweep(args, seed, train, test, train_path, test_path) for seed in seeds], ignore_index=True
+    )
     C.write_csv(rows, args.out / "pruning.csv")
 
-    summary = {"data": args.data, "epochs": args.epochs, "seeds": len(seeds),
-               "finetune_epochs": args.finetune_epochs}
+    summary = {
+        "data": args.data,
+        "epochs": args.epochs,
+        "seeds": len(seeds),
+        "finetune_epochs": args.finetune_epochs,
+    }
     for method, frame in rows.groupby("method"):
         cols = [c for c in COLUMNS if c in frame and frame[c].notna().any()]
         stats = frame.groupby("ratio")[cols].agg(["mean", "std"])
-        summary[method] = {f"ratio={r:g}": {f"{c}_{st}": round(float(v), 4)
-                                            for (c, st), v in row.items() if v == v}
-                           for r, row in stats.iterrows()}
+        summary[method] = {
+            f"ratio={r:g}": {
+                f"{c}_{st}": round(float(v), 4) for (c, st), v in row.items() if v == v
+            }
+            for r, row in stats.iterrows()
+        }
     plot(rows, args.out / "pruning.png")
     C.finish(args.out, "pruning", summary, timer)
 
 
 def plot(rows, path: Path) -> None:
     fig, ax = C.figure(4, width=3.0, height=2.8)
-    arms = [("global-magnitude", "", "tab:blue", "-", "magnitude, no fine-tuning"),
-            ("global-magnitude", "ft_", "tab:green", "-", "magnitude + fine-tuning (paper)"),
-            ("random", "", "tab:gray", ":", "random, no fine-tuning")]
+    arms = [
+        ("global-magnitude", "", "tab:blue", "-", "magnitude, no fine-tuning"),
+        ("global-magnitude", "ft_", "tab:green", "-", "magnitude + fine-tuning (paper)"),
+        ("random", "", "tab:gray", ":", "random, no fine-tuning"),
+    ]
     for method, prefix, colour, ls, label in arms:
         frame = rows[rows.method == method]
         if f"{prefix}accuracy" not in frame or frame[f"{prefix}accuracy"].isna().all():
@@ -112,15 +155,22 @@ def plot(rows, path: Path) -> None:
             stats = frame.groupby("ratio")[prefix + col].agg(["mean", "std"]).fillna(0.0)
             a.errorbar(stats.index, stats["mean"], yerr=stats["std"], **style)
     C.nc_line(ax[3], int(rows.n_classes.iloc[0]), label=False)
-    titles = ("test accuracy", "MIR, pruned vs dense features", "HDR, pruned vs dense features",
-              "MIR, features vs head (dashed: NC)")
+    titles = (
+        "test accuracy",
+        "MIR, pruned vs dense features",
+        "HDR, pruned vs dense features",
+        "MIR, features vs head (dashed: NC)",
+    )
     for a, title in zip(ax, titles, strict=True):
         a.set_title(title, fontsize=9)
         a.set_xlabel("pruning ratio")
     ax[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(0.0, 0.6))
     seeds = rows.seed.nunique()
-    fig.suptitle("test_resnet on MNIST-5k: unstructured pruning, before and after fine-tuning "
-                 f"(mean ± sd over {seeds} dense models)", fontsize=9)
+    fig.suptitle(
+        "test_resnet on MNIST-5k: unstructured pruning, before and after fine-tuning "
+        f"(mean ± sd over {seeds} dense models)",
+        fontsize=9,
+    )
     C.save_figure(fig, path)
 
 

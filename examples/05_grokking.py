@@ -14,7 +14,8 @@ mini-batch estimate:
 
     infoprobe track OUT/checkpoints --arch examples/grokking_model.py:factory \
         --model-kwargs d_model=128 --model-kwargs n_heads=4 --model-kwargs d_head=32 \
-        --model-kwargs d_mlp=512 --data OUT/data/test.safetensors --max-samples 3830 [--estimate batch] --csv ...
+        --model-kwargs d_mlp=512 --data OUT/data/test.safetensors --max-samples 3830 \
+        [--estimate batch] --csv ...
 
 (the test split is subsampled, class-stratified, to the training split's size: the exact
 computation is an n x n eigen-solve here, since d * C = 128 * 113 > n).
@@ -27,7 +28,6 @@ declines from its highest point."
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -50,18 +50,29 @@ def add_options(parser) -> None:
     parser.add_argument("--p", type=int, default=113, help="modulus (prime)")
     parser.add_argument("--train-frac", type=float, default=0.3)
     parser.add_argument("--max-steps", type=int, default=30000, help="full-batch step cap")
-    parser.add_argument("--after-grok", type=int, default=5000,
-                        help="steps to keep training after test accuracy first reaches 99%%")
+    parser.add_argument(
+        "--after-grok",
+        type=int,
+        default=5000,
+        help="steps to keep training after test accuracy first reaches 99%%",
+    )
     parser.add_argument("--every", type=int, default=500, help="checkpoint every N steps")
-    parser.add_argument("--log-points", type=int, default=20,
-                        help="extra log-spaced checkpoints in the first --every*4 steps")
+    parser.add_argument(
+        "--log-points",
+        type=int,
+        default=20,
+        help="extra log-spaced checkpoints in the first --every*4 steps",
+    )
     parser.add_argument("--eval-every", type=int, default=100, help="accuracy log interval")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1.0)
     parser.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-training", action="store_true",
-                        help="measure the checkpoints and log already in OUT")
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="measure the checkpoints and log already in OUT",
+    )
 
 
 def make_data(p: int, frac: float, seed: int, out: Path) -> tuple[dict, dict, Path, Path]:
@@ -72,8 +83,13 @@ def make_data(p: int, frac: float, seed: int, out: Path) -> tuple[dict, dict, Pa
     splits = {"train": perm[:n_train].sort().values, "test": perm[n_train:].sort().values}
     data, paths = {}, {}
     for name, idx in splits.items():
-        meta = {"task": f"(a + b) mod {p}, tokens 'a b ='", "split": name,
-                "train_frac": str(frac), "seed": str(seed), "num_classes": str(p)}
+        meta = {
+            "task": f"(a + b) mod {p}, tokens 'a b ='",
+            "split": name,
+            "train_frac": str(frac),
+            "seed": str(seed),
+            "num_classes": str(p),
+        }
         data[name] = {"x": x[idx], "y": y[idx]}
         paths[name] = C.save_tensors(data[name], out / "data" / f"{name}.safetensors", meta)
     return data["train"], data["test"], paths["train"], paths["test"]
@@ -88,18 +104,22 @@ def checkpoint_steps(max_steps: int, every: int, log_points: int) -> set[int]:
 @torch.no_grad()
 def _evaluate(model, data: dict) -> tuple[float, float]:
     logits = model(data["x"])
-    return (float(F.cross_entropy(logits, data["y"])),
-            float((logits.argmax(1) == data["y"]).float().mean()))
+    return (
+        float(F.cross_entropy(logits, data["y"])),
+        float((logits.argmax(1) == data["y"]).float().mean()),
+    )
 
 
 def train(args, train_set: dict, test_set: dict, model_kwargs: dict, ckpt_dir: Path):
     """Full-batch AdamW until ``after_grok`` steps past 99% test accuracy; returns the log."""
     torch.manual_seed(args.seed)
     model = factory(num_classes=args.p, **model_kwargs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
-                                  weight_decay=args.weight_decay, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98)
+    )
     warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / max(args.warmup, 1), 1.0))
+        optimizer, lambda s: min((s + 1) / max(args.warmup, 1), 1.0)
+    )
     saves = checkpoint_steps(args.max_steps, args.every, args.log_points)
     history, timer, stop_at = [], C.Timer(), args.max_steps
     for step in range(args.max_steps + 1):
@@ -108,21 +128,39 @@ def train(args, train_set: dict, test_set: dict, model_kwargs: dict, ckpt_dir: P
             tr_loss, tr_acc = _evaluate(model, train_set)
             te_loss, te_acc = _evaluate(model, test_set)
             norm = torch.cat([q.detach().flatten() for q in model.parameters()]).norm().item()
-            history.append({"step": step, "train_loss": tr_loss, "train_accuracy": tr_acc,
-                            "test_loss": te_loss, "test_accuracy": te_acc, "weight_norm": norm})
+            history.append(
+                {
+                    "step": step,
+                    "train_loss": tr_loss,
+                    "train_accuracy": tr_acc,
+                    "test_loss": te_loss,
+                    "test_accuracy": te_acc,
+                    "weight_norm": norm,
+                }
+            )
             if te_acc >= 0.99 and stop_at == args.max_steps:
                 stop_at = min(args.max_steps, step + args.after_grok)
                 saves |= set(range(step, stop_at + 1, args.every)) | {stop_at}
             if step % (args.eval_every * 10) == 0:
                 C.write_csv(_frame(history), args.out / "train_log.csv")
-                C.log(f"step {step}: train acc {tr_acc:.3f}, test acc {te_acc:.3f}, "
-                      f"|theta| {norm:.1f} ({timer})")
+                C.log(
+                    f"step {step}: train acc {tr_acc:.3f}, test acc {te_acc:.3f}, "
+                    f"|theta| {norm:.1f} ({timer})"
+                )
         if step in saves or step == stop_at:
-            C.save_checkpoint(model, ckpt_dir / f"step{step:06d}.safetensors", arch=ARCH,
-                              num_classes=args.p, in_chans=None, model_kwargs=model_kwargs,
-                              step=step, epoch=step, task=f"(a + b) mod {args.p}",
-                              optimizer=f"AdamW(lr={args.lr}, weight_decay="
-                              f"{args.weight_decay}, betas=(0.9, 0.98)), full batch")
+            C.save_checkpoint(
+                model,
+                ckpt_dir / f"step{step:06d}.safetensors",
+                arch=ARCH,
+                num_classes=args.p,
+                in_chans=None,
+                model_kwargs=model_kwargs,
+                step=step,
+                epoch=step,
+                task=f"(a + b) mod {args.p}",
+                optimizer=f"AdamW(lr={args.lr}, weight_decay="
+                f"{args.weight_decay}, betas=(0.9, 0.98)), full batch",
+            )
         if step == stop_at:
             break
         model.train()
@@ -158,9 +196,22 @@ def measure(args, ckpt_dir: Path, paths: dict[str, Path], n_train: int, model_kw
             csv = args.out / f"track_{split}_{estimate}.csv"
             subsample = ["--max-samples", n_train] if split == "test" else []
             # "estimator" is the short name; "estimate" holds the full label
-            frame = C.track_frame(csv, ckpt_dir, "--arch", arch, *given, "--data", path,
-                                  *subsample, "--estimate", estimate, "--device", "cpu",
-                                  split=split, estimator=estimate)
+            frame = C.track_frame(
+                csv,
+                ckpt_dir,
+                "--arch",
+                arch,
+                *given,
+                "--data",
+                path,
+                *subsample,
+                "--estimate",
+                estimate,
+                "--device",
+                "cpu",
+                split=split,
+                estimator=estimate,
+            )
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -174,8 +225,9 @@ def main(argv=None) -> None:
         args.p, args.max_steps, args.every, args.log_points = 23, 200, 100, 4
         args.eval_every, args.lr = 50, 3e-3
         model_kwargs = QUICK_MODEL
-    train_set, test_set, train_path, test_path = make_data(args.p, args.train_frac, args.seed,
-                                                           args.out)
+    train_set, test_set, train_path, test_path = make_data(
+        args.p, args.train_frac, args.seed, args.out
+    )
     C.log(f"(a + b) mod {args.p}: {len(train_set['y'])} train / {len(test_set['y'])} test")
     ckpt_dir = args.out / "checkpoints"
     if args.skip_training:
@@ -183,14 +235,20 @@ def main(argv=None) -> None:
     else:
         ckpt_dir = C.fresh_checkpoint_dir(args.out)
         log = train(args, train_set, test_set, model_kwargs, ckpt_dir)
-    rows = measure(args, ckpt_dir, {"train": train_path, "test": test_path},
-                   len(train_set["y"]), model_kwargs)
+    rows = measure(
+        args, ckpt_dir, {"train": train_path, "test": test_path}, len(train_set["y"]), model_kwargs
+    )
     rows = rows.merge(log[["step", "weight_norm"]], on="step", how="left")
     C.write_csv(rows, args.out / "grokking.csv")
 
     summary = summarise(rows, log)
-    summary.update(p=args.p, train_frac=args.train_frac, model=model_kwargs, lr=args.lr,
-                   weight_decay=args.weight_decay)
+    summary.update(
+        p=args.p,
+        train_frac=args.train_frac,
+        model=model_kwargs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+    )
     plot(rows, log, summary, args.out / "grokking.png", args.p)
     C.finish(args.out, "grokking", summary, timer)
 
@@ -202,11 +260,13 @@ def _first_step(frame, column: str, threshold: float):
 
 def summarise(rows, log) -> dict:
     """Steps of memorisation and grokking, and where MIR is lowest and HDR highest."""
-    out = {"memorised_step": _first_step(log, "train_accuracy", 0.99),
-           "test_10pct_step": _first_step(log, "test_accuracy", 0.10),
-           "grokked_step": _first_step(log, "test_accuracy", 0.99),
-           "last_step": int(log["step"].iloc[-1]),
-           "mir_nc": float(rows["mir_nc"].iloc[0])}
+    out = {
+        "memorised_step": _first_step(log, "train_accuracy", 0.99),
+        "test_10pct_step": _first_step(log, "test_accuracy", 0.10),
+        "grokked_step": _first_step(log, "test_accuracy", 0.99),
+        "last_step": int(log["step"].iloc[-1]),
+        "mir_nc": float(rows["mir_nc"].iloc[0]),
+    }
     for (split, estimate), frame in rows.groupby(["split", "estimator"]):
         frame = frame.sort_values("step")
         key = f"{split}_{estimate}"
@@ -243,8 +303,10 @@ def plot(rows, log, summary: dict, path: Path, p: int) -> None:
                 a.axvline(summary[key], c="gray", ls=style, lw=0.8)
     for a in ax:
         a.legend(fontsize=7)
-    fig.suptitle(f"grokking, (a+b) mod {p}, 30% train; grey: dotted = train ≥ 99%, "
-                 "dashed = test ≥ 99%", fontsize=9)
+    fig.suptitle(
+        f"grokking, (a+b) mod {p}, 30% train; grey: dotted = train ≥ 99%, dashed = test ≥ 99%",
+        fontsize=9,
+    )
     C.save_figure(fig, path)
 
 

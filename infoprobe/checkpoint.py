@@ -92,8 +92,18 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth"
 HF_CONFIG = "config.json"
 #: ``pretrained_cfg`` entries that describe the evaluation transform; only these are taken
 #: from a config.json (never a file, url or hub id).
-_DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size",
-                  "interpolation", "mean", "std", "crop_pct", "test_crop_pct", "crop_mode")
+_DATA_CFG_KEYS = (
+    "input_size",
+    "test_input_size",
+    "min_input_size",
+    "fixed_input_size",
+    "interpolation",
+    "mean",
+    "std",
+    "crop_pct",
+    "test_crop_pct",
+    "crop_mode",
+)
 #: ``hyper_parameters`` (Lightning) / ``args`` (timm train.py) entries naming the arch.
 _ARCH_HPARAMS = ("arch", "architecture", "model_name", "model", "backbone")
 _STATE_KEYS = ("state_dict", "model")
@@ -104,9 +114,21 @@ _HEAD_NAMES = ("head.fc", "fc", "head", "classifier", "last_linear", "linear", "
 _LIST_MAX = 5
 # What a weights-only torch.load of untrusted bytes raises for a file it cannot read; no
 # code runs in it, so each of these means "not a readable checkpoint".
-_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
-                TypeError, IndexError, AttributeError, struct.error, zipfile.BadZipFile,
-                RecursionError, UnicodeDecodeError)
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    struct.error,
+    zipfile.BadZipFile,
+    RecursionError,
+    UnicodeDecodeError,
+)
 # What unpickling a trusted file can raise beyond those: its classes are not importable.
 _TRUSTED_LOAD_ERRORS = (*_LOAD_ERRORS, ImportError)
 # torch's message when weights_only=True meets pickled objects it will not build
@@ -167,8 +189,10 @@ def _folder_weights(folder: Path, given: Path) -> Path:
     for name in HF_WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise InputError(f"folder {folder} has a {HF_CONFIG} but no weights file (looked for "
-                     f"{', '.join(HF_WEIGHT_FILES)}); save the weights there")
+    raise InputError(
+        f"folder {folder} has a {HF_CONFIG} but no weights file (looked for "
+        f"{', '.join(HF_WEIGHT_FILES)}); save the weights there"
+    )
 
 
 def read_hf_config(folder: str | Path) -> dict:
@@ -182,18 +206,24 @@ def read_hf_config(folder: str | Path) -> dict:
     try:
         cfg, arch, model_args = load_model_config_from_path(folder)
     except FileNotFoundError:
-        raise InputError(f"local-dir {folder}: no {HF_CONFIG} there; give a folder written by "
-                         "timm's save_for_hf") from None
+        raise InputError(
+            f"local-dir {folder}: no {HF_CONFIG} there; give a folder written by timm's save_for_hf"
+        ) from None
     except (KeyError, TypeError, AttributeError, ValueError) as e:  # JSON errors included
-        raise InputError(f"{folder / HF_CONFIG} is not a timm model config ({type(e).__name__}: "
-                         f"{e}); it needs 'architecture' and 'pretrained_cfg'") from None
+        raise InputError(
+            f"{folder / HF_CONFIG} is not a timm model config ({type(e).__name__}: "
+            f"{e}); it needs 'architecture' and 'pretrained_cfg'"
+        ) from None
     if not isinstance(arch, str) or not arch:
         raise InputError(f"{folder / HF_CONFIG}: 'architecture' must be a timm model name")
     meta: dict[str, Any] = {}
     recorded = {"arch": arch, "num_classes": cfg.get("num_classes"), "model_kwargs": model_args}
     _take(meta, recorded, f"{folder / HF_CONFIG}", overwrite=True)
-    meta["pretrained_cfg"] = {k: tuple(v) if isinstance(v, list) else v
-                              for k, v in cfg.items() if k in _DATA_CFG_KEYS and v is not None}
+    meta["pretrained_cfg"] = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in cfg.items()
+        if k in _DATA_CFG_KEYS and v is not None
+    }
     return meta
 
 
@@ -208,7 +238,8 @@ def check_name(path: str | Path, what: str) -> Path:
         raise InputError(
             f"{what} {allowlist.shown(str(p))}: cannot use this path ({e.strerror}; its longest "
             f"name has {len(os.fsencode(longest))} bytes, most file systems allow 255); "
-            "shorten the name") from None
+            "shorten the name"
+        ) from None
     return p
 
 
@@ -256,9 +287,15 @@ def _unsafe_globals(path: Path, err: BaseException) -> list[str]:
 def _weights_only_reason(err: BaseException) -> str:
     """The line of torch's weights-only refusal that says what it could not read."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return next((line for line in lines[1:] if "WeightsUnpickler" not in line
-                 and not line.startswith(("Please file", "Check the documentation"))),
-                "an object a weights-only load cannot read")
+    return next(
+        (
+            line
+            for line in lines[1:]
+            if "WeightsUnpickler" not in line
+            and not line.startswith(("Please file", "Check the documentation"))
+        ),
+        "an object a weights-only load cannot read",
+    )
 
 
 def _restore_tied(tensors: dict[str, Tensor], meta: dict) -> dict:
@@ -310,8 +347,11 @@ def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, d
         if not refused:
             raise _corrupt(path, e) from None
         if not trust:
-            what = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names \
+            what = (
+                ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                if names
                 else _weights_only_reason(e)
+            )
             raise InputError(
                 f"refusing checkpoint {path}: it holds pickled Python objects "
                 f"({allowlist.shown(what)}); {_TRUST_HINT}"
@@ -350,8 +390,10 @@ def _parse_kwargs(value: Any, where: str) -> dict:
     except (json.JSONDecodeError, RecursionError):  # RecursionError: nesting too deep
         parsed = None
     if not isinstance(parsed, dict):
-        raise InputError(f"{where}: model_kwargs {allowlist.shown(value)} is not a JSON object; "
-                         "re-save the metadata or pass --model-kwargs")
+        raise InputError(
+            f"{where}: model_kwargs {allowlist.shown(value)} is not a JSON object; "
+            "re-save the metadata or pass --model-kwargs"
+        )
     return parsed
 
 
@@ -361,21 +403,29 @@ def _take(meta: dict, src: Mapping, where: str, *, overwrite: bool) -> None:
     The one way a checkpoint's metadata enters infoprobe: every form (safetensors metadata,
     a torch dict's top level, timm ``args``, Lightning ``hyper_parameters``) goes through it.
     """
+
     def put(key: str, value: Any) -> None:
         if overwrite or key not in meta:
             meta[key] = value
 
     if "arch" in src:
         put("arch", allowlist.recorded_arch(src["arch"], where))
-    kwargs = _parse_kwargs(src["model_kwargs"], f"{where} model_kwargs") \
-        if src.get("model_kwargs") else {}
+    kwargs = (
+        _parse_kwargs(src["model_kwargs"], f"{where} model_kwargs")
+        if src.get("model_kwargs")
+        else {}
+    )
     for key in ("num_classes", "in_chans"):
         # timm's save_for_hf also records them among the model arguments: they must agree
-        values = {allowlist.recorded_count(key, v.item() if isinstance(v, Tensor) else v, where)
-                  for v in (src.get(key), kwargs.pop(key, None)) if v is not None}
+        values = {
+            allowlist.recorded_count(key, v.item() if isinstance(v, Tensor) else v, where)
+            for v in (src.get(key), kwargs.pop(key, None))
+            if v is not None
+        }
         if len(values) > 1:
-            raise InputError(f"{where}: records {key} twice, as {sorted(values)}; pass "
-                             f"--{key.replace('_', '-')}")
+            raise InputError(
+                f"{where}: records {key} twice, as {sorted(values)}; pass --{key.replace('_', '-')}"
+            )
         if values:
             put(key, values.pop())
     if kwargs:
@@ -402,11 +452,9 @@ def _record_meta(obj: Any, st_meta: dict, path: Path) -> dict:
             holder = obj.get(entry)
             src = vars(holder) if isinstance(holder, argparse.Namespace) else holder
             if isinstance(src, dict):
-                taken = {k: src[k] for k in ("num_classes", "in_chans", "model_kwargs")
-                         if k in src}
+                taken = {k: src[k] for k in ("num_classes", "in_chans", "model_kwargs") if k in src}
                 # 'model' etc. may name anything: only a timm name counts as the arch
-                named = next((src[k] for k in _ARCH_HPARAMS if _is_timm_name(src.get(k))),
-                             None)
+                named = next((src[k] for k in _ARCH_HPARAMS if _is_timm_name(src.get(k))), None)
                 if named:
                     taken["arch"] = named
                 _take(meta, taken, f"checkpoint {path} {entry}", overwrite=False)
@@ -455,15 +503,16 @@ def clean_keys(state_dict: dict[str, Tensor], strip_prefix: str | None = None) -
     if strip_prefix == "":
         return dict(state_dict)
     if strip_prefix is not None:
-        return {k[len(strip_prefix):]: v for k, v in state_dict.items()
-                if k.startswith(strip_prefix)}
+        return {
+            k[len(strip_prefix) :]: v for k, v in state_dict.items() if k.startswith(strip_prefix)
+        }
     sd = clean_state_dict(dict(state_dict))
     changed = True
     while changed and sd:
         changed = False
         for p in _AUTO_PREFIXES:
             if all(k.startswith(p) for k in sd):
-                sd = clean_state_dict({k[len(p):]: v for k, v in sd.items()})
+                sd = clean_state_dict({k[len(p) :]: v for k, v in sd.items()})
                 changed = True
     return sd
 
@@ -487,8 +536,9 @@ def _check_finite(sd: dict[str, Tensor], path: Path) -> None:
         )
 
 
-def _read(path: str | Path, *, ema: bool, strip_prefix: str | None, trust: bool
-          ) -> tuple[dict[str, Tensor], dict, nn.Module | None]:
+def _read(
+    path: str | Path, *, ema: bool, strip_prefix: str | None, trust: bool
+) -> tuple[dict[str, Tensor], dict, nn.Module | None]:
     p, config = _checkpoint_file(path)
     obj, st_meta, fmt = _read_object(p, trust=trust)
     meta = {**_record_meta(obj, st_meta, p), **config}
@@ -519,8 +569,13 @@ def _read(path: str | Path, *, ema: bool, strip_prefix: str | None, trust: bool
     return cleaned, meta, module
 
 
-def read_state_dict(path: str | Path, *, ema: bool = False, strip_prefix: str | None = None,
-                    trust_checkpoint: bool = False) -> tuple[dict[str, Tensor], dict]:
+def read_state_dict(
+    path: str | Path,
+    *,
+    ema: bool = False,
+    strip_prefix: str | None = None,
+    trust_checkpoint: bool = False,
+) -> tuple[dict[str, Tensor], dict]:
     """Read a checkpoint's weights and recorded metadata.
 
     Returns ``(state_dict, meta)``: tensors on cpu in their stored dtype with wrapper
@@ -552,12 +607,13 @@ def _model_file(target: str, base: Path | None, label: str) -> Path:
         inside = base.resolve()
         candidate = (inside / target).resolve()
         if Path(target).is_absolute() or not candidate.is_relative_to(inside):
-            raise InputError(f"{label}: a recorded model file must sit in the checkpoint's "
-                             f"folder {inside}; pass --arch with the factory you trust")
+            raise InputError(
+                f"{label}: a recorded model file must sit in the checkpoint's "
+                f"folder {inside}; pass --arch with the factory you trust"
+            )
         file = candidate
     if not file.is_file():
-        raise InputError(f"{label}: model file {file} does not exist; "
-                         "check the path")
+        raise InputError(f"{label}: model file {file} does not exist; check the path")
     return file
 
 
@@ -585,8 +641,10 @@ def _import_factory(arch: str, base: Path | None = None):
             sys.modules[mod_name] = module
     else:
         if _stdlib(target):
-            raise InputError(f"{label}: '{target}' is a Python standard-library module, not a "
-                             "model factory; give a timm name or your own file.py:factory")
+            raise InputError(
+                f"{label}: '{target}' is a Python standard-library module, not a "
+                "model factory; give a timm name or your own file.py:factory"
+            )
         try:
             module = importlib.import_module(target)
         except ImportError as e:
@@ -624,9 +682,15 @@ def _accepts(factory, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = None,
-                model_kwargs: dict[str, Any] | None = None,
-                inferred: tuple[str, ...] = (), base: Path | None = None) -> nn.Module:
+def build_model(
+    arch: str,
+    *,
+    num_classes: int | None,
+    in_chans: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    inferred: tuple[str, ...] = (),
+    base: Path | None = None,
+) -> nn.Module:
     """Build an untrained model: a timm name (``pretrained=False``, nothing is downloaded) or
     ``path/to/file.py:factory`` / ``package.module:factory``, called with ``num_classes``,
     ``in_chans`` (when given) and ``model_kwargs``. Names in ``inferred`` (values guessed from
@@ -654,26 +718,33 @@ def build_model(arch: str, *, num_classes: int | None, in_chans: int | None = No
                 "make it accept num_classes/in_chans, or fix --model-kwargs"
             ) from None
         if not isinstance(model, nn.Module):
-            raise InputError(f"{label}: the factory returned {type(model).__name__}, "
-                             "not a torch.nn.Module")
+            raise InputError(
+                f"{label}: the factory returned {type(model).__name__}, not a torch.nn.Module"
+            )
         return model
     import timm
 
     if arch.partition(":")[0] in ("hf-hub", "hf_hub"):
-        raise InputError(f"{label}: hub model names are not supported (nothing is "
-                         "downloaded); give the timm architecture name, or local-dir:FOLDER "
-                         "for a folder written by save_for_hf")
+        raise InputError(
+            f"{label}: hub model names are not supported (nothing is "
+            "downloaded); give the timm architecture name, or local-dir:FOLDER "
+            "for a folder written by save_for_hf"
+        )
     if arch.startswith("local-dir:"):
-        raise InputError(f"{label}: load_model resolves local-dir: names; build_model "
-                         "takes the timm name its config.json records")
+        raise InputError(
+            f"{label}: load_model resolves local-dir: names; build_model "
+            "takes the timm name its config.json records"
+        )
     name = arch.removeprefix("timm:")
     if not timm.is_model(name):
         raise _unknown_timm(name)
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, KeyError, IndexError) as e:
-        raise InputError(f"{label}: timm rejected the model options {sorted(kwargs)} "
-                         f"({allowlist.shown(str(e))}); fix --model-kwargs") from None
+        raise InputError(
+            f"{label}: timm rejected the model options {sorted(kwargs)} "
+            f"({allowlist.shown(str(e))}); fix --model-kwargs"
+        ) from None
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -708,6 +779,7 @@ def _timm_cfg_value(arch: str | None, key: str) -> Any:
 def infer_num_classes(state_dict: dict[str, Tensor], arch: str | None = None) -> int | None:
     """Number of classes from the head weight: timm's recorded classifier name for ``arch``,
     else the last 2-D (or 1x1 conv) weight named like a head, else the last 2-D weight."""
+
     def rows(key: str) -> int | None:
         w = state_dict.get(key)
         if w is not None and (w.ndim == 2 or (w.ndim == 4 and w.shape[2:] == (1, 1))):
@@ -719,8 +791,11 @@ def infer_num_classes(state_dict: dict[str, Tensor], arch: str | None = None) ->
         if rows(f"{name}.weight"):
             return rows(f"{name}.weight")
     weights = [k for k in state_dict if k.endswith(".weight") and rows(k)]
-    named = [k for k in weights if k[: -len(".weight")].split(".")[-1] in _HEAD_NAMES
-             or k[: -len(".weight")] in _HEAD_NAMES]
+    named = [
+        k
+        for k in weights
+        if k[: -len(".weight")].split(".")[-1] in _HEAD_NAMES or k[: -len(".weight")] in _HEAD_NAMES
+    ]
     pick = named[-1] if named else (weights[-1] if weights else None)
     return rows(pick) if pick else None
 
@@ -775,8 +850,8 @@ def compare_states(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> StateDif
         mismatched=[
             (k, tuple(a[k].shape), tuple(b[k].shape))
             for k in a
-            if k in b and (a[k].shape != b[k].shape
-                           or a[k].is_floating_point() != b[k].is_floating_point())
+            if k in b
+            and (a[k].shape != b[k].shape or a[k].is_floating_point() != b[k].is_floating_point())
         ],
     )
 
@@ -799,45 +874,61 @@ def _likely_cause(missing, unexpected, mismatched, arch, num_classes) -> str:
     lacking = prefix_counts(missing, set(unexpected))
     if lacking and lacking.most_common(1)[0][1] >= max(1, len(missing) // 2):
         p = lacking.most_common(1)[0][0]
-        return (f"stripped prefix: the model's keys start with '{p}' and the checkpoint's do "
-                "not; pass --strip-prefix '' to keep the keys as saved")
+        return (
+            f"stripped prefix: the model's keys start with '{p}' and the checkpoint's do "
+            "not; pass --strip-prefix '' to keep the keys as saved"
+        )
     if mismatched and not missing and not unexpected:
         heads = {ck[0] for _, ck, md in mismatched if ck[1:] == md[1:] and ck[0] != md[0]}
-        if len(mismatched) <= 2 and len(heads) == 1 and all(ck[1:] == md[1:]
-                                                            for _, ck, md in mismatched):
-            return (f"wrong --num-classes: the checkpoint's head has {heads.pop()} outputs, "
-                    f"the model was built with {num_classes}")
+        if (
+            len(mismatched) <= 2
+            and len(heads) == 1
+            and all(ck[1:] == md[1:] for _, ck, md in mismatched)
+        ):
+            return (
+                f"wrong --num-classes: the checkpoint's head has {heads.pop()} outputs, "
+                f"the model was built with {num_classes}"
+            )
         if len(mismatched) == 1 and len(mismatched[0][1]) >= 3:
             _, ck, md = mismatched[0]
             if ck[0] == md[0] and ck[1] != md[1]:
-                return (f"wrong --in-chans: the checkpoint's first layer takes {ck[1]} input "
-                        f"channels, the model {md[1]}")
+                return (
+                    f"wrong --in-chans: the checkpoint's first layer takes {ck[1]} input "
+                    f"channels, the model {md[1]}"
+                )
     return f"wrong --arch: the checkpoint was not saved from '{arch}' with these options"
 
 
 def _pos_embed_cause(model: nn.Module, mismatched: list[tuple[str, tuple, tuple]]) -> str | None:
     """An input-size explanation when a ViT's position embedding [1, prefix + grid, D]
     differs in length: the checkpoint was trained at another image size."""
-    found = [(c, m) for k, c, m in mismatched if k.split(".")[-1] == "pos_embed"
-             and len(c) == len(m) == 3 and c[2] == m[2]]
+    found = [
+        (c, m)
+        for k, c, m in mismatched
+        if k.split(".")[-1] == "pos_embed" and len(c) == len(m) == 3 and c[2] == m[2]
+    ]
     if not found:
         return None
     ck, md = found[0]
-    prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model,
-                                                                       "num_prefix_tokens", 0)
+    prefix = (
+        0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+    )
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     side = math.isqrt(max(ck[1] - prefix, 0))
     size = ""
     if patch and side * side == ck[1] - prefix:
         size = f"img_size={side * patch[0]} "
-    return (f"input size: the checkpoint's position embedding has {ck[1]} tokens, the model "
-            f"built here {md[1]}, so the checkpoint was trained at another image size; build "
-            f"the model at its size with --model-kwargs {size or 'img_size=SIZE '}"
-            "dynamic_img_size=true (then it also takes other input sizes)")
+    return (
+        f"input size: the checkpoint's position embedding has {ck[1]} tokens, the model "
+        f"built here {md[1]}, so the checkpoint was trained at another image size; build "
+        f"the model at its size with --model-kwargs {size or 'img_size=SIZE '}"
+        "dynamic_img_size=true (then it also takes other input sizes)"
+    )
 
 
-def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
-                 num_classes: int | None) -> None:
+def _load_strict(
+    model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str, num_classes: int | None
+) -> None:
     diff = compare_states(sd, model.state_dict())
     missing, unexpected, mismatched = diff.only_b, diff.only_a, diff.mismatched
     if diff:
@@ -849,17 +940,27 @@ def _load_strict(model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str,
         if mismatched:
             shown = [f"{k} checkpoint {c} vs model {m}" for k, c, m in mismatched]
             parts.append(f"shape mismatches ({len(mismatched)}) {_short(shown, 3)}")
-        cause = (_pos_embed_cause(model, mismatched)
-                 or _likely_cause(missing, unexpected, mismatched, arch, num_classes))
-        raise InputError(f"checkpoint {path} does not fit model '{arch}': "
-                         f"{'; '.join(parts)}. Likely cause: {cause}")
+        cause = _pos_embed_cause(model, mismatched) or _likely_cause(
+            missing, unexpected, mismatched, arch, num_classes
+        )
+        raise InputError(
+            f"checkpoint {path} does not fit model '{arch}': "
+            f"{'; '.join(parts)}. Likely cause: {cause}"
+        )
     model.load_state_dict(sd, strict=False)
 
 
-def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-               in_chans: int | None = None, model_kwargs: dict[str, Any] | None = None,
-               ema: bool = False, strip_prefix: str | None = None,
-               trust_checkpoint: bool = False) -> LoadedModel:
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    ema: bool = False,
+    strip_prefix: str | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
     """Load a checkpoint into its architecture, strictly; eval mode, cpu, float32.
 
     ``path`` is a file or a ``save_for_hf`` folder. ``arch`` defaults to the one the
@@ -888,24 +989,33 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     if module is not None and arch is None and local is None:
         model = module.float().eval()
         n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
-        return LoadedModel(model=model, arch=meta.get("arch"), num_classes=int(n), path=p,
-                           meta=meta)
+        return LoadedModel(
+            model=model, arch=meta.get("arch"), num_classes=int(n), path=p, meta=meta
+        )
     # a recorded file.py is looked for beside what recorded it, only
     recorder = local or (p if p.is_dir() else p.parent)
     base = None if arch else recorder
     arch = arch or _recorded_arch(meta, p, trust_checkpoint)
-    guessed = tuple(k for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
-                    if v is None and k not in meta)
+    guessed = tuple(
+        k
+        for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
+        if v is None and k not in meta
+    )
     num_classes = num_classes or meta.get("num_classes") or infer_num_classes(sd, arch)
     in_chans = in_chans or meta.get("in_chans") or _infer_in_chans(sd, arch)
     # the user's arguments replace recorded ones, which are then not checked
-    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items()
-                if k not in typed_kwargs}
+    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in typed_kwargs}
     if not (trust_checkpoint and _is_custom(arch)):  # a trusted custom factory takes them all
         recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {p} model_kwargs")
     kwargs = {**recorded, **typed_kwargs}
-    model = build_model(arch, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs,
-                        inferred=guessed, base=base)
+    model = build_model(
+        arch,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        model_kwargs=kwargs,
+        inferred=guessed,
+        base=base,
+    )
     _load_strict(model, sd, p, arch, num_classes)
     model = model.float().eval()
     if meta.get("pretrained_cfg"):  # the folder's data config drives the eval transform
@@ -915,8 +1025,9 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
 
 
-def _typed_sizes(num_classes: int | None, in_chans: int | None,
-                 model_kwargs: dict[str, Any] | None) -> tuple[int | None, int | None, dict]:
+def _typed_sizes(
+    num_classes: int | None, in_chans: int | None, model_kwargs: dict[str, Any] | None
+) -> tuple[int | None, int | None, dict]:
     """``num_classes`` / ``in_chans`` given in ``model_kwargs`` count as given directly (so a
     recorded value never overrides them); the same name given twice must agree."""
     kwargs = dict(model_kwargs or {})
@@ -927,11 +1038,13 @@ def _typed_sizes(num_classes: int | None, in_chans: int | None,
         value = kwargs.pop(key)
         flag = f"--{key.replace('_', '-')}"
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"--model-kwargs {key}={value!r}: give a positive integer, "
-                             f"or use {flag}")
+            raise InputError(
+                f"--model-kwargs {key}={value!r}: give a positive integer, or use {flag}"
+            )
         if sizes[key] is not None and sizes[key] != value:
-            raise InputError(f"--model-kwargs {key}={value} conflicts with {flag} "
-                             f"{sizes[key]}; give one of them")
+            raise InputError(
+                f"--model-kwargs {key}={value} conflicts with {flag} {sizes[key]}; give one of them"
+            )
         sizes[key] = value
     return sizes["num_classes"], sizes["in_chans"], kwargs
 
@@ -991,12 +1104,17 @@ def checkpoint_files(paths: list[str | Path]) -> list[Path]:
         if p.is_dir() and hf_folder(p) is not None:
             files.append(p)  # one save_for_hf checkpoint
         elif p.is_dir():
-            found = sorted(f for f in p.iterdir()
-                           if (f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
-                           or (f.is_dir() and hf_folder(f) is not None))
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if (f.is_file() and f.name.endswith(CHECKPOINT_SUFFIXES))
+                or (f.is_dir() and hf_folder(f) is not None)
+            )
             if not found:
-                raise InputError(f"directory {p} holds no checkpoint files "
-                                 f"({', '.join(CHECKPOINT_SUFFIXES)}) or save_for_hf folders")
+                raise InputError(
+                    f"directory {p} holds no checkpoint files "
+                    f"({', '.join(CHECKPOINT_SUFFIXES)}) or save_for_hf folders"
+                )
             files.extend(found)
         else:
             files.append(_existing_file(p))
@@ -1034,16 +1152,19 @@ def checkpoint_stem(path: str | Path) -> str:
     return Path(name).stem
 
 
-def _alias_of(alias: Path, step: int | None, others: list[tuple[Path, int | None]]
-              ) -> Path | None:
+def _alias_of(alias: Path, step: int | None, others: list[tuple[Path, int | None]]) -> Path | None:
     """The checkpoint ``alias`` duplicates: the one recording the same step, else the one
     with the same bytes (a copy saved without a step)."""
     for path, other in others:
         if step is not None and other == step:
             return path
     for path, _ in others:
-        if (alias.is_file() and path.is_file() and path.stat().st_size == alias.stat().st_size
-                and filecmp.cmp(alias, path, shallow=False)):
+        if (
+            alias.is_file()
+            and path.is_file()
+            and path.stat().st_size == alias.stat().st_size
+            and filecmp.cmp(alias, path, shallow=False)
+        ):
             return path
     return None
 
@@ -1087,8 +1208,10 @@ def series_plan(paths: list[str | Path], *, trust_checkpoint: bool = False) -> S
         return SeriesPlan([(f, numbers[f]) for f in order], skipped, "", unreadable)
     order = sorted(kept, key=lambda f: (f not in plain, _natural_key(f)))
     unnumbered = [f.name for f in order if numbers[f] is None]
-    note = (f"steps are positions: {short_list(unnumbered)} record no step and carry no number "
-            "in the file name")
+    note = (
+        f"steps are positions: {short_list(unnumbered)} record no step and carry no number "
+        "in the file name"
+    )
     return SeriesPlan([(f, i) for i, f in enumerate(order)], skipped, note, unreadable)
 
 
@@ -1098,8 +1221,9 @@ def name_number(path: Path) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def series_steps(paths: list[str | Path], *,
-                 trust_checkpoint: bool = False) -> list[tuple[Path, int]]:
+def series_steps(
+    paths: list[str | Path], *, trust_checkpoint: bool = False
+) -> list[tuple[Path, int]]:
     """``(path, step)`` of :func:`series_plan`, aliases of a step left out; the error of
     the first file whose step cannot be read."""
     plan = series_plan(paths, trust_checkpoint=trust_checkpoint)

@@ -83,8 +83,12 @@ def _errors(debug: bool, resumable: bool = False) -> Iterator[None]:
             _say_error(str(e) if distributed.is_main() else f"rank {distributed.rank()}: {e}")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        _say_error("interrupted (finished rows stay in --csv FILE; rerun with --resume to "
-                   "compute the rest)" if resumable else "interrupted")
+        _say_error(
+            "interrupted (finished rows stay in --csv FILE; rerun with --resume to "
+            "compute the rest)"
+            if resumable
+            else "interrupted"
+        )
         raise typer.Exit(INTERRUPTED) from None
     except Exception as e:
         _traceback(debug)
@@ -270,125 +274,292 @@ class Options:
     """The options every command shares, declared once (see :func:`_shared_options`)."""
 
     # model
-    arch: Annotated[str | None, _opt(
-        "--arch", "-m", "--model", metavar="NAME", panel=_MODEL,
-        help="Architecture: a timm model name, local-dir:FOLDER (the architecture a "
-        "save_for_hf folder's config.json records), or path/to/file.py:factory or "
-        "package.module:factory, which imports and runs that code (yours to choose). "
-        "Default: the one the checkpoint records; a recorded file.py:factory or "
-        "module:factory runs only with --trust-checkpoint.")] = None
-    num_classes: Annotated[int | None, _opt(
-        "--num-classes", min=1, max=allowlist.MAX_CLASSES, panel=_MODEL,
-        help="Classes of the head. Default: recorded, else read off the head weight.")] = None
-    in_chans: Annotated[int | None, _opt(
-        "--in-chans", min=1, max=allowlist.MAX_IN_CHANS, panel=_MODEL,
-        help="Input channels. Default: recorded, else read off the first layer.")] = None
-    model_kwargs: Annotated[list[str] | None, _opt(
-        "--model-kwargs", metavar="KEY=VALUE..", panel=_MODEL,
-        help="Extra model constructor arguments (values parsed as JSON when they are JSON): "
-        "--model-kwargs a=1 b=true, or the flag repeated.")] = None
-    ema: Annotated[bool, _opt(
-        "--ema", panel=_MODEL,
-        help="Use the EMA weights of a train checkpoint (state_dict_ema / model_ema).")] = False
-    strip_prefix: Annotated[str | None, _opt(
-        "--strip-prefix", metavar="PREFIX", panel=_MODEL,
-        help="Strip this key prefix (default: module., _orig_mod., model. when every key "
-        "has it; '' keeps keys as saved).")] = None
-    trust_checkpoint: Annotated[bool, _opt(
-        "--trust-checkpoint", panel=_MODEL,
-        help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, "
-        "a recorded file.py:factory beside the checkpoint). Only for files you trust.")
+    arch: Annotated[
+        str | None,
+        _opt(
+            "--arch",
+            "-m",
+            "--model",
+            metavar="NAME",
+            panel=_MODEL,
+            help="Architecture: a timm model name, local-dir:FOLDER (the architecture a "
+            "save_for_hf folder's config.json records), or path/to/file.py:factory or "
+            "package.module:factory, which imports and runs that code (yours to choose). "
+            "Default: the one the checkpoint records; a recorded file.py:factory or "
+            "module:factory runs only with --trust-checkpoint.",
+        ),
+    ] = None
+    num_classes: Annotated[
+        int | None,
+        _opt(
+            "--num-classes",
+            min=1,
+            max=allowlist.MAX_CLASSES,
+            panel=_MODEL,
+            help="Classes of the head. Default: recorded, else read off the head weight.",
+        ),
+    ] = None
+    in_chans: Annotated[
+        int | None,
+        _opt(
+            "--in-chans",
+            min=1,
+            max=allowlist.MAX_IN_CHANS,
+            panel=_MODEL,
+            help="Input channels. Default: recorded, else read off the first layer.",
+        ),
+    ] = None
+    model_kwargs: Annotated[
+        list[str] | None,
+        _opt(
+            "--model-kwargs",
+            metavar="KEY=VALUE..",
+            panel=_MODEL,
+            help="Extra model constructor arguments (values parsed as JSON when they are JSON): "
+            "--model-kwargs a=1 b=true, or the flag repeated.",
+        ),
+    ] = None
+    ema: Annotated[
+        bool,
+        _opt(
+            "--ema",
+            panel=_MODEL,
+            help="Use the EMA weights of a train checkpoint (state_dict_ema / model_ema).",
+        ),
     ] = False
-    head: Annotated[str | None, _opt(
-        "--head", metavar="MODULE", panel=_MODEL,
-        help="Dotted name of the classifier layer; its own output then gives accuracy and "
-        "loss. Default: timm's get_classifier() (several heads: the one linear head their "
-        "mean logits use), else the last Linear.")] = None
+    strip_prefix: Annotated[
+        str | None,
+        _opt(
+            "--strip-prefix",
+            metavar="PREFIX",
+            panel=_MODEL,
+            help="Strip this key prefix (default: module., _orig_mod., model. when every key "
+            "has it; '' keeps keys as saved).",
+        ),
+    ] = None
+    trust_checkpoint: Annotated[
+        bool,
+        _opt(
+            "--trust-checkpoint",
+            panel=_MODEL,
+            help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, "
+            "a recorded file.py:factory beside the checkpoint). Only for files you trust.",
+        ),
+    ] = False
+    head: Annotated[
+        str | None,
+        _opt(
+            "--head",
+            metavar="MODULE",
+            panel=_MODEL,
+            help="Dotted name of the classifier layer; its own output then gives accuracy and "
+            "loss. Default: timm's get_classifier() (several heads: the one linear head their "
+            "mean logits use), else the last Linear.",
+        ),
+    ] = None
     # data
-    data: Annotated[str | None, _opt(
-        "--data", metavar="DATA", panel=_DATA,
-        help="Evaluation data: a tensor file (.safetensors/.pt/.npz with x and y), an "
-        "image folder or a CIFAR folder. Not needed for features files.")] = None
-    split: Annotated[str | None, _opt(
-        "--split", panel=_DATA, help="Split subfolder of an image dataset (e.g. val).")] = None
-    max_samples: Annotated[int | None, _opt(
-        "--max-samples", min=1, panel=_DATA,
-        help="Seeded class-stratified subsample of this size.")] = None
-    seed: Annotated[int, _opt(
-        "--seed", panel=_DATA,
-        help="Seed of the subsample, the batch estimate and random pruning.")] = 0
-    input_size: Annotated[str | None, _opt(
-        "--input-size", metavar="N|C H W", panel=_DATA,
-        help="Image size for image folders (C H W as in timm, or C,H,W). Default: the "
-        "model's.")] = None
-    mean: Annotated[str | None, _opt(
-        "--mean", metavar="M1 M2 ..", panel=_DATA,
-        help="Normalisation mean per channel (space- or comma-separated). Default: the "
-        "model's.")] = None
-    std: Annotated[str | None, _opt(
-        "--std", metavar="S1 S2 ..", panel=_DATA,
-        help="Normalisation std per channel (space- or comma-separated). Default: the "
-        "model's.")] = None
-    crop_pct: Annotated[float | None, _opt(
-        "--crop-pct", min=0.0, max=1.0, panel=_DATA,
-        help="Center-crop fraction for image folders.")] = None
-    interpolation: Annotated[str | None, _opt(
-        "--interpolation", panel=_DATA,
-        help="Resize interpolation for image folders (bilinear, bicubic, ...).")] = None
-    workers: Annotated[int, _opt(
-        "--workers", "-j", min=0, panel=_DATA,
-        help="Processes decoding images (image data over 1 GiB decoded streams through "
-        "them at every pass).")] = 0
-    class_map: Annotated[str | None, _opt(
-        "--class-map", metavar="FILE.txt", panel=_DATA,
-        help="timm class map for image folders: line i names the folder of model class i; "
-        "other folders are left out.")] = None
-    valid_labels: Annotated[str | None, _opt(
-        "--valid-labels", metavar="FILE.txt", panel=_DATA,
-        help="Model class indices, one per line, that the data's labels 0..k-1 stand for: "
-        "logits and head rows are restricted to them (timm validate.py).")] = None
+    data: Annotated[
+        str | None,
+        _opt(
+            "--data",
+            metavar="DATA",
+            panel=_DATA,
+            help="Evaluation data: a tensor file (.safetensors/.pt/.npz with x and y), an "
+            "image folder or a CIFAR folder. Not needed for features files.",
+        ),
+    ] = None
+    split: Annotated[
+        str | None,
+        _opt("--split", panel=_DATA, help="Split subfolder of an image dataset (e.g. val)."),
+    ] = None
+    max_samples: Annotated[
+        int | None,
+        _opt(
+            "--max-samples",
+            min=1,
+            panel=_DATA,
+            help="Seeded class-stratified subsample of this size.",
+        ),
+    ] = None
+    seed: Annotated[
+        int,
+        _opt(
+            "--seed",
+            panel=_DATA,
+            help="Seed of the subsample, the batch estimate and random pruning.",
+        ),
+    ] = 0
+    input_size: Annotated[
+        str | None,
+        _opt(
+            "--input-size",
+            metavar="N|C H W",
+            panel=_DATA,
+            help="Image size for image folders (C H W as in timm, or C,H,W). Default: the model's.",
+        ),
+    ] = None
+    mean: Annotated[
+        str | None,
+        _opt(
+            "--mean",
+            metavar="M1 M2 ..",
+            panel=_DATA,
+            help="Normalisation mean per channel (space- or comma-separated). Default: the "
+            "model's.",
+        ),
+    ] = None
+    std: Annotated[
+        str | None,
+        _opt(
+            "--std",
+            metavar="S1 S2 ..",
+            panel=_DATA,
+            help="Normalisation std per channel (space- or comma-separated). Default: the model's.",
+        ),
+    ] = None
+    crop_pct: Annotated[
+        float | None,
+        _opt(
+            "--crop-pct",
+            min=0.0,
+            max=1.0,
+            panel=_DATA,
+            help="Center-crop fraction for image folders.",
+        ),
+    ] = None
+    interpolation: Annotated[
+        str | None,
+        _opt(
+            "--interpolation",
+            panel=_DATA,
+            help="Resize interpolation for image folders (bilinear, bicubic, ...).",
+        ),
+    ] = None
+    workers: Annotated[
+        int,
+        _opt(
+            "--workers",
+            "-j",
+            min=0,
+            panel=_DATA,
+            help="Processes decoding images (image data over 1 GiB decoded streams through "
+            "them at every pass).",
+        ),
+    ] = 0
+    class_map: Annotated[
+        str | None,
+        _opt(
+            "--class-map",
+            metavar="FILE.txt",
+            panel=_DATA,
+            help="timm class map for image folders: line i names the folder of model class i; "
+            "other folders are left out.",
+        ),
+    ] = None
+    valid_labels: Annotated[
+        str | None,
+        _opt(
+            "--valid-labels",
+            metavar="FILE.txt",
+            panel=_DATA,
+            help="Model class indices, one per line, that the data's labels 0..k-1 stand for: "
+            "logits and head rows are restricted to them (timm validate.py).",
+        ),
+    ] = None
     # compute
-    device: Annotated[str, _opt(
-        "--device", metavar="auto|cpu|cuda[:k]|mps", panel=_COMPUTE,
-        help="Where the model runs; auto takes a GPU when there is one.")] = "auto"
-    batch_size: Annotated[int, _opt(
-        "--batch-size", "-b", min=1, panel=_COMPUTE,
-        help="Evaluation batch size (halved and retried on out-of-memory).")] = DEFAULT_BATCH_SIZE
-    amp: Annotated[bool, _opt(
-        "--amp", panel=_COMPUTE, help="Mixed precision (autocast, see --amp-dtype).")] = False
-    amp_dtype: Annotated[AmpDtype, _opt(
-        "--amp-dtype", panel=_COMPUTE, help="Autocast dtype for --amp.")] = AmpDtype.bf16
-    channels_last: Annotated[bool, _opt(
-        "--channels-last", panel=_COMPUTE, help="channels_last memory format (CUDA).")] = False
+    device: Annotated[
+        str,
+        _opt(
+            "--device",
+            metavar="auto|cpu|cuda[:k]|mps",
+            panel=_COMPUTE,
+            help="Where the model runs; auto takes a GPU when there is one.",
+        ),
+    ] = "auto"
+    batch_size: Annotated[
+        int,
+        _opt(
+            "--batch-size",
+            "-b",
+            min=1,
+            panel=_COMPUTE,
+            help="Evaluation batch size (halved and retried on out-of-memory).",
+        ),
+    ] = DEFAULT_BATCH_SIZE
+    amp: Annotated[
+        bool, _opt("--amp", panel=_COMPUTE, help="Mixed precision (autocast, see --amp-dtype).")
+    ] = False
+    amp_dtype: Annotated[
+        AmpDtype, _opt("--amp-dtype", panel=_COMPUTE, help="Autocast dtype for --amp.")
+    ] = AmpDtype.bf16
+    channels_last: Annotated[
+        bool, _opt("--channels-last", panel=_COMPUTE, help="channels_last memory format (CUDA).")
+    ] = False
     # measure
-    estimate: Annotated[Estimate, _opt(
-        "--estimate", panel=_MEASURE,
-        help="auto: exact when the joint eigen-solve fits --max-exact-dim, else slq; exact: "
-        "the full-set value (past the limit h_zw/mi/mir are left empty); slq: the stochastic "
-        "Lanczos estimate of the full-set value with error bars; batch: the paper's mean over "
-        "mini-batches (a different quantity).")
+    estimate: Annotated[
+        Estimate,
+        _opt(
+            "--estimate",
+            panel=_MEASURE,
+            help="auto: exact when the joint eigen-solve fits --max-exact-dim, else slq; exact: "
+            "the full-set value (past the limit h_zw/mi/mir are left empty); slq: the stochastic "
+            "Lanczos estimate of the full-set value with error bars; batch: the paper's mean over "
+            "mini-batches (a different quantity).",
+        ),
     ] = Estimate.auto
-    probes: Annotated[int, _opt(
-        "--probes", min=4, panel=_MEASURE,
-        help="Probe vectors of the slq estimate (its error bar shrinks as 1/sqrt).")] = PROBES
-    estimate_batch_size: Annotated[int, _opt(
-        "--estimate-batch-size", min=1, panel=_MEASURE,
-        help="Mini-batch size of --estimate batch.")] = DEFAULT_BATCH_SIZE
-    drop_zero_rows: Annotated[bool, _opt(
-        "--drop-zero-rows", panel=_MEASURE,
-        help="Leave out samples whose features are all zero (else an error).")] = False
-    max_exact_dim: Annotated[int | None, _opt(
-        "--max-exact-dim", min=0, panel=_MEASURE,
-        help=f"Largest exact eigen-solve (default: {DEFAULT_MAX_EXACT_DIM} on CPU, from the "
-        "free memory on CUDA; 0: no limit).")] = None
+    probes: Annotated[
+        int,
+        _opt(
+            "--probes",
+            min=4,
+            panel=_MEASURE,
+            help="Probe vectors of the slq estimate (its error bar shrinks as 1/sqrt).",
+        ),
+    ] = PROBES
+    estimate_batch_size: Annotated[
+        int,
+        _opt(
+            "--estimate-batch-size",
+            min=1,
+            panel=_MEASURE,
+            help="Mini-batch size of --estimate batch.",
+        ),
+    ] = DEFAULT_BATCH_SIZE
+    drop_zero_rows: Annotated[
+        bool,
+        _opt(
+            "--drop-zero-rows",
+            panel=_MEASURE,
+            help="Leave out samples whose features are all zero (else an error).",
+        ),
+    ] = False
+    max_exact_dim: Annotated[
+        int | None,
+        _opt(
+            "--max-exact-dim",
+            min=0,
+            panel=_MEASURE,
+            help=f"Largest exact eigen-solve (default: {DEFAULT_MAX_EXACT_DIM} on CPU, from the "
+            "free memory on CUDA; 0: no limit).",
+        ),
+    ] = None
     # output
-    csv: Annotated[str | None, _opt(
-        "--csv", metavar="FILE", panel=_OUTPUT, help="Write rows as CSV ('-': stdout).")] = None
-    json_out: Annotated[str | None, _opt(
-        "--json", metavar="FILE", panel=_OUTPUT,
-        help="Write rows and run metadata as JSON ('-': stdout).")] = None
-    debug: Annotated[bool, _opt(
-        "--debug", panel=_OUTPUT, help="Show tracebacks instead of one-line errors.")] = False
+    csv: Annotated[
+        str | None,
+        _opt("--csv", metavar="FILE", panel=_OUTPUT, help="Write rows as CSV ('-': stdout)."),
+    ] = None
+    json_out: Annotated[
+        str | None,
+        _opt(
+            "--json",
+            metavar="FILE",
+            panel=_OUTPUT,
+            help="Write rows and run metadata as JSON ('-': stdout).",
+        ),
+    ] = None
+    debug: Annotated[
+        bool, _opt("--debug", panel=_OUTPUT, help="Show tracebacks instead of one-line errors.")
+    ] = False
 
 
 def _panel(annotation: Any) -> str | None:
@@ -408,14 +579,19 @@ def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
     shared = get_type_hints(Options, include_extras=True)
     names = [f.name for f in dataclasses.fields(Options)]
     params = [
-        p.replace(annotation=own[p.name], kind=inspect.Parameter.KEYWORD_ONLY
-                  if p.default is not inspect.Parameter.empty else p.kind)
+        p.replace(
+            annotation=own[p.name],
+            kind=inspect.Parameter.KEYWORD_ONLY
+            if p.default is not inspect.Parameter.empty
+            else p.kind,
+        )
         for p in inspect.signature(func).parameters.values()
         if p.name != "opts"
     ]
     params += [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                          annotation=shared[f.name])
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=shared[f.name]
+        )
         for f in dataclasses.fields(Options)
     ]
     # help panels appear in order of first use: the command's own panels, then the shared
@@ -436,15 +612,28 @@ def _shared_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 # Command-specific options used by more than one command.
-SaveFeatures = Annotated[str | None, _opt(
-    "--save-features", metavar="FILE", panel=_OUTPUT,
-    help="Save features, labels, head and logits as .safetensors (use {name} for the "
-    "checkpoint's file stem when there are several); analyze such a file without --data.")]
-Plot = Annotated[str | None, _opt(
-    "--plot", metavar="FILE.png", panel=_OUTPUT, help="Plot the rows (needs matplotlib).")]
-Resume = Annotated[bool, _opt(
-    "--resume", panel=_OUTPUT,
-    help="Keep the rows already in --csv FILE and compute only the missing points.")]
+SaveFeatures = Annotated[
+    str | None,
+    _opt(
+        "--save-features",
+        metavar="FILE",
+        panel=_OUTPUT,
+        help="Save features, labels, head and logits as .safetensors (use {name} for the "
+        "checkpoint's file stem when there are several); analyze such a file without --data.",
+    ),
+]
+Plot = Annotated[
+    str | None,
+    _opt("--plot", metavar="FILE.png", panel=_OUTPUT, help="Plot the rows (needs matplotlib)."),
+]
+Resume = Annotated[
+    bool,
+    _opt(
+        "--resume",
+        panel=_OUTPUT,
+        help="Keep the rows already in --csv FILE and compute only the missing points.",
+    ),
+]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -486,13 +675,23 @@ _PRUNE_EXAMPLES = _examples(
 @app.command(epilog=_ANALYZE_EXAMPLES)
 @_shared_options
 def analyze(
-    checkpoints: Annotated[list[str], typer.Argument(
-        metavar="CKPT...", help="Checkpoints (or features .safetensors files) to compare.",
-        show_default=False)],
-    per_class: Annotated[bool, _opt(
-        "--per-class", panel=_OUTPUT,
-        help="Add a per-class table: n, accuracy, loss, within-class feature entropy and "
-        "the cosine between class mean and head row.")] = False,
+    checkpoints: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CKPT...",
+            help="Checkpoints (or features .safetensors files) to compare.",
+            show_default=False,
+        ),
+    ],
+    per_class: Annotated[
+        bool,
+        _opt(
+            "--per-class",
+            panel=_OUTPUT,
+            help="Add a per-class table: n, accuracy, loss, within-class feature entropy and "
+            "the cosine between class mean and head row.",
+        ),
+    ] = False,
     save_features: SaveFeatures = None,
     resume: Resume = False,
     *,
@@ -505,9 +704,14 @@ def analyze(
 @app.command(epilog=_TRACK_EXAMPLES)
 @_shared_options
 def track(
-    paths: Annotated[list[str], typer.Argument(
-        metavar="CKPT...|DIR", help="Checkpoints of one run, or folders holding them.",
-        show_default=False)],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CKPT...|DIR",
+            help="Checkpoints of one run, or folders holding them.",
+            show_default=False,
+        ),
+    ],
     plot: Plot = None,
     save_features: SaveFeatures = None,
     resume: Resume = False,
@@ -527,25 +731,50 @@ def track(
 def lmc(
     a: Annotated[str, typer.Argument(metavar="A", help="Checkpoint at alpha = 0.")],
     b: Annotated[str, typer.Argument(metavar="B", help="Checkpoint at alpha = 1.")],
-    steps: Annotated[int | None, _opt(
-        "--steps", min=2, panel="Sweep",
-        help="Evenly spaced alphas from 0 to 1 (default 11).")] = None,
-    alphas: Annotated[str | None, _opt(
-        "--alphas", metavar="A1,A2,..", panel="Sweep", help="Explicit alphas.")] = None,
-    reset_bn: Annotated[bool, _opt(
-        "--reset-bn", panel="Sweep",
-        help="Re-estimate BatchNorm statistics at each alpha from --bn-data (REPAIR-style).")
+    steps: Annotated[
+        int | None,
+        _opt(
+            "--steps", min=2, panel="Sweep", help="Evenly spaced alphas from 0 to 1 (default 11)."
+        ),
+    ] = None,
+    alphas: Annotated[
+        str | None, _opt("--alphas", metavar="A1,A2,..", panel="Sweep", help="Explicit alphas.")
+    ] = None,
+    reset_bn: Annotated[
+        bool,
+        _opt(
+            "--reset-bn",
+            panel="Sweep",
+            help="Re-estimate BatchNorm statistics at each alpha from --bn-data (REPAIR-style).",
+        ),
     ] = False,
-    bn_data: Annotated[str | None, _opt(
-        "--bn-data", metavar="DATA", panel="Sweep",
-        help="Data for --reset-bn, usually the training set.")] = None,
-    bn_batches: Annotated[int | None, _opt(
-        "--bn-batches", metavar="K", min=1, panel="Sweep",
-        help="Batches of --bn-data per reset (default: all).")] = None,
-    bn_on_eval_data: Annotated[bool, _opt(
-        "--bn-on-eval-data", panel="Sweep",
-        help="Allow --bn-data to be the evaluation data (BatchNorm then sees the test "
-        "set).")] = False,
+    bn_data: Annotated[
+        str | None,
+        _opt(
+            "--bn-data",
+            metavar="DATA",
+            panel="Sweep",
+            help="Data for --reset-bn, usually the training set.",
+        ),
+    ] = None,
+    bn_batches: Annotated[
+        int | None,
+        _opt(
+            "--bn-batches",
+            metavar="K",
+            min=1,
+            panel="Sweep",
+            help="Batches of --bn-data per reset (default: all).",
+        ),
+    ] = None,
+    bn_on_eval_data: Annotated[
+        bool,
+        _opt(
+            "--bn-on-eval-data",
+            panel="Sweep",
+            help="Allow --bn-data to be the evaluation data (BatchNorm then sees the test set).",
+        ),
+    ] = False,
     resume: Resume = False,
     plot: Plot = None,
     *,
@@ -556,8 +785,14 @@ def lmc(
     The loss and accuracy barriers are printed under the table and written to the JSON.
     Each finished row is appended to --csv at once, so an interrupted sweep keeps it.
     """
-    sweep = dict(steps=steps, alphas=alphas, reset_bn=reset_bn, bn_data=bn_data,
-                 bn_batches=bn_batches, bn_on_eval_data=bn_on_eval_data)
+    sweep = dict(
+        steps=steps,
+        alphas=alphas,
+        reset_bn=reset_bn,
+        bn_data=bn_data,
+        bn_batches=bn_batches,
+        bn_on_eval_data=bn_on_eval_data,
+    )
     _lmc(a, b, sweep, resume, plot, opts)
 
 
@@ -565,44 +800,97 @@ def lmc(
 @_shared_options
 def prune(
     checkpoint: Annotated[str, typer.Argument(metavar="CKPT", help="Dense checkpoint.")],
-    ratios: Annotated[str, _opt(
-        "--ratios", metavar="R1,R2,..", panel="Sweep",
-        help="Fractions of the prunable weights to zero, each in [0, 1).")],
-    method: Annotated[PruneMethod, _opt(
-        "--method", panel="Sweep",
-        help="global-magnitude (one L1 threshold over all layers), layer-magnitude (per "
-        "layer) or random.")] = PruneMethod.global_magnitude,
-    include_head: Annotated[bool, _opt(
-        "--include-head", panel="Sweep", help="Prune the classifier head too.")] = False,
-    iterative: Annotated[bool, _opt(
-        "--iterative", panel="Sweep",
-        help="Prune each ratio on top of the previous one instead of from the dense "
-        "weights.")] = False,
-    dense_metrics: Annotated[bool, _opt(
-        "--dense-metrics/--no-dense-metrics", panel="Sweep",
-        help="Compute mir_dense/hdr_dense (pruned vs dense features): one more exact "
-        "eigen-solve per ratio, up to n x n.")] = True,
-    finetune_data: Annotated[str | None, _opt(
-        "--finetune-data", metavar="DATA", panel=_FT,
-        help="Fine-tune each pruned model on this data (masks fixed), then measure it "
-        "again: the ft_* columns. Read like --data; use the training set.")] = None,
-    finetune_epochs: Annotated[int | None, _opt(
-        "--finetune-epochs", metavar="E", min=1, panel=_FT,
-        help="Epochs over --finetune-data per ratio.  [default: 1]")] = None,
-    lr: Annotated[float | None, _opt(
-        "--lr", panel=_FT,
-        help="Constant learning rate.  [default: 0.01 with sgd, 0.001 with adamw]")] = None,
-    finetune_batch_size: Annotated[int | None, _opt(
-        "--finetune-batch-size", metavar="B", min=1, panel=_FT,
-        help="Training batch size.  [default: 64]")] = None,
-    optimizer: Annotated[Optimizer | None, _opt(
-        "--optimizer", panel=_FT, help="sgd (with --momentum) or adamw.  [default: sgd]")
+    ratios: Annotated[
+        str,
+        _opt(
+            "--ratios",
+            metavar="R1,R2,..",
+            panel="Sweep",
+            help="Fractions of the prunable weights to zero, each in [0, 1).",
+        ),
+    ],
+    method: Annotated[
+        PruneMethod,
+        _opt(
+            "--method",
+            panel="Sweep",
+            help="global-magnitude (one L1 threshold over all layers), layer-magnitude (per "
+            "layer) or random.",
+        ),
+    ] = PruneMethod.global_magnitude,
+    include_head: Annotated[
+        bool, _opt("--include-head", panel="Sweep", help="Prune the classifier head too.")
+    ] = False,
+    iterative: Annotated[
+        bool,
+        _opt(
+            "--iterative",
+            panel="Sweep",
+            help="Prune each ratio on top of the previous one instead of from the dense weights.",
+        ),
+    ] = False,
+    dense_metrics: Annotated[
+        bool,
+        _opt(
+            "--dense-metrics/--no-dense-metrics",
+            panel="Sweep",
+            help="Compute mir_dense/hdr_dense (pruned vs dense features): one more exact "
+            "eigen-solve per ratio, up to n x n.",
+        ),
+    ] = True,
+    finetune_data: Annotated[
+        str | None,
+        _opt(
+            "--finetune-data",
+            metavar="DATA",
+            panel=_FT,
+            help="Fine-tune each pruned model on this data (masks fixed), then measure it "
+            "again: the ft_* columns. Read like --data; use the training set.",
+        ),
     ] = None,
-    momentum: Annotated[float | None, _opt(
-        "--momentum", panel=_FT, help="SGD momentum.  [default: 0.9]")] = None,
-    weight_decay: Annotated[float | None, _opt(
-        "--weight-decay", panel=_FT,
-        help="Weight decay.  [default: 0 with sgd, 0.01 with adamw]")] = None,
+    finetune_epochs: Annotated[
+        int | None,
+        _opt(
+            "--finetune-epochs",
+            metavar="E",
+            min=1,
+            panel=_FT,
+            help="Epochs over --finetune-data per ratio.  [default: 1]",
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        _opt(
+            "--lr",
+            panel=_FT,
+            help="Constant learning rate.  [default: 0.01 with sgd, 0.001 with adamw]",
+        ),
+    ] = None,
+    finetune_batch_size: Annotated[
+        int | None,
+        _opt(
+            "--finetune-batch-size",
+            metavar="B",
+            min=1,
+            panel=_FT,
+            help="Training batch size.  [default: 64]",
+        ),
+    ] = None,
+    optimizer: Annotated[
+        Optimizer | None,
+        _opt("--optimizer", panel=_FT, help="sgd (with --momentum) or adamw.  [default: sgd]"),
+    ] = None,
+    momentum: Annotated[
+        float | None, _opt("--momentum", panel=_FT, help="SGD momentum.  [default: 0.9]")
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        _opt(
+            "--weight-decay",
+            panel=_FT,
+            help="Weight decay.  [default: 0 with sgd, 0.01 with adamw]",
+        ),
+    ] = None,
     resume: Resume = False,
     plot: Plot = None,
     *,
@@ -614,11 +902,20 @@ def prune(
     is then fine-tuned with its masks fixed and measured again (ft_* columns). mir_dense and
     hdr_dense compare the pruned model's features with the dense model's on the same samples.
     """
-    sweep = dict(ratios=ratios, method=method.value, include_head=include_head,
-                 iterative=iterative, dense_metrics=dense_metrics, finetune_data=finetune_data,
-                 finetune_epochs=finetune_epochs, lr=lr, finetune_batch_size=finetune_batch_size,
-                 optimizer=optimizer.value if optimizer else None, momentum=momentum,
-                 weight_decay=weight_decay)
+    sweep = dict(
+        ratios=ratios,
+        method=method.value,
+        include_head=include_head,
+        iterative=iterative,
+        dense_metrics=dense_metrics,
+        finetune_data=finetune_data,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        finetune_batch_size=finetune_batch_size,
+        optimizer=optimizer.value if optimizer else None,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
     _prune(checkpoint, sweep, resume, plot, opts)
 
 
@@ -633,13 +930,20 @@ def main() -> None:
 def _api_options(opts: Options) -> dict[str, Any]:
     """The shared options as :func:`infoprobe.api.analyze` & co. take them."""
     names = {f.name for f in dataclasses.fields(api.RunOptions)}
-    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
-            if f.name in names}
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options) if f.name in names}
 
 
-def _preflight(opts: Options, *, plot: str | None = None, save_features: str | None = None,
-               resume: bool = False, several: bool = False, checkpoints: Sequence[str] = (),
-               expand: bool = False, **more_inputs: str | None) -> None:
+def _preflight(
+    opts: Options,
+    *,
+    plot: str | None = None,
+    save_features: str | None = None,
+    resume: bool = False,
+    several: bool = False,
+    checkpoints: Sequence[str] = (),
+    expand: bool = False,
+    **more_inputs: str | None,
+) -> None:
     """Every check that needs no model: conflicts, output paths, the device, option values.
 
     Runs before any computation, so a typo costs nothing and leaves no partial output.
@@ -657,23 +961,32 @@ def _preflight(opts: Options, *, plot: str | None = None, save_features: str | N
         report.check_plot_path(plot)
     if save_features is not None:
         if several and "{name}" not in save_features:
-            raise InputError(f"--save-features {save_features}: several checkpoints need a "
-                             "{name} placeholder, e.g. feats-{name}.safetensors")
+            raise InputError(
+                f"--save-features {save_features}: several checkpoints need a "
+                "{name} placeholder, e.g. feats-{name}.safetensors"
+            )
         report.check_output(save_features.replace("{name}", "x"), "--save-features")
     _refuse_overwrite(opts, plot, save_features, checkpoints, expand, more_inputs)
 
 
-def _refuse_overwrite(opts: Options, plot: str | None, save_features: str | None,
-                      checkpoints: Sequence[str], expand: bool,
-                      more_inputs: dict[str, str | None]) -> None:
+def _refuse_overwrite(
+    opts: Options,
+    plot: str | None,
+    save_features: str | None,
+    checkpoints: Sequence[str],
+    expand: bool,
+    more_inputs: dict[str, str | None],
+) -> None:
     """InputError when an output (each --save-features file included) is an input."""
-    files = [str(f) for f in checkpoint_files(checkpoints)] if expand \
-        else list(checkpoints)
+    files = [str(f) for f in checkpoint_files(checkpoints)] if expand else list(checkpoints)
     record = None if opts.csv in (None, report.STDOUT) else f"{opts.csv}.run.json"
-    outputs = [("--csv", opts.csv), ("--csv record", record), ("--json", opts.json_out),
-               ("--plot", plot)]
-    outputs += [("--save-features", t)
-                for t in api.features_targets(save_features, files).values()]
+    outputs = [
+        ("--csv", opts.csv),
+        ("--csv record", record),
+        ("--json", opts.json_out),
+        ("--plot", plot),
+    ]
+    outputs += [("--save-features", t) for t in api.features_targets(save_features, files).values()]
     inputs = [("checkpoint", c) for c in [*checkpoints, *files]]
     inputs += [("--data", opts.data)]
     inputs += [(f"--{k.replace('_', '-')}", v) for k, v in more_inputs.items()]
@@ -701,15 +1014,34 @@ def _progress():
     return report.RichProgress(enabled=None if distributed.is_main() else False)
 
 
-def _tables(console: Console, command: str, rows: list[dict], columns: tuple[str, ...], *,
-            title: str, key: str | None, caption: str | None) -> None:
+def _tables(
+    console: Console,
+    command: str,
+    rows: list[dict],
+    columns: tuple[str, ...],
+    *,
+    title: str,
+    key: str | None,
+    caption: str | None,
+) -> None:
     """The rows as two tables that fit a terminal: the information measures, then NC1-NC4
     (each row named by its checkpoint and sweep point; the notes come once)."""
-    report.render_rows(console, rows, [c for c in columns if c not in NC_COLUMNS],
-                       title=title, key=key, caption=caption)
+    report.render_rows(
+        console,
+        rows,
+        [c for c in columns if c not in NC_COLUMNS],
+        title=title,
+        key=key,
+        caption=caption,
+    )
     point = [c for c in SWEEP_COLUMNS[command][:1]]
-    report.render_rows(console, [{**r, "note": ""} for r in rows],
-                       [*point, "checkpoint", *NC_COLUMNS], title="neural collapse", key=key)
+    report.render_rows(
+        console,
+        [{**r, "note": ""} for r in rows],
+        [*point, "checkpoint", *NC_COLUMNS],
+        title="neural collapse",
+        key=key,
+    )
 
 
 def _plot_title(rows: list[dict], opts: Options, what: str) -> str:
@@ -719,35 +1051,51 @@ def _plot_title(rows: list[dict], opts: Options, what: str) -> str:
     return f"{what}\n{model} on {data}"
 
 
-def _emit(command: str, rows: list[dict], opts: Options, *, title: str, key: str | None = None,
-          extra: dict | None = None, after: Callable[[Console], None] | None = None) -> None:
+def _emit(
+    command: str,
+    rows: list[dict],
+    opts: Options,
+    *,
+    title: str,
+    key: str | None = None,
+    extra: dict | None = None,
+    after: Callable[[Console], None] | None = None,
+) -> None:
     """Table on stdout (unless CSV/JSON go there), then the CSV and JSON files (rank 0)."""
     if not distributed.is_main():
         return
     columns = api.columns(command)
     if report.STDOUT not in (opts.csv, opts.json_out):
         console = _stdout()
-        _tables(console, command, rows, columns, title=title, key=key,
-                caption=report.transform_caption((extra or {}).get("transform")))
+        _tables(
+            console,
+            command,
+            rows,
+            columns,
+            title=title,
+            key=key,
+            caption=report.transform_caption((extra or {}).get("transform")),
+        )
         if after is not None:
             after(console)
     if opts.csv is not None:
         report.write_csv(opts.csv, rows, columns)
     if opts.json_out is not None:
-        report.write_json(opts.json_out, report.run_payload(command, rows, columns,
-                                                            **(extra or {})))
+        report.write_json(
+            opts.json_out, report.run_payload(command, rows, columns, **(extra or {}))
+        )
     for target in (opts.csv, opts.json_out):
         if target not in (None, report.STDOUT):
             _log(f"wrote {target}")
 
 
-def _measured_csv(command: str, resume: bool, opts: Options,
-                  **command_options: Any) -> report.SweepCsv:
+def _measured_csv(
+    command: str, resume: bool, opts: Options, **command_options: Any
+) -> report.SweepCsv:
     """analyze/track's CSV, rewritten as each checkpoint's row finishes (error rows too);
     with ``--resume`` its measured rows are kept and their checkpoints not measured again."""
     run = _run_record(command, opts, **command_options)
-    log = report.SweepCsv(opts.csv, api.columns(command), "checkpoint", resume=resume,
-                          run=run)
+    log = report.SweepCsv(opts.csv, api.columns(command), "checkpoint", resume=resume, run=run)
     if not distributed.is_main():
         log.path = None  # every rank reads the finished rows; rank 0 writes
     return log
@@ -760,28 +1108,47 @@ def _check_failed(frame: Any, opts: Options) -> None:
     if not failed:
         return
     kept = opts.csv not in (None, report.STDOUT)
-    how = (f"the other rows are in {opts.csv}; fix the checkpoint and rerun with --resume to "
-           "measure only the failed ones" if kept else
-           "with --csv FILE the other rows are kept and --resume measures only the failed ones")
+    how = (
+        f"the other rows are in {opts.csv}; fix the checkpoint and rerun with --resume to "
+        "measure only the failed ones"
+        if kept
+        else "with --csv FILE the other rows are kept and --resume measures only the failed ones"
+    )
     first = failed[0]
     kind = InputError if max(f["exit_code"] for f in failed) == 2 else RunFailure
-    error = kind(f"{len(failed)} of {len(frame)} checkpoints failed ({first['checkpoint']}: "
-                 f"{first['error']}); {how}")
+    error = kind(
+        f"{len(failed)} of {len(frame)} checkpoints failed ({first['checkpoint']}: "
+        f"{first['error']}); {how}"
+    )
     error.shared = True  # every process holds the same rows: rank 0 alone reports it
     raise error
 
 
-def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
-             resume: bool, opts: Options) -> None:
-    _preflight(opts, save_features=save_features, several=len(checkpoints) > 1,
-               checkpoints=checkpoints, resume=resume)
+def _analyze(
+    checkpoints: list[str], per_class: bool, save_features: str | None, resume: bool, opts: Options
+) -> None:
+    _preflight(
+        opts,
+        save_features=save_features,
+        several=len(checkpoints) > 1,
+        checkpoints=checkpoints,
+        resume=resume,
+    )
     if per_class and opts.csv not in (None, report.STDOUT):
         report.check_output(per_class_csv(opts.csv), "--csv (its per-class file)")
     log = _measured_csv("analyze", resume, opts, checkpoints=list(checkpoints))
     with _progress() as progress:
-        frame = api.analyze(checkpoints, opts.data, per_class=per_class,
-                            save_features=save_features, progress=progress, log=_log,
-                            on_row=log.add, done=log.rows, **_api_options(opts))
+        frame = api.analyze(
+            checkpoints,
+            opts.data,
+            per_class=per_class,
+            save_features=save_features,
+            progress=progress,
+            log=_log,
+            on_row=log.add,
+            done=log.rows,
+            **_api_options(opts),
+        )
     rows = api.records(frame)
     classes_rows = api.records(frame.attrs["per_class"]) if per_class else []
 
@@ -793,8 +1160,14 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
     extra = {"data": opts.data, "transform": frame.attrs["transform"]}
     if per_class:
         extra["per_class"] = classes_rows
-    _emit("analyze", rows, opts, title="infoprobe analyze", extra=extra,
-          after=per_class_tables if per_class else None)
+    _emit(
+        "analyze",
+        rows,
+        opts,
+        title="infoprobe analyze",
+        extra=extra,
+        after=per_class_tables if per_class else None,
+    )
     if per_class and opts.csv not in (None, report.STDOUT):
         target = per_class_csv(opts.csv)
         report.write_csv(target, classes_rows, PER_CLASS_COLUMNS)
@@ -802,17 +1175,38 @@ def _analyze(checkpoints: list[str], per_class: bool, save_features: str | None,
     _check_failed(frame, opts)
 
 
-def _track(paths: list[str], plot: str | None, save_features: str | None, resume: bool,
-           opts: Options) -> None:
-    _preflight(opts, plot=plot, save_features=save_features, several=True, checkpoints=paths,
-               expand=True, resume=resume)
+def _track(
+    paths: list[str], plot: str | None, save_features: str | None, resume: bool, opts: Options
+) -> None:
+    _preflight(
+        opts,
+        plot=plot,
+        save_features=save_features,
+        several=True,
+        checkpoints=paths,
+        expand=True,
+        resume=resume,
+    )
     log = _measured_csv("track", resume, opts, paths=list(paths))
     with _progress() as progress:
-        frame = api.track(paths, opts.data, save_features=save_features, progress=progress,
-                          log=_log, on_row=log.add, done=log.rows, **_api_options(opts))
+        frame = api.track(
+            paths,
+            opts.data,
+            save_features=save_features,
+            progress=progress,
+            log=_log,
+            on_row=log.add,
+            done=log.rows,
+            **_api_options(opts),
+        )
     rows = api.records(frame)
-    _emit("track", rows, opts, title="infoprobe track",
-          extra={"data": opts.data, "transform": frame.attrs["transform"]})
+    _emit(
+        "track",
+        rows,
+        opts,
+        title="infoprobe track",
+        extra={"data": opts.data, "transform": frame.attrs["transform"]},
+    )
     if plot is not None and distributed.is_main():
         report.plot_track(rows, plot, title=_plot_title(rows, opts, "training run"))
         _log(f"wrote {plot}")
@@ -827,9 +1221,14 @@ def _run_record(command: str, opts: Options, **command_options: Any) -> dict[str
     return api.run_record(command, opts.data, **command_options, **_api_options(opts))
 
 
-def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
-               total: Callable[[], int], run: dict[str, Any]
-               ) -> tuple[report.SweepCsv, Callable[[dict], None]]:
+def _sweep_csv(
+    command: str,
+    key: str,
+    resume: bool,
+    opts: Options,
+    total: Callable[[], int],
+    run: dict[str, Any],
+) -> tuple[report.SweepCsv, Callable[[dict], None]]:
     """The sweep's incremental CSV and the ``on_row`` that records each finished row.
     ``run`` (:func:`_run_record`) is recorded beside the CSV; ``--resume`` compares it."""
     log = report.SweepCsv(opts.csv, api.columns(command), key, resume=resume, run=run)
@@ -839,64 +1238,131 @@ def _sweep_csv(command: str, key: str, resume: bool, opts: Options,
     def record(row: dict) -> None:
         log.add(row)
         tuned = row.get("ft_accuracy")
-        after = ("" if tuned is None or math.isnan(tuned) else
-                 f"; fine-tuned: accuracy {tuned:.4f}, "
-                 f"mir {report.format_value('mir', row['ft_mir'])}")
-        _log(f"[{len(log.rows)}/{total()}] {key} {report.format_value(key, row[key])}: "
-             f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}"
-             f"{after}")
+        after = (
+            ""
+            if tuned is None or math.isnan(tuned)
+            else f"; fine-tuned: accuracy {tuned:.4f}, "
+            f"mir {report.format_value('mir', row['ft_mir'])}"
+        )
+        _log(
+            f"[{len(log.rows)}/{total()}] {key} {report.format_value(key, row[key])}: "
+            f"accuracy {row['accuracy']:.4f}, mir {report.format_value('mir', row['mir'])}"
+            f"{after}"
+        )
 
     return log, record
 
 
-def _lmc(a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None,
-         opts: Options) -> None:
+def _lmc(
+    a: str, b: str, sweep: dict[str, Any], resume: bool, plot: str | None, opts: Options
+) -> None:
     _preflight(opts, plot=plot, resume=resume, checkpoints=[a, b], bn_data=sweep["bn_data"])
     run = _run_record("lmc", opts, a=a, b=b, **sweep)
-    log, record = _sweep_csv("lmc", "alpha", resume, opts, lambda: len(
-        lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])), run)
+    log, record = _sweep_csv(
+        "lmc",
+        "alpha",
+        resume,
+        opts,
+        lambda: len(lmc_lib.parse_alphas(sweep["steps"], sweep["alphas"])),
+        run,
+    )
     with _progress() as progress:
-        frame = api.lmc(a, b, opts.data, **sweep, progress=progress, log=_log, on_row=record,
-                        done=log.rows, **_api_options(opts))
+        frame = api.lmc(
+            a,
+            b,
+            opts.data,
+            **sweep,
+            progress=progress,
+            log=_log,
+            on_row=record,
+            done=log.rows,
+            **_api_options(opts),
+        )
     rows, found = api.records(frame), frame.attrs["barriers"]
     name = f"{a}→{b}"
 
     def show_barriers(console: Console) -> None:
         report.render_barriers(console, found)
 
-    _emit("lmc", rows, opts, title=f"infoprobe lmc {name}", key="alpha",
-          extra={"data": opts.data, "transform": frame.attrs["transform"], "a": a, "b": b,
-                 "reset_bn": sweep["reset_bn"], "barriers": found, "options": run},
-          after=show_barriers)
+    _emit(
+        "lmc",
+        rows,
+        opts,
+        title=f"infoprobe lmc {name}",
+        key="alpha",
+        extra={
+            "data": opts.data,
+            "transform": frame.attrs["transform"],
+            "a": a,
+            "b": b,
+            "reset_bn": sweep["reset_bn"],
+            "barriers": found,
+            "options": run,
+        },
+        after=show_barriers,
+    )
     if plot is not None and distributed.is_main():
-        report.plot_lmc(rows, plot, title=_plot_title(
-            rows, opts, f"lmc {Path(a).name} → {Path(b).name}"))
+        report.plot_lmc(
+            rows, plot, title=_plot_title(rows, opts, f"lmc {Path(a).name} → {Path(b).name}")
+        )
         _log(f"wrote {plot}")
 
 
-def _prune(checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | None,
-           opts: Options) -> None:
+def _prune(
+    checkpoint: str, sweep: dict[str, Any], resume: bool, plot: str | None, opts: Options
+) -> None:
     prune_lib.parse_ratios(sweep["ratios"])
     # the fine-tuning options with their defaults filled in, so the record holds the values
     tune = {k: sweep[k] for k in api.FINETUNE_FLAGS}
     sweep = {**sweep, **api.finetune_settings(sweep["finetune_data"], seed=opts.seed, **tune)}
-    _preflight(opts, plot=plot, resume=resume, checkpoints=[checkpoint],
-               finetune_data=sweep["finetune_data"])
+    _preflight(
+        opts,
+        plot=plot,
+        resume=resume,
+        checkpoints=[checkpoint],
+        finetune_data=sweep["finetune_data"],
+    )
     run = _run_record("prune", opts, checkpoint=checkpoint, **sweep)
-    log, record = _sweep_csv("prune", "ratio", resume, opts,
-                             lambda: len(prune_lib.parse_ratios(sweep["ratios"])), run)
+    log, record = _sweep_csv(
+        "prune", "ratio", resume, opts, lambda: len(prune_lib.parse_ratios(sweep["ratios"])), run
+    )
     with _progress() as progress:
-        frame = api.prune(checkpoint, opts.data, **sweep, progress=progress, log=_log,
-                          on_row=record, done=log.rows, **_api_options(opts))
+        frame = api.prune(
+            checkpoint,
+            opts.data,
+            **sweep,
+            progress=progress,
+            log=_log,
+            on_row=record,
+            done=log.rows,
+            **_api_options(opts),
+        )
     rows, method, tuned = api.records(frame), sweep["method"], frame.attrs["finetune"]
-    how = ("no fine-tuning" if tuned is None else
-           f"fine-tuned {tuned['epochs']} epoch(s) on {sweep['finetune_data']}")
-    _emit("prune", rows, opts, title=f"infoprobe prune {checkpoint} ({method}, {how})",
-          key="ratio",
-          extra={"data": opts.data, "transform": frame.attrs["transform"], "method": method,
-                 "include_head": sweep["include_head"], "iterative": sweep["iterative"],
-                 "finetune": tuned, "options": run})
+    how = (
+        "no fine-tuning"
+        if tuned is None
+        else f"fine-tuned {tuned['epochs']} epoch(s) on {sweep['finetune_data']}"
+    )
+    _emit(
+        "prune",
+        rows,
+        opts,
+        title=f"infoprobe prune {checkpoint} ({method}, {how})",
+        key="ratio",
+        extra={
+            "data": opts.data,
+            "transform": frame.attrs["transform"],
+            "method": method,
+            "include_head": sweep["include_head"],
+            "iterative": sweep["iterative"],
+            "finetune": tuned,
+            "options": run,
+        },
+    )
     if plot is not None and distributed.is_main():
-        report.plot_prune(rows, plot, title=_plot_title(
-            rows, opts, f"prune {Path(checkpoint).name}: {method}, {how}"))
+        report.plot_prune(
+            rows,
+            plot,
+            title=_plot_title(rows, opts, f"prune {Path(checkpoint).name}: {method}, {how}"),
+        )
         _log(f"wrote {plot}")

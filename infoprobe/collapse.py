@@ -76,8 +76,12 @@ class ClassMoments:
         (sum a) delta^T + delta (sum a)^T + N delta delta^T``."""
         delta = self.shift - shift
         total = self.sums.sum(0)
-        scatter = (self.scatter + total.unsqueeze(1) * delta + delta.unsqueeze(1) * total
-                   + self.counts.sum() * delta.unsqueeze(1) * delta)
+        scatter = (
+            self.scatter
+            + total.unsqueeze(1) * delta
+            + delta.unsqueeze(1) * total
+            + self.counts.sum() * delta.unsqueeze(1) * delta
+        )
         sums = self.sums + self.counts.unsqueeze(1) * delta
         return ClassMoments(self.counts, sums, scatter, shift)
 
@@ -85,12 +89,17 @@ class ClassMoments:
         """The statistics of both sample sets (``other`` re-expressed about this shift)."""
         if not torch.equal(self.shift, other.shift):
             other = other.about(self.shift)
-        return ClassMoments(self.counts + other.counts, self.sums + other.sums,
-                            self.scatter + other.scatter, self.shift)
+        return ClassMoments(
+            self.counts + other.counts,
+            self.sums + other.sums,
+            self.scatter + other.scatter,
+            self.shift,
+        )
 
 
-def class_moments(features: Tensor, labels: Tensor, num_classes: int,
-                  shift: Tensor | None = None) -> ClassMoments:
+def class_moments(
+    features: Tensor, labels: Tensor, num_classes: int, shift: Tensor | None = None
+) -> ClassMoments:
     """:class:`ClassMoments` of ``features`` [n, d] with ``labels`` [n] in [0, num_classes).
 
     ``shift`` defaults to the features' mean.
@@ -164,8 +173,9 @@ def self_duality(head: Tensor, centred: Tensor) -> float:
     return float(((head / w_norm - centred / m_norm) ** 2).sum())
 
 
-def ncc_agreement(features: Tensor, means: Tensor, classes: Tensor,
-                  predictions: Tensor) -> tuple[int, int]:
+def ncc_agreement(
+    features: Tensor, means: Tensor, classes: Tensor, predictions: Tensor
+) -> tuple[int, int]:
     """``(agreeing, n)``: on how many samples the nearest class mean is the prediction.
 
     ``means`` [C', d] belong to class indices ``classes`` [C']; ``predictions`` [n] are the
@@ -176,8 +186,9 @@ def ncc_agreement(features: Tensor, means: Tensor, classes: Tensor,
     return int((nearest == predictions.to(nearest.device)).sum()), len(z)
 
 
-def neural_collapse_of(moments: ClassMoments, head: Tensor | None = None,
-                       agreement: tuple[int, int] | None = None) -> NeuralCollapse:
+def neural_collapse_of(
+    moments: ClassMoments, head: Tensor | None = None, agreement: tuple[int, int] | None = None
+) -> NeuralCollapse:
     """NC1-NC4 from class moments, the head [C, d] and the NCC ``agreement`` counts."""
     present, means = class_means(moments)
     centred = means - means.mean(0) if len(means) else means
@@ -198,8 +209,9 @@ def neural_collapse_of(moments: ClassMoments, head: Tensor | None = None,
     )
 
 
-def neural_collapse(features: Tensor, labels: Tensor, head: Tensor | None = None,
-                    logits: Tensor | None = None) -> NeuralCollapse:
+def neural_collapse(
+    features: Tensor, labels: Tensor, head: Tensor | None = None, logits: Tensor | None = None
+) -> NeuralCollapse:
     """NC1-NC4 of ``features`` [n, d] with ``labels`` [n], ``head`` [C, d] and the model's
     ``logits`` [n, C] (NC4; NaN without them). One-shot form of
     :class:`infoprobe.metrics.InterplayMetrics`."""

@@ -68,8 +68,15 @@ _EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation", "test")
 _IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # What reading a damaged tensor file raises (safetensors, torch.load, numpy's zip reader);
 # anything else is a failure of the code, not of the file.
-_READ_ERRORS = (SafetensorError, OSError, EOFError, ValueError, RuntimeError,
-                pickle.UnpicklingError, zipfile.BadZipFile)
+_READ_ERRORS = (
+    SafetensorError,
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+)
 # What decoding a damaged image raises (PIL: OSError incl. UnidentifiedImageError,
 # ValueError, the decompression-bomb guard).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -98,12 +105,11 @@ class LabelledTensors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batches(self, batch_size: int, start: int = 0, stop: int | None = None
-                ) -> Iterator[Tensor]:
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Tensor]:
         """The inputs of samples ``[start, stop)`` in order, ``batch_size`` at a time."""
         stop = len(self) if stop is None else stop
         for i in range(start, stop, batch_size):
-            yield self.inputs[i:min(i + batch_size, stop)]
+            yield self.inputs[i : min(i + batch_size, stop)]
 
     def take(self, indices: Tensor) -> Tensor:
         """The inputs of the samples at ``indices`` (int64), in that order."""
@@ -185,7 +191,8 @@ def stratified_indices(labels: Tensor, max_samples: int | None, seed: int = 0) -
         raise InputError(
             f"--max-samples {max_samples} keeps fewer samples than the {len(classes)} classes "
             f"in the data, so some classes would be missing; use --max-samples {len(classes)} "
-            "or more")
+            "or more"
+        )
     take = _apportion(counts, max_samples)
     gen = torch.Generator().manual_seed(seed)
     chosen = []
@@ -227,13 +234,17 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except _READ_ERRORS as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise InputError(f"cannot read data file {path}: corrupt, truncated or holding "
-                         f"non-tensor objects ({reason}); save a dict of tensors") from None
+        raise InputError(
+            f"cannot read data file {path}: corrupt, truncated or holding "
+            f"non-tensor objects ({reason}); save a dict of tensors"
+        ) from None
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         return {"x": obj[0], "y": obj[1]}, None
     if not isinstance(obj, dict):
-        raise InputError(f"data file {path} holds a {type(obj).__name__}; save a dict "
-                         "{'x': inputs, 'y': labels}")
+        raise InputError(
+            f"data file {path} holds a {type(obj).__name__}; save a dict "
+            "{'x': inputs, 'y': labels}"
+        )
     classes = obj.get("classes")
     return obj, list(classes) if isinstance(classes, (list, tuple)) else None
 
@@ -245,15 +256,19 @@ def _pick(found: dict, aliases: tuple[str, ...], what: str, path: Path) -> Tenso
             if not isinstance(v, Tensor):
                 raise InputError(f"data file {path}: '{k}' is a {type(v).__name__}, not a tensor")
             return v
-    raise InputError(f"data file {path} has no {what} (looked for {', '.join(aliases)}; "
-                     f"found {', '.join(map(str, found)) or 'nothing'}); rename the entry")
+    raise InputError(
+        f"data file {path} has no {what} (looked for {', '.join(aliases)}; "
+        f"found {', '.join(map(str, found)) or 'nothing'}); rename the entry"
+    )
 
 
 def validate_labels(labels: Tensor, n: int, source: str) -> Tensor:
     """Check class indices: shape [n], integral values >= 0; returns them as int64."""
     if labels.ndim != 1:
-        raise InputError(f"{source}: labels have shape {tuple(labels.shape)}; expected class "
-                         f"indices of shape [{n}] (for one-hot labels save y.argmax(1))")
+        raise InputError(
+            f"{source}: labels have shape {tuple(labels.shape)}; expected class "
+            f"indices of shape [{n}] (for one-hot labels save y.argmax(1))"
+        )
     if labels.shape[0] != n:
         raise InputError(f"{source}: {n} inputs but {labels.shape[0]} labels; they must match")
     if labels.dtype == torch.bool or labels.is_complex():
@@ -263,8 +278,9 @@ def validate_labels(labels: Tensor, n: int, source: str) -> Tensor:
             raise InputError(f"{source}: labels are not integers; save integer class indices")
     labels = labels.long()
     if n and labels.min() < 0:
-        raise InputError(f"{source}: labels include {int(labels.min())}; class indices must "
-                         "be >= 0")
+        raise InputError(
+            f"{source}: labels include {int(labels.min())}; class indices must be >= 0"
+        )
     return labels
 
 
@@ -273,8 +289,10 @@ def _load_tensor_file(path: Path) -> LabelledTensors:
     x = _pick(found, _INPUT_KEYS, "inputs", path)
     y = _pick(found, _LABEL_KEYS, "labels", path)
     if x.ndim < 2:
-        raise InputError(f"data file {path}: inputs have shape {tuple(x.shape)}; expected "
-                         "[n, ...] with one row per sample")
+        raise InputError(
+            f"data file {path}: inputs have shape {tuple(x.shape)}; expected "
+            "[n, ...] with one row per sample"
+        )
     if x.shape[0] == 0:
         raise InputError(f"data file {path} is empty (0 samples)")
     labels = validate_labels(y, int(x.shape[0]), f"data file {path}")
@@ -317,11 +335,15 @@ def _fit_channels(values: Sequence[float], chans: int, flag: str) -> tuple[float
     raise InputError(f"{flag} has {len(values)} values; the model takes {chans} channels")
 
 
-def resolve_transform_config(model: nn.Module | None = None, *,
-                             input_size: int | Sequence[int] | None = None,
-                             mean: Sequence[float] | None = None,
-                             std: Sequence[float] | None = None, crop_pct: float | None = None,
-                             interpolation: str | None = None) -> dict[str, Any]:
+def resolve_transform_config(
+    model: nn.Module | None = None,
+    *,
+    input_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> dict[str, Any]:
     """timm's eval data config for ``model`` (``pretrained_cfg``, first conv's channels) with
     the overrides applied: keys input_size (C, H, W), interpolation, mean, std, crop_pct,
     crop_mode. ``input_size`` may be S, (H, W) or (C, H, W). As timm's ``validate.py`` does,
@@ -337,8 +359,13 @@ def resolve_transform_config(model: nn.Module | None = None, *,
         if len(size) != 3 or min(size) < 1:
             raise InputError(f"--input-size {input_size}: give S, H W or C H W (positive)")
         input_size = tuple(int(s) for s in size)
-    args = {"input_size": input_size, "interpolation": interpolation, "crop_pct": crop_pct,
-            "mean": None, "std": None}  # always truthy, so model=None works
+    args = {
+        "input_size": input_size,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "mean": None,
+        "std": None,
+    }  # always truthy, so model=None works
     cfg = resolve_data_config(args=args, model=model, use_test_size=True)
     c = input_size[0] if input_size else (chans or cfg["input_size"][0])
     cfg["input_size"] = (c, *cfg["input_size"][1:])
@@ -354,10 +381,14 @@ def resolve_transform_config(model: nn.Module | None = None, *,
 def transform_record(cfg: dict[str, Any]) -> dict[str, Any]:
     """The parts of a transform config that decide the pixels, as plain JSON values:
     input_size [C, H, W], crop_pct, crop_mode, interpolation, mean [C], std [C]."""
-    return {"input_size": [int(v) for v in cfg["input_size"]],
-            "crop_pct": float(cfg["crop_pct"]), "crop_mode": cfg.get("crop_mode") or "center",
-            "interpolation": str(cfg["interpolation"]),
-            "mean": [float(v) for v in cfg["mean"]], "std": [float(v) for v in cfg["std"]]}
+    return {
+        "input_size": [int(v) for v in cfg["input_size"]],
+        "crop_pct": float(cfg["crop_pct"]),
+        "crop_mode": cfg.get("crop_mode") or "center",
+        "interpolation": str(cfg["interpolation"]),
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+    }
 
 
 def _cifar(root: Path) -> tuple[str, Path] | None:
@@ -386,8 +417,10 @@ def read_class_map(path: str | Path) -> dict[str, int]:
     (``timm.data.readers.class_map.load_class_map`` for .txt files; pickles are refused)."""
     p = Path(path).expanduser()
     if p.suffix.lower() != ".txt":
-        raise InputError(f"--class-map {p}: give a .txt file with one class folder name per "
-                         "line (line i is model class i)")
+        raise InputError(
+            f"--class-map {p}: give a .txt file with one class folder name per "
+            "line (line i is model class i)"
+        )
     if not p.is_file():
         raise InputError(f"--class-map {p} does not exist; check the path")
     from timm.data.readers.class_map import load_class_map
@@ -408,30 +441,43 @@ def _open_image_dataset(root: Path, split: str | None, class_map: dict | None = 
         if split is not None and split not in _TRAIN_SPLITS + _EVAL_SPLITS:
             raise InputError(f"--split {split}: CIFAR has 'train' and 'test' splits")
         try:
-            ds = create_dataset(f"torch/{name}", root=str(base), split=split or "validation",
-                                download=False)
+            ds = create_dataset(
+                f"torch/{name}", root=str(base), split=split or "validation", download=False
+            )
         except (RuntimeError, OSError) as e:
-            raise InputError(f"CIFAR folder {base} is incomplete or corrupted ({e}); place the "
-                             "original python-version archive contents there") from None
+            raise InputError(
+                f"CIFAR folder {base} is incomplete or corrupted ({e}); place the "
+                "original python-version archive contents there"
+            ) from None
         return ds, [int(t) for t in ds.targets], list(ds.classes)
     folder = Path(_search_split(str(root), split or "validation"))
     subs = sorted(p.name for p in root.iterdir() if p.is_dir())
     if split is not None and folder == root:
-        raise InputError(f"--split {split}: no such split folder in {root} (subfolders: "
-                         f"{', '.join(subs[:8]) or 'none'})")
+        raise InputError(
+            f"--split {split}: no such split folder in {root} (subfolders: "
+            f"{', '.join(subs[:8]) or 'none'})"
+        )
     splits = [s for s in subs if s.lower() in _TRAIN_SPLITS + _EVAL_SPLITS]
     if split is None and folder == root and splits:
         # timm would read every split's class folders together: training images included
-        raise InputError(f"image folder {root} holds split folders ({', '.join(splits)}); "
-                         f"evaluating them together mixes splits: choose one with --split "
-                         f"{splits[-1]}")
+        raise InputError(
+            f"image folder {root} holds split folders ({', '.join(splits)}); "
+            f"evaluating them together mixes splits: choose one with --split "
+            f"{splits[-1]}"
+        )
     try:
-        ds = create_dataset("", root=str(root), split=split or "validation",
-                            class_map=class_map or _class_map(folder))
+        ds = create_dataset(
+            "",
+            root=str(root),
+            split=split or "validation",
+            class_map=class_map or _class_map(folder),
+        )
     except RuntimeError as e:
         hint = " none of whose subfolders --class-map names;" if class_map else ""
-        raise InputError(f"image folder {root} is empty:{hint} {str(e).splitlines()[0]}; put "
-                         "one subfolder of images per class in it") from None
+        raise InputError(
+            f"image folder {root} is empty:{hint} {str(e).splitlines()[0]}; put "
+            "one subfolder of images per class in it"
+        ) from None
     index = ds.reader.class_to_idx
     names = {i: c for c, i in index.items()}
     classes = [names.get(i, str(i)) for i in range(max(index.values(), default=-1) + 1)]
@@ -465,8 +511,9 @@ class _Decode(torch.utils.data.Dataset):
         except _DECODE_ERRORS as e:
             name = self.ds.filename(i, absolute=True) if hasattr(self.ds, "filename") else i
             reason = re.sub(r" <_io\.\w+ name=.*?>", "", str(e))
-            raise InputError(f"cannot decode image {name} ({reason}); remove or replace it"
-                             ) from None
+            raise InputError(
+                f"cannot decode image {name} ({reason}); remove or replace it"
+            ) from None
         return self.transform(img), int(target)
 
 
@@ -500,8 +547,16 @@ class ImageStream:
     ``(2 * workers + 1) * batch_size * C * H * W * 4`` bytes, whatever n is.
     """
 
-    def __init__(self, decode: _Decode, labels: Tensor, shape: tuple[int, ...], source: str,
-                 classes: list[str] | None, transform: dict[str, Any], workers: int) -> None:
+    def __init__(
+        self,
+        decode: _Decode,
+        labels: Tensor,
+        shape: tuple[int, ...],
+        source: str,
+        classes: list[str] | None,
+        transform: dict[str, Any],
+        workers: int,
+    ) -> None:
         self._decode, self.labels, self.workers = decode, labels, workers
         self.inputs = torch.empty((len(labels), *shape), device="meta")
         self.source, self.classes, self.transform = source, classes, transform
@@ -511,11 +566,12 @@ class ImageStream:
 
     def _loader(self, positions: Sequence[int], batch_size: int):
         return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self._decode, positions), batch_size=batch_size,
-            num_workers=self.workers)
+            torch.utils.data.Subset(self._decode, positions),
+            batch_size=batch_size,
+            num_workers=self.workers,
+        )
 
-    def batches(self, batch_size: int, start: int = 0, stop: int | None = None
-                ) -> Iterator[Tensor]:
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[Tensor]:
         """The inputs of samples ``[start, stop)`` in order, float32, ``batch_size`` at a
         time, decoded as they are consumed."""
         stop = len(self) if stop is None else stop
@@ -526,8 +582,9 @@ class ImageStream:
         parts = list(_decoded(self._loader(indices.tolist(), max(1, len(indices)))))
         return torch.cat(parts) if parts else self.inputs[:0].to("cpu")
 
-    def decode(self, progress=None, description: str = "decoding", batch_size: int = 64
-               ) -> LabelledTensors:
+    def decode(
+        self, progress=None, description: str = "decoding", batch_size: int = 64
+    ) -> LabelledTensors:
         """Every sample decoded into memory (float32 [n, C, H, W])."""
         inputs = torch.empty(self.inputs.shape)
         if progress is not None:
@@ -535,23 +592,35 @@ class ImageStream:
         try:
             start = 0
             for x in self.batches(batch_size):
-                inputs[start:start + len(x)] = x
+                inputs[start : start + len(x)] = x
                 start += len(x)
                 if progress is not None:
                     progress.advance(len(x))
         finally:
             if progress is not None:
                 progress.stop()
-        return LabelledTensors(inputs=inputs, labels=self.labels, source=self.source,
-                               classes=self.classes, transform=self.transform)
+        return LabelledTensors(
+            inputs=inputs,
+            labels=self.labels,
+            source=self.source,
+            classes=self.classes,
+            transform=self.transform,
+        )
 
 
 #: What :func:`load_data` returns: a dataset in memory, or an image stream.
 Dataset = LabelledTensors | ImageStream
 
 
-def _open_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
-                 workers: int, class_map: dict | None = None) -> ImageStream:
+def _open_images(
+    root: Path,
+    split: str | None,
+    cfg: dict,
+    max_samples: int | None,
+    seed: int,
+    workers: int,
+    class_map: dict | None = None,
+) -> ImageStream:
     """The chosen samples of an image dataset, ready to decode (only the file list is read)."""
     from timm.data import create_transform
 
@@ -561,25 +630,47 @@ def _open_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
     chosen = stratified_indices(torch.tensor(targets), max_samples, seed)
     mode = _IMAGE_MODES.get(cfg["input_size"][0])
     if mode is None:
-        raise InputError(f"images can be decoded to 1, 3 or 4 channels, not "
-                         f"{cfg['input_size'][0]}; check --input-size / --in-chans")
+        raise InputError(
+            f"images can be decoded to 1, 3 or 4 channels, not "
+            f"{cfg['input_size'][0]}; check --input-size / --in-chans"
+        )
     try:
         transform = create_transform(
-            input_size=cfg["input_size"], is_training=False, interpolation=cfg["interpolation"],
-            mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"],
-            crop_mode=cfg.get("crop_mode"))
+            input_size=cfg["input_size"],
+            is_training=False,
+            interpolation=cfg["interpolation"],
+            mean=cfg["mean"],
+            std=cfg["std"],
+            crop_pct=cfg["crop_pct"],
+            crop_mode=cfg.get("crop_mode"),
+        )
     except (KeyError, ValueError) as e:
-        raise InputError(f"--interpolation {cfg['interpolation']}: not supported by timm ({e})"
-                         ) from None
+        raise InputError(
+            f"--interpolation {cfg['interpolation']}: not supported by timm ({e})"
+        ) from None
     source = f"{root}" + (f" [{split}]" if split else "")
-    return ImageStream(_Decode(ds, chosen.tolist(), transform, mode),
-                       torch.tensor(targets, dtype=torch.long)[chosen],
-                       tuple(cfg["input_size"]), source, classes, transform_record(cfg), workers)
+    return ImageStream(
+        _Decode(ds, chosen.tolist(), transform, mode),
+        torch.tensor(targets, dtype=torch.long)[chosen],
+        tuple(cfg["input_size"]),
+        source,
+        classes,
+        transform_record(cfg),
+        workers,
+    )
 
 
-def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | None, seed: int,
-                 workers: int, progress, class_map: dict | None = None,
-                 stream_above: int = STREAM_ABOVE) -> Dataset:
+def _load_images(
+    root: Path,
+    split: str | None,
+    cfg: dict,
+    max_samples: int | None,
+    seed: int,
+    workers: int,
+    progress,
+    class_map: dict | None = None,
+    stream_above: int = STREAM_ABOVE,
+) -> Dataset:
     """An :class:`ImageStream`, decoded into memory when its inputs fit ``stream_above``."""
     stream = _open_images(root, split, cfg, max_samples, seed, workers, class_map)
     if stream.inputs.numel() * 4 > stream_above:
@@ -590,14 +681,24 @@ def _load_images(root: Path, split: str | None, cfg: dict, max_samples: int | No
 # --------------------------------------------------------------------------- entry point
 
 
-def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | None = None,
-              max_samples: int | None = None, seed: int = 0,
-              input_size: int | Sequence[int] | None = None,
-              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-              crop_pct: float | None = None, interpolation: str | None = None,
-              workers: int = 0, class_map: str | Path | None = None,
-              cache: DataCache | None = DEFAULT_CACHE, progress: Any = None,
-              stream_above: int | None = None) -> Dataset:
+def load_data(
+    spec: str | Path,
+    *,
+    model: nn.Module | None = None,
+    split: str | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    input_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    workers: int = 0,
+    class_map: str | Path | None = None,
+    cache: DataCache | None = DEFAULT_CACHE,
+    progress: Any = None,
+    stream_above: int | None = None,
+) -> Dataset:
     """Load a dataset (see the module docstring for specs): :class:`LabelledTensors`, or an
     :class:`ImageStream` for image data whose decoded inputs exceed ``stream_above`` bytes
     (None: :data:`STREAM_ABOVE`).
@@ -610,39 +711,67 @@ def load_data(spec: str | Path, *, model: nn.Module | None = None, split: str | 
     """
     path = Path(spec).expanduser()
     if not path.exists():
-        raise InputError(f"data {path} does not exist; give a tensor file "
-                         f"({', '.join(TENSOR_SUFFIXES)}) or an image folder")
+        raise InputError(
+            f"data {path} does not exist; give a tensor file "
+            f"({', '.join(TENSOR_SUFFIXES)}) or an image folder"
+        )
     resolved = path.resolve()
     mapping = read_class_map(class_map) if class_map is not None else None
     if path.is_file():
         if mapping is not None:
-            raise InputError("--class-map applies to image folders; a tensor file's labels are "
-                             "used as they are")
+            raise InputError(
+                "--class-map applies to image folders; a tensor file's labels are used as they are"
+            )
         if path.suffix.lower() not in TENSOR_SUFFIXES:
-            raise InputError(f"data file {path}: unknown type '{path.suffix}'; use "
-                             f"{', '.join(TENSOR_SUFFIXES)} or an image folder")
+            raise InputError(
+                f"data file {path}: unknown type '{path.suffix}'; use "
+                f"{', '.join(TENSOR_SUFFIXES)} or an image folder"
+            )
         stat = path.stat()
-        key: Hashable = ("tensors", str(resolved), stat.st_mtime_ns, stat.st_size, max_samples,
-                         seed)
+        key: Hashable = (
+            "tensors",
+            str(resolved),
+            stat.st_mtime_ns,
+            stat.st_size,
+            max_samples,
+            seed,
+        )
 
         def load() -> LabelledTensors:
             full = _load_tensor_file(path)
             idx = stratified_indices(full.labels, max_samples, seed)
             if len(idx) == len(full):
                 return full
-            return LabelledTensors(full.inputs[idx], full.labels[idx], full.source, full.classes,
-                                   full.transform)
+            return LabelledTensors(
+                full.inputs[idx], full.labels[idx], full.source, full.classes, full.transform
+            )
     else:
-        cfg = resolve_transform_config(model, input_size=input_size, mean=mean, std=std,
-                                       crop_pct=crop_pct, interpolation=interpolation)
+        cfg = resolve_transform_config(
+            model,
+            input_size=input_size,
+            mean=mean,
+            std=std,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+        )
         limit = STREAM_ABOVE if stream_above is None else stream_above
-        key = ("images", str(resolved), split, tuple(sorted((k, str(v)) for k, v in cfg.items())),
-               max_samples, seed, tuple(sorted(mapping.items())) if mapping else None,
-               limit, workers)
+        key = (
+            "images",
+            str(resolved),
+            split,
+            tuple(sorted((k, str(v)) for k, v in cfg.items())),
+            max_samples,
+            seed,
+            tuple(sorted(mapping.items())) if mapping else None,
+            limit,
+            workers,
+        )
 
         def load() -> Dataset:
-            return _load_images(path, split, cfg, max_samples, seed, workers, progress, mapping,
-                                limit)
+            return _load_images(
+                path, split, cfg, max_samples, seed, workers, progress, mapping, limit
+            )
+
     if cache is None:
         return load()
     return cache.get_or_load(key, load)

@@ -30,8 +30,17 @@ from torch import Tensor
 from infoprobe import errors
 from infoprobe.errors import InfoprobeError, InputError, RunFailure
 
-__all__ = ["active", "agreed", "gather_rows", "is_main", "rank", "setup", "shard",
-           "teardown", "world_size"]
+__all__ = [
+    "active",
+    "agreed",
+    "gather_rows",
+    "is_main",
+    "rank",
+    "setup",
+    "shard",
+    "teardown",
+    "world_size",
+]
 
 _OWNED = False  # whether setup() created the process group (teardown then destroys it)
 
@@ -61,8 +70,10 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))
     except ValueError:
-        raise InputError(f"environment variable {name}={os.environ[name]!r} is not an "
-                         "integer; launch with torchrun") from None
+        raise InputError(
+            f"environment variable {name}={os.environ[name]!r} is not an "
+            "integer; launch with torchrun"
+        ) from None
 
 
 def setup(device: str = "auto") -> bool:
@@ -79,13 +90,17 @@ def setup(device: str = "auto") -> bool:
     backend = "gloo"
     if on_cuda:
         if spec not in ("auto", "cuda"):
-            raise InputError(f"--device {spec}: under torchrun each process takes "
-                             "cuda:LOCAL_RANK; use --device auto or cuda")
+            raise InputError(
+                f"--device {spec}: under torchrun each process takes "
+                "cuda:LOCAL_RANK; use --device auto or cuda"
+            )
         local, per_node = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)
         count = torch.cuda.device_count()
         if per_node > count:
-            raise InputError(f"torchrun starts {per_node} processes per node but there are "
-                             f"{count} GPUs; use --nproc-per-node {count} or --device cpu")
+            raise InputError(
+                f"torchrun starts {per_node} processes per node but there are "
+                f"{count} GPUs; use --nproc-per-node {count} or --device cpu"
+            )
         torch.cuda.set_device(local)
         backend = "nccl"
     global _OWNED
@@ -111,9 +126,11 @@ def shard(n: int, batch_size: int) -> tuple[int, int]:
     """
     batches, w = -(-n // batch_size), world_size()
     if batches < w:
-        raise InputError(f"{n} samples make {batches} batches of --batch-size {batch_size} for "
-                         f"{w} processes; lower --batch-size to {max(1, n // w)} or start fewer "
-                         "processes")
+        raise InputError(
+            f"{n} samples make {batches} batches of --batch-size {batch_size} for "
+            f"{w} processes; lower --batch-size to {max(1, n // w)} or start fewer "
+            "processes"
+        )
     return _shard_of(rank(), w, n, batch_size)
 
 
@@ -135,7 +152,7 @@ def gather_rows(local: Tensor, n: int, batch_size: int) -> Tensor:
     counts = [hi - lo for lo, hi in (_shard_of(r, w, n, batch_size) for r in range(w))]
     dev = _comm_device()
     padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=dev)
-    padded[:len(local)] = local
+    padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)  # all_gather needs equal sizes: pad, then trim
     return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).cpu()

@@ -36,4 +36,5 @@ def unwritable(path: object, err: OSError) -> RunFailure:
     return RunFailure(
         f"cannot write {path}: {err.strerror or err} (it became unwritable during the run); "
         "any earlier version of the file is intact: fix the folder and rerun (sweeps: with "
-        "--resume)")
+        "--resume)"
+    )

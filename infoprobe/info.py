@@ -271,9 +271,7 @@ def _check_labels(labels: Tensor, n: int, num_classes: int) -> Tensor:
     return labels
 
 
-def _drop_zero_rows(
-    features: Tensor, labels: Tensor, head: Tensor
-) -> tuple[Tensor, Tensor]:
+def _drop_zero_rows(features: Tensor, labels: Tensor, head: Tensor) -> tuple[Tensor, Tensor]:
     """Samples kept when zero-norm features, or labels whose head row is zero, are dropped."""
     keep = torch.linalg.vector_norm(features, dim=1) > 0
     keep &= torch.linalg.vector_norm(head, dim=1)[labels] > 0
@@ -371,12 +369,15 @@ def _dense_joint(zh: Tensor, labels: Tensor, gram: Tensor) -> Tensor:
     k = zh @ zh.mT
     step = max(1, (1 << 24) // n)
     for start in range(0, n, step):
-        k[start:start + step].mul_(gram[labels[start:start + step]][:, labels])
+        k[start : start + step].mul_(gram[labels[start : start + step]][:, labels])
     return k.div_(n)
 
 
 def _joint_matrix(
-    zh: Tensor, labels: Tensor, wh: Tensor, gram: Tensor | None = None,
+    zh: Tensor,
+    labels: Tensor,
+    wh: Tensor,
+    gram: Tensor | None = None,
     factor: Tensor | None = None,
 ) -> Tensor:
     """(K_Z o K_W) / n through the smaller of the n x n and Khatri-Rao routes.
@@ -434,8 +435,9 @@ def _limit(max_exact_dim: int | str | None, device: torch.device) -> int | None:
     if max_exact_dim == "auto":
         return default_max_exact_dim(device)
     if max_exact_dim is not None and (isinstance(max_exact_dim, str) or max_exact_dim < 1):
-        raise InputError(f"max_exact_dim must be a positive int, 'auto' or None, got "
-                         f"{max_exact_dim!r}")
+        raise InputError(
+            f"max_exact_dim must be a positive int, 'auto' or None, got {max_exact_dim!r}"
+        )
     return max_exact_dim
 
 
@@ -468,7 +470,11 @@ def _ratios(h_a: float, h_b: float, mi: float) -> tuple[float, float, str]:
 
 
 def prepare(
-    features: Tensor, labels: Tensor, head: Tensor, *, drop_zero_rows: bool = False,
+    features: Tensor,
+    labels: Tensor,
+    head: Tensor,
+    *,
+    drop_zero_rows: bool = False,
     device: str | torch.device | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validated float64 unit rows ``(zh [n, d], labels [n] int64, wh [C, d])``.
@@ -505,7 +511,11 @@ def prepare(
 
 
 def entropies(
-    zh: Tensor, labels: Tensor, wh: Tensor, *, gram: Tensor | None = None,
+    zh: Tensor,
+    labels: Tensor,
+    wh: Tensor,
+    *,
+    gram: Tensor | None = None,
     factor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Exact ``(H(K_Z), H(K_W), H(K_Z o K_W))`` as 0-dim float64 tensors.
@@ -558,14 +568,19 @@ def _check_estimate(estimate: str) -> None:
 
 
 def _refused(size: int, limit: int) -> _Joint:
-    return _Joint(math.nan, note=(
-        f"h_zw, mi and mir not computed: the exact joint entropy needs a {size} x {size} "
-        f"eigen-solve (over max_exact_dim={limit}); use --estimate auto or slq for an "
-        "estimate with error bars, or raise --max-exact-dim"))
+    return _Joint(
+        math.nan,
+        note=(
+            f"h_zw, mi and mir not computed: the exact joint entropy needs a {size} x {size} "
+            f"eigen-solve (over max_exact_dim={limit}); use --estimate auto or slq for an "
+            "estimate with error bars, or raise --max-exact-dim"
+        ),
+    )
 
 
-def _joint_entropy(zh: Tensor, y: Tensor, wh: Tensor, estimate: str,
-                   limit: int | None, slq_options: dict) -> _Joint:
+def _joint_entropy(
+    zh: Tensor, y: Tensor, wh: Tensor, estimate: str, limit: int | None, slq_options: dict
+) -> _Joint:
     """H(K_Z o K_W): exact when the solve fits ``limit`` (or ``estimate="exact"``, which
     gives NaN with a note past it); the stochastic Lanczos estimate otherwise."""
     size = _joint_size(zh.shape[0], zh.shape[1], wh.shape[0])
@@ -578,8 +593,9 @@ def _joint_entropy(zh: Tensor, y: Tensor, wh: Tensor, estimate: str,
     return _Joint(found.value, "slq", found.label, found.err, found.upper)
 
 
-def _result(h_z: float, h_w: float, joint: _Joint, n: int, num_classes: int | None,
-            n_used: int, **extra) -> Interplay:
+def _result(
+    h_z: float, h_w: float, joint: _Joint, n: int, num_classes: int | None, n_used: int, **extra
+) -> Interplay:
     """MI, the ratios and their error bars from exact ``h_z``, ``h_w`` and a joint value."""
     mi = h_z + h_w - joint.h_zw
     mir, hdr, note = _ratios(h_z, h_w, mi)
@@ -587,14 +603,29 @@ def _result(h_z: float, h_w: float, joint: _Joint, n: int, num_classes: int | No
     scale = 1.0 / low if low > 0 else math.nan
     err, upper = joint.err, joint.upper
     return Interplay(
-        h_z, h_w, joint.h_zw, mi, mir, hdr, n, num_classes, joint.estimate,
-        note="; ".join(filter(None, [joint.note, note])), label=joint.label, n_used=n_used,
-        h_zw_err=err, mi_err=err, mir_err=None if err is None else err * scale,
-        mir_lower=None if upper is None else (h_z + h_w - upper) * scale, **extra)
+        h_z,
+        h_w,
+        joint.h_zw,
+        mi,
+        mir,
+        hdr,
+        n,
+        num_classes,
+        joint.estimate,
+        note="; ".join(filter(None, [joint.note, note])),
+        label=joint.label,
+        n_used=n_used,
+        h_zw_err=err,
+        mi_err=err,
+        mir_err=None if err is None else err * scale,
+        mir_lower=None if upper is None else (h_z + h_w - upper) * scale,
+        **extra,
+    )
 
 
-def _batch_mean(entropies_of, n: int, batch_size: int, seed: int, check_size
-                ) -> tuple[tuple[float, float, float], int, int]:
+def _batch_mean(
+    entropies_of, n: int, batch_size: int, seed: int, check_size
+) -> tuple[tuple[float, float, float], int, int]:
     """Mean entropies over the :func:`batch_indices` batches.
 
     ``entropies_of(idx)`` gives the three entropies on samples ``idx``; ``check_size(m)``
@@ -614,8 +645,9 @@ def _batch_joint(means, batch_size: int, seed: int) -> _Joint:
     return _Joint(means[2], "batch", f"batch(B={batch_size},seed={seed})")
 
 
-def _batch_interplay(zh: Tensor, y: Tensor, wh: Tensor, batch_size: int, seed: int,
-                     limit: int | None) -> Interplay:
+def _batch_interplay(
+    zh: Tensor, y: Tensor, wh: Tensor, batch_size: int, seed: int, limit: int | None
+) -> Interplay:
     """The paper's estimate: mean entropies over :func:`batch_indices` of prepared rows."""
     n, d = zh.shape
     num_classes = wh.shape[0]
@@ -630,8 +662,16 @@ def _batch_interplay(zh: Tensor, y: Tensor, wh: Tensor, batch_size: int, seed: i
         _check_size(_joint_size(m, d, num_classes), limit, "batch estimate")
 
     means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
-    return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
-                   num_classes, used, batch_size=batch_size, n_batches=batches)
+    return _result(
+        means[0],
+        means[1],
+        _batch_joint(means, batch_size, seed),
+        n,
+        num_classes,
+        used,
+        batch_size=batch_size,
+        n_batches=batches,
+    )
 
 
 def interplay(
@@ -675,11 +715,18 @@ def interplay(
     _check_estimate(estimate)
     zero_head = _zero_head_classes(labels, head, features.shape[0])
     if zero_head and (not drop_zero_rows or set(zero_head) >= set(labels.tolist())):
-        return _headless(features, labels, head, zero_head, estimate=estimate,
-                         batch_size=batch_size, seed=seed, drop_zero_rows=drop_zero_rows)
+        return _headless(
+            features,
+            labels,
+            head,
+            zero_head,
+            estimate=estimate,
+            batch_size=batch_size,
+            seed=seed,
+            drop_zero_rows=drop_zero_rows,
+        )
     with torch.no_grad():
-        zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows,
-                            device=device)
+        zh, y, wh = prepare(features, labels, head, drop_zero_rows=drop_zero_rows, device=device)
         n, d = zh.shape
         num_classes = wh.shape[0]
         limit = _limit(max_exact_dim, zh.device)
@@ -701,8 +748,17 @@ def _zero_head_classes(labels: Tensor, head: Tensor, n: int) -> list[int]:
     return (used & (torch.linalg.vector_norm(w, dim=1) == 0)).nonzero().flatten().tolist()
 
 
-def _headless(features: Tensor, labels: Tensor, head: Tensor, zero: list[int], *,
-              estimate: str, batch_size: int, seed: int, drop_zero_rows: bool) -> Interplay:
+def _headless(
+    features: Tensor,
+    labels: Tensor,
+    head: Tensor,
+    zero: list[int],
+    *,
+    estimate: str,
+    batch_size: int,
+    seed: int,
+    drop_zero_rows: bool,
+) -> Interplay:
     """The interplay when head rows that labels use are zero (an untrained zero-initialised
     head): K_W has no definition, so only H(K_Z) is a number; the rest is NaN with a note."""
     z = _as_float64(features, "features", 2)
@@ -711,23 +767,42 @@ def _headless(features: Tensor, labels: Tensor, head: Tensor, zero: list[int], *
     if estimate == "batch":
         parts = batch_indices(z.shape[0], batch_size, seed)
         h_z = sum(feature_entropy(z[idx]) for idx in parts) / len(parts)
-        extra = {"batch_size": batch_size, "n_batches": len(parts),
-                 "label": f"batch(B={batch_size},seed={seed})",
-                 "n_used": sum(len(idx) for idx in parts)}
+        extra = {
+            "batch_size": batch_size,
+            "n_batches": len(parts),
+            "label": f"batch(B={batch_size},seed={seed})",
+            "n_used": sum(len(idx) for idx in parts),
+        }
     else:
         h_z, extra = feature_entropy(z), {"n_used": int(z.shape[0])}
     classes = ", ".join(str(c) for c in zero[:5]) + (", ..." if len(zero) > 5 else "")
-    note = (f"head rows of classes {classes} are zero (an untrained head?): K_W is undefined, "
-            "so h_w, h_zw, mi, mir and hdr are NaN")
+    note = (
+        f"head rows of classes {classes} are zero (an untrained head?): K_W is undefined, "
+        "so h_w, h_zw, mi, mir and hdr are NaN"
+    )
     if len(zero) < labels.unique().numel():
         note += "; --drop-zero-rows measures the other classes"
     nan = math.nan
-    return Interplay(h_z, nan, nan, nan, nan, nan, int(z.shape[0]), int(head.shape[0]),
-                     estimate, note=note, **extra)
+    return Interplay(
+        h_z,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        int(z.shape[0]),
+        int(head.shape[0]),
+        estimate,
+        note=note,
+        **extra,
+    )
 
 
 def interplay_from_grams(
-    grams: Tensor, counts: Tensor, head: Tensor, *,
+    grams: Tensor,
+    counts: Tensor,
+    head: Tensor,
+    *,
     max_exact_dim: int | str | None = "auto",
 ) -> Interplay:
     """The exact :func:`interplay` of samples known only through per-class Grams.
@@ -752,8 +827,10 @@ def interplay_from_grams(
         counts = counts.to(device=g.device, dtype=torch.float64)
         num_classes, d = w.shape
         if g.shape != (num_classes, d, d) or counts.shape != (num_classes,):
-            raise InputError(f"grams {tuple(g.shape)} and counts {tuple(counts.shape)} do not "
-                             f"fit a head of shape {tuple(w.shape)}: expected [C, d, d] and [C]")
+            raise InputError(
+                f"grams {tuple(g.shape)} and counts {tuple(counts.shape)} do not "
+                f"fit a head of shape {tuple(w.shape)}: expected [C, d, d] and [C]"
+            )
         n = int(counts.sum())
         if n == 0:
             raise InputError("no samples: at least one is needed")
@@ -852,6 +929,7 @@ def interplay_between(
         limit = _limit(max_exact_dim, a.device)
         widest = max(a.shape[1], b.shape[1])
         if estimate == "batch":
+
             def entropies_of(idx):
                 idx = idx.to(ah.device)
                 return _between_entropies(ah[idx], bh[idx])
@@ -860,8 +938,16 @@ def interplay_between(
                 _check_size(min(m, widest * widest), limit, "batch estimate")
 
             means, batches, used = _batch_mean(entropies_of, n, batch_size, seed, check_size)
-            return _result(means[0], means[1], _batch_joint(means, batch_size, seed), n,
-                           None, used, batch_size=batch_size, n_batches=batches)
+            return _result(
+                means[0],
+                means[1],
+                _batch_joint(means, batch_size, seed),
+                n,
+                None,
+                used,
+                batch_size=batch_size,
+                n_batches=batches,
+            )
         h_a = float(spectral_entropy(_feature_matrix(ah)))
         h_b = float(spectral_entropy(_feature_matrix(bh)))
         size = min(n, widest * widest)

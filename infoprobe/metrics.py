@@ -49,8 +49,14 @@ class InterplayMetrics:
         max_exact_dim: as for :func:`infoprobe.info.interplay`.
     """
 
-    def __init__(self, num_classes: int, *, interplay: bool = True,
-                 drop_zero_rows: bool = False, max_exact_dim: int | str | None = "auto") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        interplay: bool = True,
+        drop_zero_rows: bool = False,
+        max_exact_dim: int | str | None = "auto",
+    ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
@@ -72,11 +78,14 @@ class InterplayMetrics:
         z = info._as_float64(features.detach(), "features", 2)
         y = info._check_labels(labels.detach(), z.shape[0], self.num_classes).to(z.device)
         if self.moments is not None and z.shape[1] != self.moments.shift.shape[0]:
-            raise InputError(f"features have d = {z.shape[1]}, earlier batches had "
-                             f"d = {self.moments.shift.shape[0]}")
+            raise InputError(
+                f"features have d = {z.shape[1]}, earlier batches had "
+                f"d = {self.moments.shift.shape[0]}"
+            )
         if logits is not None and tuple(logits.shape) != (z.shape[0], self.num_classes):
-            raise InputError(f"logits must be [{z.shape[0]}, {self.num_classes}], got "
-                             f"{tuple(logits.shape)}")
+            raise InputError(
+                f"logits must be [{z.shape[0]}, {self.num_classes}], got {tuple(logits.shape)}"
+            )
         if self.interplay:
             self._add_grams(z, y)
         shift = None if self.moments is None else self.moments.shift
@@ -115,16 +124,34 @@ class InterplayMetrics:
         if self.interplay:
             if self.counts is None or self.counts.sum() == 0:
                 raise InputError("every sample had a zero feature row: nothing to measure")
-            result = info.interplay_from_grams(self.grams, self.counts, head,
-                                               max_exact_dim=self.max_exact_dim)
-            values.update({k: getattr(result, k) for k in (
-                "h_z", "h_w", "h_zw", "mi", "mir", "hdr", "n_samples", "n_classes", "note")})
+            result = info.interplay_from_grams(
+                self.grams, self.counts, head, max_exact_dim=self.max_exact_dim
+            )
+            values.update(
+                {
+                    k: getattr(result, k)
+                    for k in (
+                        "h_z",
+                        "h_w",
+                        "h_zw",
+                        "mi",
+                        "mir",
+                        "hdr",
+                        "n_samples",
+                        "n_classes",
+                        "note",
+                    )
+                }
+            )
         agreement = None
         if self.features:
             present, means = collapse.class_means(self.moments)
-            agreement = collapse.ncc_agreement(torch.cat(self.features), means,
-                                               present.nonzero().flatten(),
-                                               torch.cat(self.predictions))
+            agreement = collapse.ncc_agreement(
+                torch.cat(self.features),
+                means,
+                present.nonzero().flatten(),
+                torch.cat(self.predictions),
+            )
         found = collapse.neural_collapse_of(self.moments, head, agreement)
         values.update({k: v for k, v in found.as_dict().items() if k != "n_classes"})
         return values

@@ -37,8 +37,10 @@ def _clashes(output: Path, source: Path) -> bool:
         return False
 
 
-def refuse_overwrite(outputs: Iterable[tuple[str, str | os.PathLike | None]],
-                     inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+def refuse_overwrite(
+    outputs: Iterable[tuple[str, str | os.PathLike | None]],
+    inputs: Iterable[tuple[str, str | os.PathLike | None]],
+) -> None:
     """InputError naming the first output that is (or lies inside) an input.
 
     ``outputs`` and ``inputs`` are ``(what, path)`` pairs, e.g. ``("--csv", "a.csv")`` and
@@ -56,4 +58,5 @@ def refuse_overwrite(outputs: Iterable[tuple[str, str | os.PathLike | None]],
                 where = "is" if target == source or not source.is_dir() else "lies inside"
                 raise InputError(
                     f"{flag} {out} {where} {what} {given}, an input of this run: writing it "
-                    "would destroy or change the input; write the output elsewhere")
+                    "would destroy or change the input; write the output elsewhere"
+                )

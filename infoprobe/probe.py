@@ -38,8 +38,12 @@ __all__ = [
 ]
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-_AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-        "fp16": torch.float16, "float16": torch.float16}
+_AMP = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 class ProgressSink(Protocol):
@@ -127,8 +131,9 @@ def _is_head_like(m: nn.Module) -> bool:
     return False
 
 
-def find_heads(model: nn.Module, num_classes: int | None = None,
-               head_path: str | None = None) -> list[tuple[str, nn.Module]]:
+def find_heads(
+    model: nn.Module, num_classes: int | None = None, head_path: str | None = None
+) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the classifier: the module at ``head_path``; else every head
     timm's ``get_classifier()`` returns (two for distilled models, one per branch for
     CrossViT); else the last-registered nn.Linear (or 1x1 conv) with ``num_classes``
@@ -139,8 +144,10 @@ def find_heads(model: nn.Module, num_classes: int | None = None,
             m = model.get_submodule(head_path)
         except AttributeError:
             found = [n for n, m in model.named_modules() if _is_head_like(m)]
-            raise InputError(f"--head {head_path}: no such module; linear layers: "
-                             f"{', '.join(found[-5:]) or 'none'}") from None
+            raise InputError(
+                f"--head {head_path}: no such module; linear layers: "
+                f"{', '.join(found[-5:]) or 'none'}"
+            ) from None
         if not _is_head_like(m):
             raise InputError(f"--head {head_path} is a {_kind(m)}; give a Linear or 1x1 conv")
         return [(head_path, m)]
@@ -151,8 +158,10 @@ def find_heads(model: nn.Module, num_classes: int | None = None,
             parts = list(m)
             odd = [names.get(id(x), _kind(x)) for x in parts if not _is_head_like(x)]
             if odd:
-                raise InputError(f"the model's classifier heads {', '.join(odd)} are not "
-                                 "Linear layers (built with num_classes=0?); pass --head")
+                raise InputError(
+                    f"the model's classifier heads {', '.join(odd)} are not "
+                    "Linear layers (built with num_classes=0?); pass --head"
+                )
             return [(names.get(id(x), _kind(x)), x) for x in parts]
         if isinstance(m, nn.Module):
             if _is_head_like(m):
@@ -160,25 +169,33 @@ def find_heads(model: nn.Module, num_classes: int | None = None,
             inner = [x for x in m.modules() if _is_head_like(x)]
             if inner:
                 return [(names.get(id(inner[-1]), "classifier"), inner[-1])]
-            raise InputError(f"the model's classifier is a {_kind(m)} (built with "
-                             "num_classes=0?); pass --num-classes or --head")
-    found = [(n, m) for n, m in model.named_modules() if _is_head_like(m)
-             and (num_classes is None or _affine(m)[0].shape[0] == num_classes)]
+            raise InputError(
+                f"the model's classifier is a {_kind(m)} (built with "
+                "num_classes=0?); pass --num-classes or --head"
+            )
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if _is_head_like(m) and (num_classes is None or _affine(m)[0].shape[0] == num_classes)
+    ]
     if not found:
         what = f" with {num_classes} outputs" if num_classes else ""
-        raise InputError(f"no classifier head found: no nn.Linear or 1x1 conv{what}; "
-                         "pass --head module.path")
+        raise InputError(
+            f"no classifier head found: no nn.Linear or 1x1 conv{what}; pass --head module.path"
+        )
     return [found[-1]]
 
 
-def find_head(model: nn.Module, num_classes: int | None = None,
-              head_path: str | None = None) -> nn.Module:
+def find_head(
+    model: nn.Module, num_classes: int | None = None, head_path: str | None = None
+) -> nn.Module:
     """The one classifier layer of :func:`find_heads`; InputError naming the heads when the
     model has several."""
     heads = find_heads(model, num_classes, head_path)
     if len(heads) > 1:
-        raise InputError(f"the model has several classifier heads ({_names(heads)}); pick one "
-                         "with --head")
+        raise InputError(
+            f"the model has several classifier heads ({_names(heads)}); pick one with --head"
+        )
     return heads[0][1]
 
 
@@ -275,11 +292,13 @@ def _rejected(model: nn.Module, x: Tensor, err: Exception, start: int) -> Except
             f"the model takes {fixed[0]}x{fixed[1]} images only and got "
             f"{x.shape[-2]}x{x.shape[-1]} ({reason}): give it {fixed[0]}x{fixed[1]} inputs "
             f"(image folders: --input-size {x.shape[1]} {fixed[0]} {fixed[1]}), or build it with "
-            "--model-kwargs dynamic_img_size=true to take any input size")
+            "--model-kwargs dynamic_img_size=true to take any input size"
+        )
     if start == 0 and _misfit(model, x):
         return InputError(
             f"the model rejected inputs of shape {tuple(x.shape[1:])} per sample ({reason}); it "
-            f"expects {_expected_input(model)}: check --data, --input-size or --in-chans")
+            f"expects {_expected_input(model)}: check --data, --input-size or --in-chans"
+        )
     return RunFailure(f"the model failed on samples {start}..{start + len(x) - 1}: {reason}")
 
 
@@ -297,8 +316,11 @@ def _prepare(model: nn.Module, dev: torch.device, memory_format) -> list[nn.Modu
             if t is None:
                 continue
             move = move or t.device != dev
-            reformat = reformat or (memory_format is not None and t.ndim == 4
-                                    and not t.is_contiguous(memory_format=memory_format))
+            reformat = reformat or (
+                memory_format is not None
+                and t.ndim == 4
+                and not t.is_contiguous(memory_format=memory_format)
+            )
     if move:
         model.to(dev)
     if reformat:
@@ -315,7 +337,8 @@ def _checked_labels(labels: Tensor, num_classes: int, source: str) -> Tensor:
         raise InputError(
             f"labels of {source} lie in [{int(labels.min())}, {int(labels.max())}] but the "
             f"model's head has {num_classes} classes [0, {num_classes}); check --data or "
-            "--num-classes")
+            "--num-classes"
+        )
     return labels
 
 
@@ -333,15 +356,17 @@ class _Classifier:
     head's own output (an explicit ``--head``), consistent with W by construction.
     """
 
-    def __init__(self, model: nn.Module, heads: list[tuple[str, nn.Module]],
-                 own_logits: bool) -> None:
+    def __init__(
+        self, model: nn.Module, heads: list[tuple[str, nn.Module]], own_logits: bool
+    ) -> None:
         self.model, self.heads, self.own = model, heads, own_logits
         affine = [_affine(m) for _, m in heads]
         self.weights, self.biases = [w for w, _ in affine], [b for _, b in affine]
         rows = sorted({int(w.shape[0]) for w in self.weights})
         if len(rows) != 1:
-            raise InputError(f"the classifier heads {_names(heads)} have {rows} outputs; "
-                             "pick one with --head")
+            raise InputError(
+                f"the classifier heads {_names(heads)} have {rows} outputs; pick one with --head"
+            )
         self.num_classes = rows[0]
         self.weight: Tensor | None = None
         self.bias: Tensor | None = None
@@ -355,16 +380,22 @@ class _Classifier:
         handles = []
         try:
             for got, (_, m) in zip(self.inputs, self.heads, strict=True):
-                handles.append(m.register_forward_pre_hook(
-                    lambda _m, args, got=got: got.append(args[0])))
+                handles.append(
+                    m.register_forward_pre_hook(lambda _m, args, got=got: got.append(args[0]))
+                )
             if self.own:
-                handles.append(self.heads[0][1].register_forward_hook(
-                    lambda _m, _args, out: self.outputs.append(out)))
+                handles.append(
+                    self.heads[0][1].register_forward_hook(
+                        lambda _m, _args, out: self.outputs.append(out)
+                    )
+                )
         except Exception as e:  # TorchScript modules refuse Python hooks
             for h in handles:
                 h.remove()
-            raise RunFailure(f"cannot hook the head ({e}); load TorchScript weights into a "
-                             "Python model with --arch") from None
+            raise RunFailure(
+                f"cannot hook the head ({e}); load TorchScript weights into a "
+                "Python model with --arch"
+            ) from None
         try:
             yield self
         finally:
@@ -384,14 +415,16 @@ class _Classifier:
             if len(got) != 1:
                 raise RunFailure(
                     f"the head {name} ran {len(got)} times in one forward pass; pick the "
-                    "classifier with --head (TorchScript: load the weights with --arch)")
+                    "classifier with --head (TorchScript: load the weights with --arch)"
+                )
         flat = [got[0].reshape(b, -1) for got in self.inputs]
         if self.own:
             if self.outputs[0].reshape(b, -1).shape != logits.shape:
                 raise RunFailure(
                     f"head output {tuple(self.outputs[0].shape)} / logits "
                     f"{tuple(logits.shape)} do not fit on a batch of {b}; pick the "
-                    "classifier with --head")
+                    "classifier with --head"
+                )
             logits = self.outputs[0].reshape(b, -1)
         z = torch.cat(flat, 1) if self.concat or len(flat) > 1 and self.weight is None else None
         if self.weight is None:
@@ -403,7 +436,8 @@ class _Classifier:
             raise RunFailure(
                 f"head input {tuple(z.shape)} / logits {tuple(logits.shape)} do not fit a "
                 f"{list(self.weight.shape)} classifier on a batch of {b}; pick the classifier "
-                "with --head")
+                "with --head"
+            )
         return z, logits
 
     def _settle(self, x: Tensor, flat: list[Tensor], logits: Tensor) -> Tensor:
@@ -414,16 +448,20 @@ class _Classifier:
         else:
             pre = self._pre_logits(x)
             self.bias = torch.stack(self.biases).mean(0)
-            if pre is not None and all(torch.equal(flat[0], f) for f in flat[1:]) \
-                    and _close(pre, flat[0]):
+            if (
+                pre is not None
+                and all(torch.equal(flat[0], f) for f in flat[1:])
+                and _close(pre, flat[0])
+            ):
                 z, self.weight = flat[0], torch.stack(self.weights).mean(0)
             elif pre is not None and _close(pre, torch.cat(flat, 1)):
                 z, self.concat = torch.cat(flat, 1), True
                 self.weight = torch.cat(self.weights, 1) / k
             else:
                 raise self._refusal()
-        if not self.own and (z.shape[1] != self.weight.shape[1]
-                             or not _reproduces(z, self.weight, self.bias, logits)):
+        if not self.own and (
+            z.shape[1] != self.weight.shape[1] or not _reproduces(z, self.weight, self.bias, logits)
+        ):
             raise self._refusal()
         return z
 
@@ -439,12 +477,16 @@ class _Classifier:
     def _refusal(self) -> InputError:
         heads = self.heads
         if len(heads) == 1:  # another layer adds to the logits (VOLO's aux_head)
-            heads = [(n, m) for n, m in self.model.named_modules() if _is_head_like(m)
-                     and _affine(m)[0].shape[0] == self.num_classes] or heads
+            heads = [
+                (n, m)
+                for n, m in self.model.named_modules()
+                if _is_head_like(m) and _affine(m)[0].shape[0] == self.num_classes
+            ] or heads
         return InputError(
             f"the model's logits are not one linear head applied to its pre-logits features "
             f"(heads found: {_names(heads)}); pick one head with --head NAME: its own logits "
-            "then give accuracy and loss")
+            "then give accuracy and loss"
+        )
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
@@ -513,16 +555,15 @@ class _Outputs:
         if self.features is None:
             self.features = torch.empty(len(self.logits), z.shape[1], pin_memory=self.pin)
         self.finite &= torch.isfinite(z).all()
-        self.features[start:start + len(z)].copy_(z, non_blocking=self.pin)
-        self.logits[start:start + len(z)].copy_(logits, non_blocking=self.pin)
+        self.features[start : start + len(z)].copy_(z, non_blocking=self.pin)
+        self.logits[start : start + len(z)].copy_(logits, non_blocking=self.pin)
 
     def done(self) -> None:
         if self.pin:
             torch.cuda.current_stream(self.dev).synchronize()
 
 
-def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int
-             ) -> tuple[Tensor, Tensor]:
+def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int) -> tuple[Tensor, Tensor]:
     """(features [b, d], logits [b, C]) of one batch; out-of-memory errors pass through."""
     heads.clear()
     try:
@@ -535,8 +576,15 @@ def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int
     return heads.batch(x, logits)
 
 
-def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, out: _Outputs,
-              batch_size: int, memory_format, progress: ProgressSink | None) -> None:
+def _run_pass(
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    heads: _Classifier,
+    out: _Outputs,
+    batch_size: int,
+    memory_format,
+    progress: ProgressSink | None,
+) -> None:
     """Fill ``out`` with every sample of ``batches`` (in order), ``batch_size`` at a time; a
     batch that runs out of memory is retried at half the size (like timm's validate.py),
     and the smaller size is kept for the rest of the pass."""
@@ -544,15 +592,17 @@ def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, o
     for inputs in batches:
         done = 0
         while done < len(inputs):
-            x = inputs[done:done + bs].to(out.dev, non_blocking=True)
+            x = inputs[done : done + bs].to(out.dev, non_blocking=True)
             if memory_format is not None and x.ndim == 4:
                 x = x.contiguous(memory_format=memory_format)
             try:
                 z, logits = _forward(model, x, heads, start)
             except _OOM:
                 if bs == 1:
-                    raise RunFailure("out of memory at batch size 1; use a smaller model, "
-                                     "--amp bf16 or --device cpu") from None
+                    raise RunFailure(
+                        "out of memory at batch size 1; use a smaller model, "
+                        "--amp bf16 or --device cpu"
+                    ) from None
                 del x
                 bs //= 2
                 if out.dev.type == "cuda":
@@ -565,11 +615,18 @@ def _run_pass(model: nn.Module, batches: Iterable[Tensor], heads: _Classifier, o
     out.done()
 
 
-def evaluate(model: nn.Module, data: Dataset, *, head: nn.Module | str | None = None,
-             device: str | torch.device = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-             amp: str | bool | None = False, channels_last: bool = False,
-             valid_labels: Sequence[int] | None = None,
-             progress: ProgressSink | None = None) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    head: nn.Module | str | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    amp: str | bool | None = False,
+    channels_last: bool = False,
+    valid_labels: Sequence[int] | None = None,
+    progress: ProgressSink | None = None,
+) -> Evaluation:
     """Run ``model`` over ``data`` once, capturing the heads' inputs with pre-hooks.
 
     ``data``: a dataset in memory, or an :class:`~infoprobe.data.ImageStream` decoded batch
@@ -595,30 +652,52 @@ def evaluate(model: nn.Module, data: Dataset, *, head: nn.Module | str | None = 
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
-    heads = ([("head", head)] if isinstance(head, nn.Module)
-             else find_heads(model, head_path=head))
+    heads = [("head", head)] if isinstance(head, nn.Module) else find_heads(model, head_path=head)
     classifier = _Classifier(model, heads, own_logits=head is not None)
     labels = _checked_labels(data.labels, classifier.num_classes, data.source)
     dtype = _amp_dtype(amp)
-    autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
     lo, hi = distributed.shard(n, batch_size)  # (0, n) in one process
     out = _Outputs(hi - lo, classifier.num_classes, dev)
     with distributed.agreed():
-        with (classifier.hooked(), _eval_mode(model, dev, memory_format),
-              _reporting(progress, hi - lo, "evaluating"), torch.no_grad(), autocast):
-            _run_pass(model, data.batches(batch_size, lo, hi), classifier, out, batch_size,
-                      memory_format, progress)
+        with (
+            classifier.hooked(),
+            _eval_mode(model, dev, memory_format),
+            _reporting(progress, hi - lo, "evaluating"),
+            torch.no_grad(),
+            autocast,
+        ):
+            _run_pass(
+                model,
+                data.batches(batch_size, lo, hi),
+                classifier,
+                out,
+                batch_size,
+                memory_format,
+                progress,
+            )
         if not bool(out.finite):
             _check_features(out.features, data.source, offset=lo)
     features = distributed.gather_rows(out.features, n, batch_size)
     logits = distributed.gather_rows(out.logits, n, batch_size)
     loss, accuracy, note = scores(logits, labels)
-    evaluation = Evaluation(features=features, logits=logits, labels=labels,
-                            head=classifier.weight, loss=loss, accuracy=accuracy, note=note)
-    return evaluation if valid_labels is None else restrict_classes(evaluation, valid_labels,
-                                                                    data.source)
+    evaluation = Evaluation(
+        features=features,
+        logits=logits,
+        labels=labels,
+        head=classifier.weight,
+        loss=loss,
+        accuracy=accuracy,
+        note=note,
+    )
+    return (
+        evaluation
+        if valid_labels is None
+        else restrict_classes(evaluation, valid_labels, data.source)
+    )
 
 
 def scores(logits: Tensor, labels: Tensor) -> tuple[float, float, str]:
@@ -630,16 +709,22 @@ def scores(logits: Tensor, labels: Tensor) -> tuple[float, float, str]:
     """
     bad = ~torch.isfinite(logits).all(dim=1)
     if bad.any():
-        note = (f"logits of {int(bad.sum())} of {len(bad)} samples are Inf/NaN (first: sample "
-                f"{int(bad.nonzero()[0])}): loss and accuracy are undefined; the model "
-                "overflows (with --amp fp16 use bf16 or drop --amp)")
+        note = (
+            f"logits of {int(bad.sum())} of {len(bad)} samples are Inf/NaN (first: sample "
+            f"{int(bad.nonzero()[0])}): loss and accuracy are undefined; the model "
+            "overflows (with --amp fp16 use bf16 or drop --amp)"
+        )
         return float("nan"), float("nan"), note
-    return (float(F.cross_entropy(logits, labels)),
-            float((logits.argmax(1) == labels).double().mean()), "")
+    return (
+        float(F.cross_entropy(logits, labels)),
+        float((logits.argmax(1) == labels).double().mean()),
+        "",
+    )
 
 
-def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
-                     source: str = "the data") -> Evaluation:
+def restrict_classes(
+    evaluation: Evaluation, valid_labels: Sequence[int], source: str = "the data"
+) -> Evaluation:
     """The evaluation of the classifier made of the head rows ``valid_labels`` (k model
     class indices): logits ``[:, valid_labels]`` (timm validate.py's ``output[:,
     valid_labels]``), head ``W[valid_labels]`` [k, d], labels unchanged, which must index
@@ -649,22 +734,34 @@ def restrict_classes(evaluation: Evaluation, valid_labels: Sequence[int],
     valid = torch.as_tensor(list(valid_labels), dtype=torch.long)
     c = evaluation.head.shape[0]
     if valid.numel() == 0 or int(valid.min()) < 0 or int(valid.max()) >= c:
-        raise InputError(f"--valid-labels must list class indices in [0, {c}) of the model's "
-                         f"head; got {valid.numel()} values in "
-                         f"[{int(valid.min()) if valid.numel() else '-'}, "
-                         f"{int(valid.max()) if valid.numel() else '-'}]")
+        raise InputError(
+            f"--valid-labels must list class indices in [0, {c}) of the model's "
+            f"head; got {valid.numel()} values in "
+            f"[{int(valid.min()) if valid.numel() else '-'}, "
+            f"{int(valid.max()) if valid.numel() else '-'}]"
+        )
     if valid.unique().numel() != valid.numel():
         raise InputError("--valid-labels lists a class index twice; list each once")
     labels = evaluation.labels
     if int(labels.max()) >= valid.numel():
-        raise InputError(f"labels of {source} reach {int(labels.max())} but --valid-labels "
-                         f"lists {valid.numel()} classes; label i must be the i-th valid label "
-                         "(the folders sorted as the list is)")
+        raise InputError(
+            f"labels of {source} reach {int(labels.max())} but --valid-labels "
+            f"lists {valid.numel()} classes; label i must be the i-th valid label "
+            "(the folders sorted as the list is)"
+        )
     logits = evaluation.logits[:, valid] if evaluation.logits is not None else None
-    loss, acc, note = scores(logits, labels) if logits is not None else (
-        float("nan"), float("nan"), "")
-    return Evaluation(features=evaluation.features, logits=logits, labels=labels,
-                      head=evaluation.head[valid].clone(), loss=loss, accuracy=acc, note=note)
+    loss, acc, note = (
+        scores(logits, labels) if logits is not None else (float("nan"), float("nan"), "")
+    )
+    return Evaluation(
+        features=evaluation.features,
+        logits=logits,
+        labels=labels,
+        head=evaluation.head[valid].clone(),
+        loss=loss,
+        accuracy=acc,
+        note=note,
+    )
 
 
 def _check_features(features: Tensor, source: str, offset: int = 0) -> None:
@@ -674,7 +771,8 @@ def _check_features(features: Tensor, source: str, offset: int = 0) -> None:
         first = int(bad.nonzero()[0]) + offset
         raise NonFiniteFeatures(
             f"features of {int(bad.sum())} samples of {source} are NaN/Inf (first: sample "
-            f"{first}); check the checkpoint's weights and the input normalisation (--mean/--std)")
+            f"{first}); check the checkpoint's weights and the input normalisation (--mean/--std)"
+        )
 
 
 # --------------------------------------------------------------------------- features files
@@ -688,8 +786,11 @@ def save_features(path: str | Path, evaluation: Evaluation) -> Path:
     path = Path(path).expanduser()
     if not path.parent.is_dir():
         raise InputError(f"--save-features {path}: folder {path.parent} does not exist")
-    tensors = {"features": evaluation.features.float(), "labels": evaluation.labels.long(),
-               "head": evaluation.head.float()}
+    tensors = {
+        "features": evaluation.features.float(),
+        "labels": evaluation.labels.long(),
+        "head": evaluation.head.float(),
+    }
     if evaluation.logits is not None:
         tensors["logits"] = evaluation.logits.float()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -735,22 +836,29 @@ def load_features(path: str | Path) -> Evaluation:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             found = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise InputError(f"cannot read features file {path}: corrupt or not safetensors "
-                         f"({str(e).strip()[:200]})") from None
+        raise InputError(
+            f"cannot read features file {path}: corrupt or not safetensors ({str(e).strip()[:200]})"
+        ) from None
     missing = [k for k in ("features", "labels", "head") if k not in found]
     if missing:
-        raise InputError(f"features file {path} lacks {', '.join(missing)}; it needs "
-                         "'features' [n,d], 'labels' [n] and 'head' [C,d]")
+        raise InputError(
+            f"features file {path} lacks {', '.join(missing)}; it needs "
+            "'features' [n,d], 'labels' [n] and 'head' [C,d]"
+        )
     z, w, logits = found["features"], found["head"], found.get("logits")
     if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1]:
-        raise InputError(f"features file {path}: features {tuple(z.shape)} and head "
-                         f"{tuple(w.shape)} must be [n, d] and [C, d] with the same d")
+        raise InputError(
+            f"features file {path}: features {tuple(z.shape)} and head "
+            f"{tuple(w.shape)} must be [n, d] and [C, d] with the same d"
+        )
     if z.shape[0] == 0:
         raise InputError(f"features file {path} holds 0 samples")
     labels = validate_labels(found["labels"], int(z.shape[0]), f"features file {path}")
     if int(labels.max()) >= w.shape[0]:
-        raise InputError(f"features file {path}: labels reach {int(labels.max())} but the head "
-                         f"has {w.shape[0]} classes [0, {w.shape[0]})")
+        raise InputError(
+            f"features file {path}: labels reach {int(labels.max())} but the head "
+            f"has {w.shape[0]} classes [0, {w.shape[0]})"
+        )
     z, w = z.float(), w.float()
     _check_features(z, f"features file {path}")
     if not torch.isfinite(w).all():
@@ -759,9 +867,12 @@ def load_features(path: str | Path) -> Evaluation:
     note = ""
     if logits is not None:
         if tuple(logits.shape) != (z.shape[0], w.shape[0]):
-            raise InputError(f"features file {path}: logits {tuple(logits.shape)} should be "
-                             f"[{z.shape[0]}, {w.shape[0]}]")
+            raise InputError(
+                f"features file {path}: logits {tuple(logits.shape)} should be "
+                f"[{z.shape[0]}, {w.shape[0]}]"
+            )
         loss, acc, note = scores(logits.float(), labels)
         logits = logits.float()
-    return Evaluation(features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc,
-                      note=note)
+    return Evaluation(
+        features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc, note=note
+    )

@@ -129,22 +129,51 @@ STDOUT = "-"
 _INT_COLUMNS = INT_COLUMNS
 _SHORT_FLOAT_COLUMNS = frozenset({"alpha", "ratio"})
 #: Columns that move from the table into its caption when every row holds the same value.
-_CAPTION_COLUMNS = ("checkpoint", "model", "param_count", "img_size", "n_samples", "n_classes",
-                    "classes_present", "estimate", "n_used", "n_batches", "mir_nc", "hdr_nc")
+_CAPTION_COLUMNS = (
+    "checkpoint",
+    "model",
+    "param_count",
+    "img_size",
+    "n_samples",
+    "n_classes",
+    "classes_present",
+    "estimate",
+    "n_used",
+    "n_batches",
+    "mir_nc",
+    "hdr_nc",
+)
 #: ``note`` is printed under the table; error bars go into the cells they belong to
 #: (``mir`` shows ``value ± mir_err``); top1/top5 are the percent copies of
 #: accuracy/accuracy_top5. The CSV and JSON keep them all as columns.
-_HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower", "top1",
-                             "top5"})
+_HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower", "top1", "top5"})
 _TEXT_COLUMNS = frozenset({"checkpoint", "name", "model"})
 #: Columns a table keeps however narrow the console.
-_KEPT_COLUMNS = frozenset({"checkpoint", "model", "alpha", "ratio", "step", "class", "name",
-                           "accuracy", "mir", "hdr"})
+_KEPT_COLUMNS = frozenset(
+    {"checkpoint", "model", "alpha", "ratio", "step", "class", "name", "accuracy", "mir", "hdr"}
+)
 #: Columns left out first, in this order, while a table is wider than the console.
-_DROP_ORDER = ("param_count", "img_size", "accuracy_top5", "h_zw", "mi", "nc4", "nc3",
-               "nc2_equiangular", "nc2_equinorm", "h_w", "h_z",
-               "estimate", "n_used", "n_batches", "mir_dense", "hdr_dense", "loss", "h_z_max",
-               "n_samples")
+_DROP_ORDER = (
+    "param_count",
+    "img_size",
+    "accuracy_top5",
+    "h_zw",
+    "mi",
+    "nc4",
+    "nc3",
+    "nc2_equiangular",
+    "nc2_equinorm",
+    "h_w",
+    "h_z",
+    "estimate",
+    "n_used",
+    "n_batches",
+    "mir_dense",
+    "hdr_dense",
+    "loss",
+    "h_z_max",
+    "n_samples",
+)
 
 
 def _is_nan(value: Any) -> bool:
@@ -168,8 +197,11 @@ def format_value(column: str, value: Any) -> str:
 def row_notes(rows: Sequence[dict], label: str = "checkpoint") -> list[str]:
     """One line per distinct non-empty ``note``, naming the rows it applies to."""
     by_note: dict[str, list[str]] = {}
-    names = (short_names([str(r.get(label)) for r in rows]) if label == "checkpoint"
-             else [f"{label} {format_value(label, r.get(label))}" for r in rows])
+    names = (
+        short_names([str(r.get(label)) for r in rows])
+        if label == "checkpoint"
+        else [f"{label} {format_value(label, r.get(label))}" for r in rows]
+    )
     for row, name in zip(rows, names, strict=True):
         note = row.get("note") or ""
         if isinstance(note, str) and note:
@@ -251,13 +283,16 @@ def render_rows(
             table = _table(rows, shown, labels, title, caption)
     console.print(table)
     if dropped:
-        console.print(f"note: left out to fit {console.width} columns: {', '.join(dropped)} "
-                      "(--csv/--json have every column)", style="dim", highlight=False,
-                      markup=False)
+        console.print(
+            f"note: left out to fit {console.width} columns: {', '.join(dropped)} "
+            "(--csv/--json have every column)",
+            style="dim",
+            highlight=False,
+            markup=False,
+        )
     label = key if key is not None else "checkpoint"
     for line in row_notes(rows, label):
-        console.print(f"note: {printable(line)}", style="yellow", highlight=False,
-                      markup=False)
+        console.print(f"note: {printable(line)}", style="yellow", highlight=False, markup=False)
 
 
 def printable(text: str) -> str:
@@ -285,30 +320,46 @@ def transform_caption(transform: dict | None) -> str | None:
         def numbers(values: Sequence[float]) -> str:
             return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
-        return (f"{'x'.join(str(v) for v in t['input_size'])}, crop_pct={t['crop_pct']:g} "
-                f"({t['crop_mode']}), {t['interpolation']}, mean={numbers(t['mean'])}, "
-                f"std={numbers(t['std'])}")
+        return (
+            f"{'x'.join(str(v) for v in t['input_size'])}, crop_pct={t['crop_pct']:g} "
+            f"({t['crop_mode']}), {t['interpolation']}, mean={numbers(t['mean'])}, "
+            f"std={numbers(t['std'])}"
+        )
 
     if "input_size" in transform:
         return f"transform: {line(transform)}"
-    return "\n".join(f"transform of {path}: {line(t)}" for path, t in transform.items()
-                     if t is not None)
+    return "\n".join(
+        f"transform of {path}: {line(t)}" for path, t in transform.items() if t is not None
+    )
 
 
-def _table(rows: Sequence[dict], shown: Sequence[str], labels: Sequence[str],
-           title: str | None, caption: str) -> Table:
+def _table(
+    rows: Sequence[dict],
+    shown: Sequence[str],
+    labels: Sequence[str],
+    title: str | None,
+    caption: str,
+) -> Table:
     # Text, not str: a '[' in a path is not rich markup, and control characters are escaped
-    table = Table(title=Text(printable(title)) if title else None,
-                  caption=Text(caption) if caption else None,
-                  caption_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=Text(printable(title)) if title else None,
+        caption=Text(caption) if caption else None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
     for column in shown:
         text = column in _TEXT_COLUMNS
         # names are never folded: a too-wide table loses columns instead (render_rows)
-        table.add_column(column, justify="left" if text else "right", no_wrap=True,
-                         min_width=None if text else len(column))
+        table.add_column(
+            column,
+            justify="left" if text else "right",
+            no_wrap=True,
+            min_width=None if text else len(column),
+        )
     for row, label in zip(rows, labels, strict=True):
-        table.add_row(*(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row)
-                        for c in shown))
+        table.add_row(
+            *(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row) for c in shown)
+        )
     return table
 
 
@@ -372,8 +423,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     p = Path(path).expanduser()
     tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp",
-                                        dir=p.parent or ".")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
         os.close(fd)
         tmp = Path(tmp_name)
         write(tmp)
@@ -407,8 +457,12 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return rows_frame(rows, columns).to_csv(index=False, lineterminator="\n")
 
 
-def write_csv(target: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str],
-              stream: TextIO | None = None) -> None:
+def write_csv(
+    target: str | os.PathLike,
+    rows: Sequence[dict],
+    columns: Sequence[str],
+    stream: TextIO | None = None,
+) -> None:
     """Write rows to ``target`` atomically, or to ``stream`` (stdout) when target is '-'."""
     text = csv_text(rows, columns)
     if str(target) == STDOUT:
@@ -434,7 +488,8 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]
         raise InputError(
             f"{p} has columns {list(frame.columns)[:6]}..., not this command's "
             f"{list(columns)[:6]}...: it was written by another command; remove it or drop "
-            "--resume")
+            "--resume"
+        )
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return [_typed(row) for row in records]
 
@@ -466,8 +521,15 @@ class SweepCsv:
     refused before any work.
     """
 
-    def __init__(self, path: str | os.PathLike | None, columns: Sequence[str], key: str, *,
-                 resume: bool = False, run: dict | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None,
+        columns: Sequence[str],
+        key: str,
+        *,
+        resume: bool = False,
+        run: dict | None = None,
+    ) -> None:
         self.path = None if path is None or str(path) == STDOUT else Path(path).expanduser()
         self.columns = tuple(columns)
         self.key = key
@@ -515,13 +577,14 @@ def _check_unique(rows: Sequence[dict], key: str, path: Path) -> None:
     values = [row[key] for row in rows]
     if all(isinstance(v, (int, float)) for v in values):
         ordered = sorted(float(v) for v in values)
-        twice = [b for a, b in zip(ordered, ordered[1:]) if b - a <= VALUE_TOL]
+        twice = [b for a, b in zip(ordered, ordered[1:], strict=False) if b - a <= VALUE_TOL]
     else:
         twice = [v for i, v in enumerate(values) if v in values[:i]]
     if twice:
         raise InputError(
             f"--resume: {path} holds {key} {format_value(key, twice[0])} twice: it was edited "
-            "or merged from two runs; keep one row per point or write to another --csv")
+            "or merged from two runs; keep one row per point or write to another --csv"
+        )
 
 
 def _check_same_run(record_path: Path, run: dict, path: Path) -> None:
@@ -532,20 +595,27 @@ def _check_same_run(record_path: Path, run: dict, path: Path) -> None:
         raise InputError(
             f"--resume: {record_path.name}, which records the options of the run that wrote "
             f"{path}, is missing, so its rows cannot be checked; remove {path} or write to "
-            "another --csv") from None
+            "another --csv"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"--resume: cannot read {record_path} ({e}); remove it and "
-                         f"{path}, or write to another --csv") from None
+        raise InputError(
+            f"--resume: cannot read {record_path} ({e}); remove it and "
+            f"{path}, or write to another --csv"
+        ) from None
     want = jsonable(run)
     if not isinstance(recorded, dict):
         recorded = {}
     differ = [k for k in sorted(set(want) | set(recorded)) if want.get(k) != recorded.get(k)]
     if differ:
-        shown = "; ".join(f"{_flag(k)} {_option_text(want.get(k))} now, "
-                          f"{_option_text(recorded.get(k))} in {path.name}" for k in differ[:4])
+        shown = "; ".join(
+            f"{_flag(k)} {_option_text(want.get(k))} now, "
+            f"{_option_text(recorded.get(k))} in {path.name}"
+            for k in differ[:4]
+        )
         raise InputError(
             f"--resume: the rows in {path} come from another run, with other options ({shown}); "
-            "rerun with the same options, or write to another --csv")
+            "rerun with the same options, or write to another --csv"
+        )
 
 
 def _flag(key: str) -> str:
@@ -589,12 +659,12 @@ def write_json(target: str | os.PathLike, payload: dict, stream: TextIO | None =
         atomic_write_text(target, text)
 
 
-def run_payload(command: str, rows: Sequence[dict], columns: Sequence[str],
-                **extra: Any) -> dict:
+def run_payload(command: str, rows: Sequence[dict], columns: Sequence[str], **extra: Any) -> dict:
     """The JSON document of a run: command, estimate, n_samples, columns, rows, ``extra``.
 
     ``estimate`` and ``n_samples`` are single values when every row shares them, else lists.
     """
+
     def shared(column: str) -> Any:
         values = [row.get(column) for row in rows]
         return values[0] if values and all(v == values[0] for v in values) else values
@@ -631,8 +701,10 @@ def check_plot_path(path: str | os.PathLike, flag: str = "--plot") -> None:
     kinds = Figure().canvas.get_supported_filetypes()
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in kinds:
-        raise InputError(f"{flag} {path}: unknown image type '.{suffix}'; use one of "
-                         f"{', '.join('.' + k for k in sorted(kinds))}")
+        raise InputError(
+            f"{flag} {path}: unknown image type '.{suffix}'; use one of "
+            f"{', '.join('.' + k for k in sorted(kinds))}"
+        )
     check_output(path, flag)
 
 
@@ -650,8 +722,13 @@ def _nc_reference(axis: Any, rows: Sequence[dict]) -> None:
     """Horizontal lines at the neural-collapse optimum (MIR_NC, and HDR = 0)."""
     mir_nc = [row["mir_nc"] for row in rows if not _is_nan(row.get("mir_nc", math.nan))]
     if mir_nc:
-        axis.axhline(mir_nc[0], color="C0", linestyle="--", linewidth=1,
-                     label=f"MIR at neural collapse ({mir_nc[0]:.3f})")
+        axis.axhline(
+            mir_nc[0],
+            color="C0",
+            linestyle="--",
+            linewidth=1,
+            label=f"MIR at neural collapse ({mir_nc[0]:.3f})",
+        )
         axis.axhline(0.0, color="C1", linestyle=":", linewidth=1, label="HDR at neural collapse")
 
 
@@ -662,14 +739,20 @@ def _legend(axis: Any, *others: Any) -> None:
     for other in others:
         more = other.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
-    axis.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=2,
-                fontsize="small", frameon=False)
+    axis.legend(
+        handles,
+        labels,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.02),
+        ncol=2,
+        fontsize="small",
+        frameon=False,
+    )
 
 
 def _title(fig: Any, title: str, default: str) -> None:
     """The figure's title; each line of ``title`` is shown literally."""
-    fig.suptitle("\n".join(plot_text(line) for line in title.split("\n")) if title
-                 else default)
+    fig.suptitle("\n".join(plot_text(line) for line in title.split("\n")) if title else default)
 
 
 def track_figure(rows: Sequence[dict], title: str = "") -> Any:
@@ -679,8 +762,11 @@ def track_figure(rows: Sequence[dict], title: str = "") -> Any:
     fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for column, style in (("mir", "o-"), ("hdr", "s-"), ("accuracy", "^-")):
-        ax.plot(*_series(rows, "step", column), style, label=column.upper()
-                if column != "accuracy" else "accuracy")
+        ax.plot(
+            *_series(rows, "step", column),
+            style,
+            label=column.upper() if column != "accuracy" else "accuracy",
+        )
     _nc_reference(ax, rows)
     ax.set_xlabel("training step")
     ax.set_ylabel("MIR, HDR, accuracy")
@@ -740,27 +826,47 @@ def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
     x = "sparsity" if all("sparsity" in row for row in rows) else "ratio"
     fig = Figure(figsize=(14 if tuned else 10, 4.6), layout="constrained")
     axes = fig.subplots(1, 3 if tuned else 2)
-    groups = ([["accuracy"], ["mir", "hdr"], ["mir_dense", "hdr_dense"]] if tuned
-              else [["accuracy"], ["mir", "hdr", "mir_dense", "hdr_dense"]])
-    styles = {"accuracy": ("^", "C2"), "mir": ("o", "C0"), "hdr": ("s", "C1"),
-              "mir_dense": ("o", "C4"), "hdr_dense": ("s", "C3")}
+    groups = (
+        [["accuracy"], ["mir", "hdr"], ["mir_dense", "hdr_dense"]]
+        if tuned
+        else [["accuracy"], ["mir", "hdr", "mir_dense", "hdr_dense"]]
+    )
+    styles = {
+        "accuracy": ("^", "C2"),
+        "mir": ("o", "C0"),
+        "hdr": ("s", "C1"),
+        "mir_dense": ("o", "C4"),
+        "hdr_dense": ("s", "C3"),
+    }
     for ax, columns in zip(axes, groups, strict=True):
         for column in columns:
             marker, color = styles[column]
-            ax.plot(*_series(rows, x, column), marker + "-", color=color,
-                    label=column)
+            ax.plot(*_series(rows, x, column), marker + "-", color=color, label=column)
             if tuned:
-                ax.plot(*_series(rows, x, f"ft_{column}"), marker + "--", color=color,
-                        mfc="none", label=f"ft_{column} (fine-tuned)")
+                ax.plot(
+                    *_series(rows, x, f"ft_{column}"),
+                    marker + "--",
+                    color=color,
+                    mfc="none",
+                    label=f"ft_{column} (fine-tuned)",
+                )
         if "mir" in columns:
             _nc_reference(ax, rows)
-        ax.set_xlabel("sparsity (fraction of prunable weights zeroed)" if x == "sparsity"
-                      else "pruning ratio (requested sparsity)")
+        ax.set_xlabel(
+            "sparsity (fraction of prunable weights zeroed)"
+            if x == "sparsity"
+            else "pruning ratio (requested sparsity)"
+        )
         ax.set_ylabel("accuracy" if columns == ["accuracy"] else ", ".join(columns))
         ax.grid(alpha=0.3)
         _legend(ax)
-    _title(fig, title, "unstructured pruning, before and after fine-tuning" if tuned
-           else "unstructured pruning (no fine-tuning)")
+    _title(
+        fig,
+        title,
+        "unstructured pruning, before and after fine-tuning"
+        if tuned
+        else "unstructured pruning (no fine-tuning)",
+    )
     return fig
 
 

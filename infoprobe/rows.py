@@ -88,8 +88,19 @@ SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 #: Columns holding integers (nullable: a row without numbers leaves them empty).
-INT_COLUMNS = frozenset({"n_samples", "n_classes", "classes_present", "step", "class", "n",
-                         "n_used", "n_batches", "img_size"})
+INT_COLUMNS = frozenset(
+    {
+        "n_samples",
+        "n_classes",
+        "classes_present",
+        "step",
+        "class",
+        "n",
+        "n_used",
+        "n_batches",
+        "img_size",
+    }
+)
 
 
 def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
@@ -135,9 +146,9 @@ class MeasureOptions:
         if self.estimate == "batch":
             return label == f"batch(B={self.batch_size},seed={self.seed})"
         slq = label.startswith(f"slq(probes={self.probes},") and label.endswith(
-            f",seed={self.seed})")
-        return {"exact": label == "exact", "slq": slq}.get(self.estimate,
-                                                           label == "exact" or slq)
+            f",seed={self.seed})"
+        )
+        return {"exact": label == "exact", "slq": slq}.get(self.estimate, label == "exact" or slq)
 
 
 #: The columns that describe the model and its input rather than the evaluation; named and
@@ -145,8 +156,9 @@ class MeasureOptions:
 MODEL_COLUMNS: tuple[str, ...] = ("model", "param_count", "img_size")
 
 
-def model_columns(arch: str | None, model: torch.nn.Module | None,
-                  inputs: Tensor | None = None) -> dict:
+def model_columns(
+    arch: str | None, model: torch.nn.Module | None, inputs: Tensor | None = None
+) -> dict:
     """``model``: the architecture name (None: unknown); ``param_count``: parameters in
     millions (``sum(p.numel()) / 1e6``, as timm's validate.py counts them, unrounded);
     ``img_size``: the width of the image inputs [n, C, H, W] (timm writes
@@ -210,7 +222,9 @@ def is_measured(row: Mapping) -> bool:
 
 
 def analysis_row(
-    checkpoint: str, evaluation: Evaluated, options: MeasureOptions = MeasureOptions(),
+    checkpoint: str,
+    evaluation: Evaluated,
+    options: MeasureOptions = MeasureOptions(),
     model: dict | None = None,
 ) -> dict:
     """A dict with exactly :data:`COLUMNS`, in order, for one evaluated checkpoint.
@@ -316,15 +330,17 @@ def per_class_rows(
         h_max = math.log(min(len(z), z.shape[1]))
         centred = z.double().mean(0) - global_mean
         cos = F.cosine_similarity(centred, evaluation.head[c].double(), dim=0)
-        rows.append({
-            "checkpoint": checkpoint,
-            "class": int(c),
-            "name": classes[c] if classes and c < len(classes) else str(c),
-            "n": int(mask.sum()),
-            "accuracy": accuracy,
-            "loss": loss,
-            "h_z": h_z,
-            "h_z_max": h_max,
-            "cos_head": float(cos),
-        })
+        rows.append(
+            {
+                "checkpoint": checkpoint,
+                "class": int(c),
+                "name": classes[c] if classes and c < len(classes) else str(c),
+                "n": int(mask.sum()),
+                "accuracy": accuracy,
+                "loss": loss,
+                "h_z": h_z,
+                "h_z_max": h_max,
+                "cos_head": float(cos),
+            }
+        )
     return rows

@@ -99,7 +99,8 @@ class JointOperator:
         self.groups = int(groups_per_class.sum())
         self.group_size = g
         self.group_class = torch.repeat_interleave(
-            torch.arange(c, device=zh.device), groups_per_class)
+            torch.arange(c, device=zh.device), groups_per_class
+        )
         zg = torch.zeros(self.groups * g, d, dtype=torch.float32, device=zh.device)
         zg[self.slot] = zh.to(torch.float32)
         self.zg = zg.view(self.groups, g, d)
@@ -114,14 +115,13 @@ class JointOperator:
         v = v.reshape(self.n, -1)
         out = torch.empty(v.shape, dtype=torch.float64, device=v.device)
         for lo in range(0, v.shape[1], _BLOCK):
-            out[:, lo:lo + _BLOCK] = self._block(v[:, lo:lo + _BLOCK])
+            out[:, lo : lo + _BLOCK] = self._block(v[:, lo : lo + _BLOCK])
         return out.reshape(-1) if flat else out
 
     def _block(self, v: Tensor) -> Tensor:
         b = v.shape[1]
         d = self.zg.shape[2]
-        vg = torch.zeros(self.groups * self.group_size, b, dtype=torch.float32,
-                         device=v.device)
+        vg = torch.zeros(self.groups * self.group_size, b, dtype=torch.float32, device=v.device)
         vg[self.slot] = v.to(torch.float32)
         vg = vg.view(self.groups, self.group_size, b)
         per_group = torch.bmm(self.zg.mT, vg)  # [G, d, b]
@@ -199,7 +199,7 @@ def deflate(op: JointOperator, steps: int = 1, keep_tol: float = 1e-2) -> Deflat
     # temporaries beyond the kept vectors.
     gram = av.mT @ av
     del av
-    residuals = ((y * (gram @ y)).sum(0) - theta ** 2).clamp_min(0).sqrt()
+    residuals = ((y * (gram @ y)).sum(0) - theta**2).clamp_min(0).sqrt()
     keep = residuals <= keep_tol * theta.clamp_min(0)
     vectors = v @ y[:, keep]
     return Deflation(theta[keep], vectors, residuals[keep], theta)
@@ -215,8 +215,9 @@ def certified_upper_bound(theta: Tensor, n: int) -> float:
     head = torch.cumsum(entropy_terms(theta), 0)
     tail = (1 - torch.cumsum(theta, 0)).clamp_min(0)
     rest = n - j
-    bound = head + torch.where(tail > 0, tail * torch.log(rest / tail.clamp_min(1e-300)),
-                               torch.zeros_like(tail))
+    bound = head + torch.where(
+        tail > 0, tail * torch.log(rest / tail.clamp_min(1e-300)), torch.zeros_like(tail)
+    )
     valid = (tail / rest <= theta) & (rest > 0)
     candidates = torch.cat([bound[valid], bound.new_tensor([math.log(n)])])
     return float(candidates.min())
@@ -225,8 +226,7 @@ def certified_upper_bound(theta: Tensor, n: int) -> float:
 # ----------------------------------------------------------------------------- quadrature
 
 
-def _gauss_and_radau(alpha: Tensor, beta: Tensor, m: int, broke: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+def _gauss_and_radau(alpha: Tensor, beta: Tensor, m: int, broke: Tensor) -> tuple[Tensor, Tensor]:
     """``e1^T f(T) e1`` by the m-node Gauss rule and the (m+1)-node Gauss-Radau rule with a
     node at 0, for p tridiagonals (``alpha``, ``beta`` [p, M] on cpu; first m used).
 
@@ -292,8 +292,16 @@ def _narrow(quad: ProbeValues, tol: float, trace: float, size: int) -> bool:
     return width <= max(tol, 0.1 * quad.mean_and_se(trace, size)[1])
 
 
-def probe_quadrature(op: JointOperator, q: Tensor, probes: Tensor, trace: float, *,
-                     max_steps: int, tol: float, min_steps: int = 8) -> ProbeValues:
+def probe_quadrature(
+    op: JointOperator,
+    q: Tensor,
+    probes: Tensor,
+    trace: float,
+    *,
+    max_steps: int,
+    tol: float,
+    min_steps: int = 8,
+) -> ProbeValues:
     """Independent Lanczos runs on ``Pi A Pi`` from each column of ``probes`` [n, p]
     (orthogonal to ``q``), blocked into one product per step, adding steps until
     :func:`_narrow`. Lanczos is float64 with full reorthogonalisation against its own basis
@@ -305,17 +313,17 @@ def probe_quadrature(op: JointOperator, q: Tensor, probes: Tensor, trace: float,
     alpha = torch.zeros(p, max_steps, dtype=torch.float64)
     beta = torch.zeros(p, max_steps, dtype=torch.float64)
     broke = torch.zeros(p, dtype=torch.bool)
-    scale = (norms ** 2).cpu()
+    scale = (norms**2).cpu()
     for m in range(max_steps):
         basis[:, :, m] = x.mT
         w = op @ x
         alpha[:, m] = (x * w).sum(0).cpu()
         for _ in range(2):
             w = w - q @ (q.mT @ w)
-            v = basis[:, :, :m + 1]
+            v = basis[:, :, : m + 1]
             w = w - torch.bmm(v, torch.bmm(v.mT, w.mT.unsqueeze(2))).squeeze(2).mT
         size = torch.linalg.vector_norm(w, dim=0).cpu()
-        broke |= size <= 1e-10 * alpha[:, :m + 1].abs().amax(1).clamp_min(1e-300)
+        broke |= size <= 1e-10 * alpha[:, : m + 1].abs().amax(1).clamp_min(1e-300)
         beta[:, m] = torch.where(broke, torch.zeros_like(size), size)
         x = w / torch.where(broke, torch.ones_like(size), size).to(w.device)
         x[:, broke.to(w.device)] = 0
@@ -358,10 +366,10 @@ class JointEstimate:
 def _t_quantile(dof: int) -> float:
     """Student-t 0.975 quantile (Cornish-Fisher expansion; < 1e-3 off for dof >= 3)."""
     z = 1.959963984540054
-    g1 = (z ** 3 + z) / 4
-    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
-    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
-    return z + g1 / dof + g2 / dof ** 2 + g3 / dof ** 3
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
 
 
 def rademacher(n: int, p: int, seed: int, device: torch.device) -> Tensor:
@@ -371,9 +379,17 @@ def rademacher(n: int, p: int, seed: int, device: torch.device) -> Tensor:
     return (signs.to(torch.float64) * 2 - 1).to(device)
 
 
-def joint_entropy(zh: Tensor, labels: Tensor, wh: Tensor, *, probes: int = PROBES,
-                  seed: int = 0, max_steps: int = MAX_STEPS, deflation_steps: int = 1,
-                  tol: float = 1e-4) -> JointEstimate:
+def joint_entropy(
+    zh: Tensor,
+    labels: Tensor,
+    wh: Tensor,
+    *,
+    probes: int = PROBES,
+    seed: int = 0,
+    max_steps: int = MAX_STEPS,
+    deflation_steps: int = 1,
+    tol: float = 1e-4,
+) -> JointEstimate:
     """Estimate ``H(K_Z o K_W)`` for unit rows ``zh`` [n, d], ``wh`` [C, d] (module doc).
 
     ``tol``: Lanczos stops once the mean bracket width (nats) is below ``tol`` or below a
@@ -394,5 +410,6 @@ def joint_entropy(zh: Tensor, labels: Tensor, wh: Tensor, *, probes: int = PROBE
     value = float(entropy_terms(found.values).sum()) + mean
     err = se * _t_quantile(dof) / 1.959963984540054 + bracket / 2
     upper = certified_upper_bound(found.all_values, op.n)
-    return JointEstimate(value, err, upper, probes, quad.steps, seed,
-                         int(found.values.numel()), bracket, se)
+    return JointEstimate(
+        value, err, upper, probes, quad.steps, seed, int(found.values.numel()), bracket, se
+    )

@@ -15,7 +15,7 @@ N_CLASSES = 10
 IN_CHANS = 1
 SIZE = 16
 
-CUSTOM_MODEL_SRC = '''
+CUSTOM_MODEL_SRC = """
 import torch.nn as nn
 
 
@@ -25,7 +25,7 @@ def factory(num_classes=10, in_chans=1, width=8):
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(width, 12), nn.ReLU(), nn.Linear(12, num_classes),
     )
-'''
+"""
 
 
 def randomize_buffers(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -38,16 +38,27 @@ def randomize_buffers(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
-def make_timm(name: str = "test_resnet", num_classes: int = N_CLASSES,
-              in_chans: int = IN_CHANS, seed: int = 0, **kwargs) -> nn.Module:
+def make_timm(
+    name: str = "test_resnet",
+    num_classes: int = N_CLASSES,
+    in_chans: int = IN_CHANS,
+    seed: int = 0,
+    **kwargs,
+) -> nn.Module:
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes,
-                              in_chans=in_chans, **kwargs)
+    model = timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+    )
     return randomize_buffers(model, seed + 1).eval()
 
 
-def make_inputs(n: int = 24, seed: int = 0, chans: int = IN_CHANS, size: int = SIZE,
-                num_classes: int = N_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(
+    n: int = 24,
+    seed: int = 0,
+    chans: int = IN_CHANS,
+    size: int = SIZE,
+    num_classes: int = N_CLASSES,
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, chans, size, size, generator=gen)
     y = torch.arange(n) % num_classes
@@ -65,8 +76,9 @@ def write_custom_model(directory: Path, name: str = "model.py") -> Path:
     return path
 
 
-def make_image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (20, 24),
-                      seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, counts: dict[str, int], size: tuple[int, int] = (20, 24), seed: int = 0
+) -> Path:
     """One subfolder of random RGB PNGs per class."""
     from PIL import Image
 

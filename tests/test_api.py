@@ -72,10 +72,10 @@ def test_lmc_frame_equals_the_cli_csv_and_holds_the_barriers(tmp_path):
 
 
 def test_prune_frame_equals_the_cli_csv(tmp_path):
-    frame = infoprobe.prune(A, data=DATA, ratios=[0.0, 0.5], method="layer-magnitude",
-                            **OPTIONS)
-    from_csv, doc = cli_csv(tmp_path, "prune", A, "--ratios", "0,0.5",
-                            "--method", "layer-magnitude")
+    frame = infoprobe.prune(A, data=DATA, ratios=[0.0, 0.5], method="layer-magnitude", **OPTIONS)
+    from_csv, doc = cli_csv(
+        tmp_path, "prune", A, "--ratios", "0,0.5", "--method", "layer-magnitude"
+    )
     assert_same_rows(frame, from_csv, "prune")
     assert frame.attrs["method"] == doc["method"] == "layer-magnitude"
 
@@ -85,8 +85,9 @@ def test_on_row_gets_each_row_and_done_rows_are_not_computed_again():
     first = infoprobe.lmc(A, B, data=DATA, alphas=[0.0, 1.0], on_row=seen.append, **OPTIONS)
     assert [r["alpha"] for r in seen] == [0.0, 1.0]
     again = []
-    resumed = infoprobe.lmc(A, B, data=DATA, alphas=[0.0, 0.5, 1.0], done=seen[:1],
-                            on_row=again.append, **OPTIONS)
+    resumed = infoprobe.lmc(
+        A, B, data=DATA, alphas=[0.0, 0.5, 1.0], done=seen[:1], on_row=again.append, **OPTIONS
+    )
     assert [r["alpha"] for r in again] == [0.5, 1.0]
     assert resumed["alpha"].tolist() == [0.0, 0.5, 1.0]
     pd.testing.assert_frame_equal(resumed.iloc[[0, 2]].reset_index(drop=True), first)

@@ -30,8 +30,11 @@ def _write_form(form, tmp_path, model):
     other = make_timm(seed=5).state_dict()  # distinct weights: picking them would show
     if form == "safetensors_meta":
         p = tmp_path / "m.safetensors"
-        save_file(sd, str(p), metadata={"arch": "test_resnet", "num_classes": "10",
-                                        "in_chans": "1", "step": "7"})
+        save_file(
+            sd,
+            str(p),
+            metadata={"arch": "test_resnet", "num_classes": "10", "in_chans": "1", "step": "7"},
+        )
         return p, {}
     if form == "bare_pt":
         p = tmp_path / "m.pt"
@@ -39,20 +42,44 @@ def _write_form(form, tmp_path, model):
         return p, {"arch": "test_resnet"}
     if form == "timm_train":
         p = tmp_path / "checkpoint-3.pth.tar"
-        torch.save({"epoch": 3, "arch": "test_resnet", "state_dict": sd,
-                    "state_dict_ema": other, "optimizer": {"state": {}},
-                    "args": __import__("argparse").Namespace(num_classes=10, in_chans=1),
-                    "version": 2, "metric": 0.5}, p)
+        torch.save(
+            {
+                "epoch": 3,
+                "arch": "test_resnet",
+                "state_dict": sd,
+                "state_dict_ema": other,
+                "optimizer": {"state": {}},
+                "args": __import__("argparse").Namespace(num_classes=10, in_chans=1),
+                "version": 2,
+                "metric": 0.5,
+            },
+            p,
+        )
         return p, {}
     if form == "timm_train_ema":
         p = tmp_path / "ema.pth.tar"
-        torch.save({"epoch": 3, "arch": "test_resnet", "state_dict": other,
-                    "state_dict_ema": _prefixed(sd, "module.")}, p)
+        torch.save(
+            {
+                "epoch": 3,
+                "arch": "test_resnet",
+                "state_dict": other,
+                "state_dict_ema": _prefixed(sd, "module."),
+            },
+            p,
+        )
         return p, {"ema": True}
     if form == "lightning":
         p = tmp_path / "epoch=1-step=20.ckpt"
-        torch.save({"epoch": 1, "global_step": 20, "pytorch-lightning_version": "2.4.0",
-                    "state_dict": _prefixed(sd, "model."), "hyper_parameters": {"lr": 0.1}}, p)
+        torch.save(
+            {
+                "epoch": 1,
+                "global_step": 20,
+                "pytorch-lightning_version": "2.4.0",
+                "state_dict": _prefixed(sd, "model."),
+                "hyper_parameters": {"lr": 0.1},
+            },
+            p,
+        )
         return p, {"arch": "test_resnet"}
     if form == "dataparallel":
         p = tmp_path / "dp.pth"
@@ -69,8 +96,16 @@ def _write_form(form, tmp_path, model):
     raise AssertionError(form)
 
 
-FORMS = ["safetensors_meta", "bare_pt", "timm_train", "timm_train_ema", "lightning",
-         "dataparallel", "compiled", "ddp_compiled"]
+FORMS = [
+    "safetensors_meta",
+    "bare_pt",
+    "timm_train",
+    "timm_train_ema",
+    "lightning",
+    "dataparallel",
+    "compiled",
+    "ddp_compiled",
+]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -144,11 +179,15 @@ def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
     write_custom_model(pkg, "nets.py")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "mypkg", raising=False)
-    ref = ck.build_model("mypkg.nets:factory", num_classes=4, in_chans=1,
-                         model_kwargs={"width": 5}).eval()
+    ref = ck.build_model(
+        "mypkg.nets:factory", num_classes=4, in_chans=1, model_kwargs={"width": 5}
+    ).eval()
     p = tmp_path / "w.safetensors"
-    save_file(ref.state_dict(), str(p), metadata={
-        "arch": "mypkg.nets:factory", "model_kwargs": json.dumps({"width": 5})})
+    save_file(
+        ref.state_dict(),
+        str(p),
+        metadata={"arch": "mypkg.nets:factory", "model_kwargs": json.dumps({"width": 5})},
+    )
     # a recorded custom arch imports code: refused unless trusted or given explicitly
     with pytest.raises(InputError, match="--trust-checkpoint"):
         ck.load_model(p)
@@ -159,8 +198,7 @@ def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
     # it unless the user gives it (or trusts the checkpoint)
     with pytest.raises(InputError, match="'width' is not one infoprobe takes"):
         ck.load_model(p, arch="mypkg.nets:factory")
-    assert ck.load_model(p, arch="mypkg.nets:factory",
-                         model_kwargs={"width": 5}).num_classes == 4
+    assert ck.load_model(p, arch="mypkg.nets:factory", model_kwargs={"width": 5}).num_classes == 4
 
 
 def test_pickled_module_refused_then_trusted(tmp_path, timm_model, monkeypatch):
@@ -207,8 +245,10 @@ def test_torchscript_refused_then_trusted(tmp_path, custom_model_file):
     assert torch.equal(_logits(as_arch.model, x), _logits(ref, x))
 
 
-@pytest.mark.parametrize("content", [b"", b"\x80\x02garbage" * 8, "truncate_pt",
-                                     "truncate_st", b"not a checkpoint at all"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x80\x02garbage" * 8, "truncate_pt", "truncate_st", b"not a checkpoint at all"],
+)
 def test_corrupt_files(content, tmp_path, timm_model):
     if content == "truncate_pt":
         full = tmp_path / "full.pt"
@@ -247,18 +287,20 @@ def test_custom_arch_errors(tmp_path, custom_model_file):
     with pytest.raises(InputError, match="no callable 'nope'.*factory"):
         ck.build_model(f"{custom_model_file}:nope", num_classes=3)
     with pytest.raises(InputError, match="rejected its arguments"):
-        ck.build_model(f"{custom_model_file}:factory", num_classes=3,
-                       model_kwargs={"depth": 2})
+        ck.build_model(f"{custom_model_file}:factory", num_classes=3, model_kwargs={"depth": 2})
     with pytest.raises(InputError, match="cannot import"):
         ck.build_model("no_such_pkg_xyz.mod:factory", num_classes=3)
 
 
-@pytest.mark.parametrize(("kwargs", "cause"), [
-    ({"arch": "test_resnet", "num_classes": 5}, "wrong --num-classes.*10 outputs"),
-    ({"arch": "test_resnet", "in_chans": 3}, "wrong --in-chans"),
-    ({"arch": "test_efficientnet"}, "wrong --arch"),
-    ({"arch": "test_resnet", "strip_prefix": ""}, "--strip-prefix module."),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "cause"),
+    [
+        ({"arch": "test_resnet", "num_classes": 5}, "wrong --num-classes.*10 outputs"),
+        ({"arch": "test_resnet", "in_chans": 3}, "wrong --in-chans"),
+        ({"arch": "test_efficientnet"}, "wrong --arch"),
+        ({"arch": "test_resnet", "strip_prefix": ""}, "--strip-prefix module."),
+    ],
+)
 def test_mismatch_names_the_cause(kwargs, cause, tmp_path, timm_model):
     p = tmp_path / "dp.pt"
     torch.save(_prefixed(timm_model.state_dict(), "module."), p)
@@ -328,7 +370,10 @@ def test_checkpoint_step_and_series_order(tmp_path, timm_model):
     # one file without a recorded step, names only partly numbered: every step is a position
     mixed = [tmp_path / "b.safetensors", tmp_path / "ep10.pt", tmp_path / "a.ckpt"]
     assert [(p.name, s) for p, s in ck.series_steps(mixed)] == [
-        ("a.ckpt", 0), ("b.safetensors", 1), ("ep10.pt", 2)]
+        ("a.ckpt", 0),
+        ("b.safetensors", 1),
+        ("ep10.pt", 2),
+    ]
 
 
 def test_partly_numbered_names_do_not_mix_numbers_and_positions(tmp_path, timm_model):
@@ -337,24 +382,28 @@ def test_partly_numbered_names_do_not_mix_numbers_and_positions(tmp_path, timm_m
     for i, n in enumerate(names):
         torch.save({k: v + i for k, v in sd.items()}, tmp_path / n)
     plan = ck.series_plan([tmp_path / n for n in names])
-    assert [(p.name, s) for p, s in plan.steps] == [("ep2.pt", 0), ("ep10.pt", 1),
-                                                   ("final.pt", 2)]
+    assert [(p.name, s) for p, s in plan.steps] == [("ep2.pt", 0), ("ep10.pt", 1), ("final.pt", 2)]
     assert "final.pt" in plan.note and "positions" in plan.note
 
 
 def test_aliases_of_a_step_are_skipped(tmp_path, timm_model):
     sd = timm_model.state_dict()
     for epoch in (1, 2):  # timm's train.py: checkpoint-N, last and model_best
-        torch.save({"state_dict": {k: v + epoch for k, v in sd.items()}, "epoch": epoch},
-                   tmp_path / f"checkpoint-{epoch}.pth.tar")
+        torch.save(
+            {"state_dict": {k: v + epoch for k, v in sd.items()}, "epoch": epoch},
+            tmp_path / f"checkpoint-{epoch}.pth.tar",
+        )
     shutil.copy(tmp_path / "checkpoint-2.pth.tar", tmp_path / "last.pth.tar")
     shutil.copy(tmp_path / "checkpoint-1.pth.tar", tmp_path / "model_best.pth.tar")
     plan = ck.series_plan([tmp_path])
-    assert [(p.name, s) for p, s in plan.steps] == [("checkpoint-1.pth.tar", 1),
-                                                   ("checkpoint-2.pth.tar", 2)]
+    assert [(p.name, s) for p, s in plan.steps] == [
+        ("checkpoint-1.pth.tar", 1),
+        ("checkpoint-2.pth.tar", 2),
+    ]
     assert sorted((p.name, why) for p, why in plan.skipped) == [
         ("last.pth.tar", "an alias of step 2 (checkpoint-2.pth.tar)"),
-        ("model_best.pth.tar", "an alias of step 1 (checkpoint-1.pth.tar)")]
+        ("model_best.pth.tar", "an alias of step 1 (checkpoint-1.pth.tar)"),
+    ]
 
 
 def test_lightning_last_ckpt_alias_without_steps(tmp_path, timm_model):
@@ -365,7 +414,8 @@ def test_lightning_last_ckpt_alias_without_steps(tmp_path, timm_model):
     plan = ck.series_plan([tmp_path])
     assert [(p.name, s) for p, s in plan.steps] == [("step=5.ckpt", 5), ("step=9.ckpt", 9)]
     assert [(p.name, why) for p, why in plan.skipped] == [
-        ("last.ckpt", "an alias of step 9 (step=9.ckpt)")]
+        ("last.ckpt", "an alias of step 9 (step=9.ckpt)")
+    ]
     # a last.ckpt that is no copy is a checkpoint of its own
     torch.save({k: v + 20 for k, v in sd.items()}, tmp_path / "last.ckpt")
     plan = ck.series_plan([tmp_path])
@@ -375,15 +425,22 @@ def test_lightning_last_ckpt_alias_without_steps(tmp_path, timm_model):
 
 def test_parse_model_kwargs():
     assert ck.parse_model_kwargs(["width=5", "act=relu", "drop=0.1", "flag=true"]) == {
-        "width": 5, "act": "relu", "drop": 0.1, "flag": True}
+        "width": 5,
+        "act": "relu",
+        "drop": 0.1,
+        "flag": True,
+    }
     with pytest.raises(InputError, match="key=value"):
         ck.parse_model_kwargs(["oops"])
 
 
 def test_infer_num_classes():
-    sd = {"features.0.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(6, 8),
-          "fc.bias": torch.zeros(6), "aux.weight": torch.zeros(2, 6)}
+    sd = {
+        "features.0.weight": torch.zeros(8, 3, 3, 3),
+        "fc.weight": torch.zeros(6, 8),
+        "fc.bias": torch.zeros(6),
+        "aux.weight": torch.zeros(2, 6),
+    }
     assert ck.infer_num_classes(sd) == 6  # named like a head beats "last"
-    assert ck.infer_num_classes({"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(5, 4)}
-                                ) == 5
+    assert ck.infer_num_classes({"0.weight": torch.zeros(4, 3), "2.weight": torch.zeros(5, 4)}) == 5
     assert ck.infer_num_classes({"conv.weight": torch.zeros(4, 3, 3, 3)}) is None

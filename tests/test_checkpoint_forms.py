@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_inputs, make_timm
 from safetensors.torch import save_model
 from timm.models import save_for_hf
 
@@ -15,10 +16,13 @@ from infoprobe import data as datasets
 from infoprobe.checkpoint import checkpoint_files, load_model
 from infoprobe.errors import InputError
 
-from conftest import make_inputs, make_timm
-
-DATA_CFG = {"input_size": (1, 16, 16), "mean": (0.25,), "std": (0.5,), "crop_pct": 0.875,
-            "interpolation": "bilinear"}
+DATA_CFG = {
+    "input_size": (1, 16, 16),
+    "mean": (0.25,),
+    "std": (0.5,),
+    "crop_pct": 0.875,
+    "interpolation": "bilinear",
+}
 
 
 def same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -94,9 +98,13 @@ def test_a_folder_of_checkpoints_expands(tmp_path, hf_folder, timm_model):
 @pytest.mark.parametrize("key", ["arch", "model_name", "model"])
 def test_lightning_hyper_parameters_name_the_arch(tmp_path, timm_model, key):
     state = {f"model.{k}": v for k, v in timm_model.state_dict().items()}
-    ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
-            "state_dict": state, "hyper_parameters": {key: "test_resnet", "num_classes": 10,
-                                                      "in_chans": 1, "lr": 0.1}}
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": state,
+        "hyper_parameters": {key: "test_resnet", "num_classes": 10, "in_chans": 1, "lr": 0.1},
+    }
     torch.save(ckpt, tmp_path / "last.ckpt")
     loaded = load_model(tmp_path / "last.ckpt")
     assert loaded.arch == "test_resnet" and same_outputs(loaded.model, timm_model)

@@ -47,8 +47,12 @@ runner = CliRunner()
 def run(*args: object, code: int = 0):
     """Invoke the app; check the exit code; return the result."""
     result = runner.invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr,
-                                      result.exception)
+    assert result.exit_code == code, (
+        result.exit_code,
+        result.stdout,
+        result.stderr,
+        result.exception,
+    )
     return result
 
 
@@ -68,8 +72,9 @@ def reference(path: Path) -> tuple[probe.Evaluation, dict]:
 def assert_same_numbers(got: dict, want: dict) -> None:
     for column in NUMERIC:
         g, w = float(got[column]), float(want[column])
-        assert g == pytest.approx(w, rel=1e-9, abs=1e-12) or (math.isnan(g) and math.isnan(w)), \
+        assert g == pytest.approx(w, rel=1e-9, abs=1e-12) or (math.isnan(g) and math.isnan(w)), (
             column
+        )
 
 
 def one_line_error(result, *words: str) -> None:
@@ -158,15 +163,19 @@ def test_track_orders_a_directory_by_recorded_step_and_plots(tmp_path):
     frame = pd.read_csv(csv)
     assert list(frame.columns) == ["step", *COLUMNS]
     assert frame["step"].tolist() == [0, 210]
-    assert frame["checkpoint"].tolist() == [str(run_dir / "b.safetensors"),
-                                            str(run_dir / "a.safetensors")]
+    assert frame["checkpoint"].tolist() == [
+        str(run_dir / "b.safetensors"),
+        str(run_dir / "a.safetensors"),
+    ]
     assert_same_numbers(frame.iloc[1], reference(A)[1])  # step 210 is run A's last checkpoint
     assert plot.stat().st_size > 1000
 
 
 def test_track_without_recorded_steps_uses_file_name_numbers(tmp_path):
-    files = [_without_step(SERIES[0], tmp_path / "ep10.safetensors"),
-             _without_step(SERIES[-1], tmp_path / "ep2.safetensors")]
+    files = [
+        _without_step(SERIES[0], tmp_path / "ep10.safetensors"),
+        _without_step(SERIES[-1], tmp_path / "ep2.safetensors"),
+    ]
     result = run("track", *files, *FAST, "--json", "-")
     doc = json.loads(result.stdout)
     assert [r["step"] for r in doc["rows"]] == [2, 10]
@@ -297,28 +306,31 @@ def test_prune_bad_ratio_is_bad_input():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["analyze", A, "--bogus"], ["No such option: --bogus"]),
-    (["analyze", A, *FAST, "--csv", "-", "--json", "-"], ["both write to stdout"]),
-    (["analyze", A], ["--data is required"]),
-    (["analyze", FIX / "nope.safetensors", *FAST], ["does not exist"]),
-    (["analyze", A, "--data", FIX / "nope.safetensors"], ["--data", "does not exist"]),
-    (["analyze", A, *FAST, "--csv", FIX / "no-dir" / "x.csv"], ["--csv", "does not exist"]),
-    (["track", *SERIES[:2], *FAST, "--plot", "x.txt"], ["unknown image type"]),
-    (["lmc", A, B, *FAST, "--steps", 3, "--alphas", "0,1"], ["--steps", "--alphas"]),
-    (["lmc", A, B, *FAST, "--reset-bn"], ["--bn-data"]),
-    (["lmc", A, B, *FAST, "--bn-data", DATA], ["--reset-bn"]),
-    (["lmc", A, B, *FAST, "--resume"], ["--csv FILE"]),
-    (["prune", A, *FAST, "--ratios", "0,0.5", "--resume", "--csv", "-"], ["--csv FILE"]),
-    (["prune", A, *FAST, "--ratios", "0", "--method", "best"], ["--method"]),
-    (["analyze", A, *FAST, "--estimate", "guess"], ["--estimate"]),
-    (["analyze", *LS, *FAST, "--save-features", "f.safetensors"], ["{name}"]),
-    (["analyze", A, *FAST, "--device", "tpu"], ["--device tpu"]),
-    (["analyze", A, *FAST, "--mean", "a,b"], ["--mean"]),
-    (["analyze", A, *FAST, "--input-size", "1,2"], ["--input-size"]),
-    (["analyze", A, *FAST, "--model-kwargs", "depth"], ["--model-kwargs", "key=value"]),
-    (["analyze", A, *FAST, "--batch-size", "0"], ["--batch-size"]),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["analyze", A, "--bogus"], ["No such option: --bogus"]),
+        (["analyze", A, *FAST, "--csv", "-", "--json", "-"], ["both write to stdout"]),
+        (["analyze", A], ["--data is required"]),
+        (["analyze", FIX / "nope.safetensors", *FAST], ["does not exist"]),
+        (["analyze", A, "--data", FIX / "nope.safetensors"], ["--data", "does not exist"]),
+        (["analyze", A, *FAST, "--csv", FIX / "no-dir" / "x.csv"], ["--csv", "does not exist"]),
+        (["track", *SERIES[:2], *FAST, "--plot", "x.txt"], ["unknown image type"]),
+        (["lmc", A, B, *FAST, "--steps", 3, "--alphas", "0,1"], ["--steps", "--alphas"]),
+        (["lmc", A, B, *FAST, "--reset-bn"], ["--bn-data"]),
+        (["lmc", A, B, *FAST, "--bn-data", DATA], ["--reset-bn"]),
+        (["lmc", A, B, *FAST, "--resume"], ["--csv FILE"]),
+        (["prune", A, *FAST, "--ratios", "0,0.5", "--resume", "--csv", "-"], ["--csv FILE"]),
+        (["prune", A, *FAST, "--ratios", "0", "--method", "best"], ["--method"]),
+        (["analyze", A, *FAST, "--estimate", "guess"], ["--estimate"]),
+        (["analyze", *LS, *FAST, "--save-features", "f.safetensors"], ["{name}"]),
+        (["analyze", A, *FAST, "--device", "tpu"], ["--device tpu"]),
+        (["analyze", A, *FAST, "--mean", "a,b"], ["--mean"]),
+        (["analyze", A, *FAST, "--input-size", "1,2"], ["--input-size"]),
+        (["analyze", A, *FAST, "--model-kwargs", "depth"], ["--model-kwargs", "key=value"]),
+        (["analyze", A, *FAST, "--batch-size", "0"], ["--batch-size"]),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, words, monkeypatch):
     def no_work(*a, **k):
         raise AssertionError("bad input must be caught before any model is loaded")

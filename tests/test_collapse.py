@@ -48,9 +48,15 @@ def brute_force(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, logits: torch
     for i in range(len(z)):
         distances = [float((z[i] - m).norm()) for m in means]
         agree += classes[distances.index(min(distances))] == int(logits[i].argmax())
-    return dict(nc1=nc1, nc2_equinorm=cov(centred), nc2_equiangular=angles(centred), nc3=nc3,
-                nc4=agree / len(z), nc2_equinorm_head=cov(rows),
-                nc2_equiangular_head=angles(rows))
+    return dict(
+        nc1=nc1,
+        nc2_equinorm=cov(centred),
+        nc2_equiangular=angles(centred),
+        nc3=nc3,
+        nc4=agree / len(z),
+        nc2_equinorm_head=cov(rows),
+        nc2_equiangular_head=angles(rows),
+    )
 
 
 def simplex_etf(c: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,12 +71,18 @@ def simplex_etf(c: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 def test_simplex_etf_with_collapsed_features_gives_each_limit(c, d):
     etf, offset = simplex_etf(c, d)
     y = torch.arange(c).repeat_interleave(7)
-    z = etf[y] + offset                     # every sample sits on its class mean
-    head = 0.4 * etf                        # self-dual head
+    z = etf[y] + offset  # every sample sits on its class mean
+    head = 0.4 * etf  # self-dual head
     logits = z @ head.T + 0.1
     got = collapse.neural_collapse(z, y, head, logits)
-    limits = dict(nc1=0.0, nc2_equinorm=0.0, nc2_equiangular=0.0, nc3=0.0,
-                  nc2_equinorm_head=0.0, nc2_equiangular_head=0.0)
+    limits = dict(
+        nc1=0.0,
+        nc2_equinorm=0.0,
+        nc2_equiangular=0.0,
+        nc3=0.0,
+        nc2_equinorm_head=0.0,
+        nc2_equiangular_head=0.0,
+    )
     for name, limit in limits.items():
         assert getattr(got, name) == pytest.approx(limit, abs=1e-12), name
     assert got.nc4 == 1.0 and got.n_classes == c
@@ -83,8 +95,8 @@ def test_away_from_collapse_every_measure_moves_off_its_limit():
     z = etf[y] + offset + 0.8 * torch.randn(len(y), 6, generator=gen, dtype=torch.float64)
     head = etf * torch.tensor([[1.0], [2.0], [1.0], [1.0]], dtype=torch.float64)
     head[0] += 0.5 * etf[1]
-    logits = -torch.cdist(z, etf + offset)     # nearest ETF vertex...
-    logits[:3] = -logits[:3]                     # ...except on three samples
+    logits = -torch.cdist(z, etf + offset)  # nearest ETF vertex...
+    logits[:3] = -logits[:3]  # ...except on three samples
     got = collapse.neural_collapse(z, y, head, logits)
     assert got.nc1 > 0.01 and got.nc2_equinorm > 0.01 and got.nc2_equiangular > 0.01
     assert got.nc3 > 0.01 and got.nc2_equinorm_head > 0.1 and got.nc2_equiangular_head > 0.01
@@ -96,13 +108,16 @@ def test_random_data_matches_the_brute_force_definitions(n, d, c, absent):
     gen = torch.Generator().manual_seed(n + d)
     y = torch.randint(0, c, (n,), generator=gen)
     if absent is not None:
-        y[y == absent] = (absent + 1) % c    # one class has no sample: C' = c - 1
+        y[y == absent] = (absent + 1) % c  # one class has no sample: C' = c - 1
     z = torch.randn(n, d, generator=gen) + 0.3 * torch.randn(c, d, generator=gen)[y] + 4.0
     head = torch.randn(c, d, generator=gen)
     logits = torch.randn(n, c, generator=gen)
-    logits[: n // 2] = -torch.cdist(z, torch.stack(
-        [z[y == k].mean(0) if (y == k).any() else torch.full((d,), 1e6) for k in range(c)])
-    )[: n // 2]                                 # half the predictions agree with the NCC
+    logits[: n // 2] = -torch.cdist(
+        z,
+        torch.stack(
+            [z[y == k].mean(0) if (y == k).any() else torch.full((d,), 1e6) for k in range(c)]
+        ),
+    )[: n // 2]  # half the predictions agree with the NCC
     got = collapse.neural_collapse(z, y, head, logits).as_dict()
     want = brute_force(z, y, head, logits)
     for name, value in want.items():
@@ -118,9 +133,12 @@ def test_moments_about_another_shift_give_the_same_statistics():
     a = collapse.class_moments(z[:10], y[:10], 3)
     b = collapse.class_moments(z[10:], y[10:], 3)
     whole = collapse.class_moments(z, y, 3, shift=a.shift)
-    joined = a + b                              # b is re-expressed about a's shift
-    for got, want in zip((joined.counts, joined.sums, joined.scatter),
-                         (whole.counts, whole.sums, whole.scatter), strict=True):
+    joined = a + b  # b is re-expressed about a's shift
+    for got, want in zip(
+        (joined.counts, joined.sums, joined.scatter),
+        (whole.counts, whole.sums, whole.scatter),
+        strict=True,
+    ):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
 
 

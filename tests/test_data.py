@@ -38,8 +38,11 @@ def test_tensor_file_formats_and_aliases(tmp_path, inputs):
 
 def test_class_names_from_metadata(tmp_path, inputs):
     x, y = inputs
-    for raw, expected in [('["cat", "dog"]', ["cat", "dog"]), ("0,1,2", ["0", "1", "2"]),
-                          ("{}", None)]:
+    for raw, expected in [
+        ('["cat", "dog"]', ["cat", "dog"]),
+        ("0,1,2", ["0", "1", "2"]),
+        ("{}", None),
+    ]:
         p = tmp_path / "named.safetensors"
         save_file({"x": x, "y": y}, str(p), metadata={"classes": raw})
         assert load_data(p, cache=None).classes == expected
@@ -47,8 +50,13 @@ def test_class_names_from_metadata(tmp_path, inputs):
 
 def test_integral_float_labels_accepted_and_int_inputs_cast(tmp_path):
     p = tmp_path / "d.pt"
-    torch.save({"x": torch.arange(12, dtype=torch.uint8).reshape(6, 2),
-                "y": torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0])}, p)
+    torch.save(
+        {
+            "x": torch.arange(12, dtype=torch.uint8).reshape(6, 2),
+            "y": torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]),
+        },
+        p,
+    )
     d = load_data(p, cache=None)
     assert d.labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert d.inputs.dtype == torch.float32 and d.inputs[5, 1] == 11.0
@@ -61,17 +69,20 @@ def test_token_id_inputs_stay_integer(tmp_path):
     assert d.inputs.dtype == torch.int64 and d.inputs.tolist() == [[1, 2], [3, 4]]
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    ({"x": torch.zeros(0, 3), "y": torch.zeros(0, dtype=torch.long)}, "empty"),
-    ({"x": torch.zeros(4, 3), "y": torch.tensor([0.0, 0.5, 1.0, 2.0])}, "not integers"),
-    ({"x": torch.zeros(4, 3), "y": torch.tensor([0, 1, -1, 2])}, ">= 0"),
-    ({"x": torch.zeros(4, 3), "y": torch.tensor([0, 1, 2])}, "4 inputs but 3 labels"),
-    ({"x": torch.zeros(4, 3), "y": torch.zeros(4, 3, dtype=torch.long)}, "one-hot"),
-    ({"x": torch.zeros(4, 3), "z": torch.zeros(4)}, "no labels.*looked for y"),
-    ({"feat": torch.zeros(4, 3), "y": torch.zeros(4)}, "no inputs"),
-    ({"x": torch.full((4, 3), float("nan")), "y": torch.zeros(4)}, "NaN"),
-    ({"x": torch.zeros(4), "y": torch.zeros(4)}, r"expected \[n, ...\]"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"x": torch.zeros(0, 3), "y": torch.zeros(0, dtype=torch.long)}, "empty"),
+        ({"x": torch.zeros(4, 3), "y": torch.tensor([0.0, 0.5, 1.0, 2.0])}, "not integers"),
+        ({"x": torch.zeros(4, 3), "y": torch.tensor([0, 1, -1, 2])}, ">= 0"),
+        ({"x": torch.zeros(4, 3), "y": torch.tensor([0, 1, 2])}, "4 inputs but 3 labels"),
+        ({"x": torch.zeros(4, 3), "y": torch.zeros(4, 3, dtype=torch.long)}, "one-hot"),
+        ({"x": torch.zeros(4, 3), "z": torch.zeros(4)}, "no labels.*looked for y"),
+        ({"feat": torch.zeros(4, 3), "y": torch.zeros(4)}, "no inputs"),
+        ({"x": torch.full((4, 3), float("nan")), "y": torch.zeros(4)}, "NaN"),
+        ({"x": torch.zeros(4), "y": torch.zeros(4)}, r"expected \[n, ...\]"),
+    ],
+)
 def test_bad_tensor_files(content, match, tmp_path):
     p = tmp_path / "bad.safetensors"
     save_file(content, str(p))
@@ -117,8 +128,7 @@ def test_stratified_subsample_is_proportional_and_seeded():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 5), min_size=1, max_size=80), st.integers(1, 90),
-       st.integers(0, 10))
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=80), st.integers(1, 90), st.integers(0, 10))
 def test_stratified_subsample_properties(raw, k, seed):
     labels = torch.tensor(raw)
     if k < labels.unique().numel():
@@ -201,13 +211,15 @@ def test_image_folder_with_timm_transform(tmp_path, grey_model, monkeypatch):
     assert d.classes == ["cat", "dog", "eel"]
     assert d.labels.tolist() == [0] * 4 + [1] * 3 + [2] * 2
     # timm's eval transform from the model's pretrained_cfg, in the model's 1 channel
-    tf = create_transform(input_size=(1, 12, 12), interpolation="bilinear", crop_pct=0.95,
-                          mean=(0.5,), std=(0.5,))
+    tf = create_transform(
+        input_size=(1, 12, 12), interpolation="bilinear", crop_pct=0.95, mean=(0.5,), std=(0.5,)
+    )
     assert torch.allclose(d.inputs[5], tf(Image.open(root / "dog" / "1.png").convert("L")))
     again = load_data(root, model=grey_model, input_size=12, cache=cache)
     assert again is d and len(calls) == 1
-    other = load_data(root, model=grey_model, input_size=(10, 14), mean=(0.0,), std=(1.0,),
-                      cache=cache)
+    other = load_data(
+        root, model=grey_model, input_size=(10, 14), mean=(0.0,), std=(1.0,), cache=cache
+    )
     assert other.inputs.shape == (9, 1, 10, 14) and other.inputs.min() >= 0 and len(calls) == 2
 
 
@@ -216,10 +228,22 @@ def test_image_folder_matches_manual_timm_pipeline(tmp_path):
     from timm.data import create_transform
 
     root = make_image_folder(tmp_path / "imgs", {"a": 1, "b": 1})
-    d = load_data(root, input_size=(3, 16, 16), crop_pct=1.0, interpolation="bilinear",
-                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), cache=None)
-    tf = create_transform(input_size=(3, 16, 16), interpolation="bilinear", crop_pct=1.0,
-                          mean=(0.5,) * 3, std=(0.25,) * 3)
+    d = load_data(
+        root,
+        input_size=(3, 16, 16),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        cache=None,
+    )
+    tf = create_transform(
+        input_size=(3, 16, 16),
+        interpolation="bilinear",
+        crop_pct=1.0,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
     expected = tf(Image.open(root / "b" / "0.png").convert("RGB"))
     assert torch.allclose(d.inputs[1], expected) and d.labels.tolist() == [0, 1]
 
@@ -228,8 +252,9 @@ def test_image_folder_split_subsample_and_errors(tmp_path, grey_model):
     root = tmp_path / "ds"
     make_image_folder(root / "train", {"a": 2, "b": 2})
     make_image_folder(root / "val", {"a": 6, "b": 2}, seed=1)
-    d = load_data(root, model=grey_model, split="val", input_size=8, max_samples=4, seed=0,
-                  cache=None)
+    d = load_data(
+        root, model=grey_model, split="val", input_size=8, max_samples=4, seed=0, cache=None
+    )
     assert torch.bincount(d.labels).tolist() == [3, 1] and "val" in d.source
     assert len(load_data(root, model=grey_model, split="train", input_size=8, cache=None)) == 4
     with pytest.raises(InputError, match="--split test: no such split folder.*train"):
@@ -266,11 +291,12 @@ def _fake_cifar10(root, n_test=12):
     gen = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         n = n_test if name == "test_batch" else 2
-        entry = {"data": gen.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": [i % 10 for i in range(n)]}
+        entry = {
+            "data": gen.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": [i % 10 for i in range(n)],
+        }
         (base / name).write_bytes(pickle.dumps(entry))
-    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in
-                                                                      range(10)]}))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     return base
 
 
@@ -282,8 +308,11 @@ def test_cifar_folder(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="CIFAR folder .* incomplete or corrupted"):
         load_data(tmp_path, cache=None)
     monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(tvd.CIFAR10, "_load_meta", lambda self: setattr(
-        self, "classes", [f"c{i}" for i in range(10)]))
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "_load_meta",
+        lambda self: setattr(self, "classes", [f"c{i}" for i in range(10)]),
+    )
     d = load_data(base, input_size=(3, 8, 8), max_samples=10, cache=None)  # default: test split
     assert d.inputs.shape == (10, 3, 8, 8) and d.classes[3] == "c3"
     assert sorted(d.labels.tolist()) == list(range(10))
@@ -347,8 +376,14 @@ def test_transform_uses_timm_test_size_like_validate_py():
 def test_image_data_records_its_transform(tmp_path, grey_model, data_file):
     root = make_image_folder(tmp_path / "imgs", {"a": 1, "b": 1})
     d = load_data(root, model=grey_model, input_size=12, crop_pct=1.0, cache=None)
-    assert d.transform == {"input_size": [1, 12, 12], "crop_pct": 1.0, "crop_mode": "center",
-                           "interpolation": "bilinear", "mean": [0.5], "std": [0.5]}
+    assert d.transform == {
+        "input_size": [1, 12, 12],
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": [0.5],
+        "std": [0.5],
+    }
     assert load_data(data_file, cache=None).transform is None  # tensors go in as they are
 
 
@@ -376,6 +411,7 @@ def test_only_decoding_errors_become_bad_input(tmp_path, grey_model, monkeypatch
     def broken_transform(**kwargs):
         def apply(img):
             raise TypeError("a bug in the transform")
+
         return apply
 
     monkeypatch.setattr(timm.data, "create_transform", broken_transform)

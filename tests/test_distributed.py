@@ -38,14 +38,31 @@ BASE = ["--data", str(DATA), "--max-samples", "200", "--device", "cpu", "--batch
 
 def _commands(out: Path) -> dict[str, list[str]]:
     return {
-        "analyze": ["analyze", str(A), str(LS1), *BASE, "--csv", str(out / "analyze.csv"),
-                    "--json", str(out / "analyze.json"),
-                    "--save-features", str(out / "f-{name}.safetensors")],
+        "analyze": [
+            "analyze",
+            str(A),
+            str(LS1),
+            *BASE,
+            "--csv",
+            str(out / "analyze.csv"),
+            "--json",
+            str(out / "analyze.json"),
+            "--save-features",
+            str(out / "f-{name}.safetensors"),
+        ],
         "lmc": ["lmc", str(A), str(B), *BASE, "--steps", "3", "--csv", str(out / "lmc.csv")],
         "prune": ["prune", str(A), *BASE, "--ratios", "0,0.6", "--csv", str(out / "prune.csv")],
         # samples 150.. overflow to Inf features: only rank 1 (samples 96..199) sees them
-        "broken": ["analyze", str(A), "--data", str(out.parent / "big.safetensors"),
-                   "--device", "cpu", "--batch-size", "32"],
+        "broken": [
+            "analyze",
+            str(A),
+            "--data",
+            str(out.parent / "big.safetensors"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "32",
+        ],
     }
 
 
@@ -57,9 +74,14 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     """One torchrun-like process: its stdout/stderr go to files, exit codes to JSON."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     out_dir = Path(out)
     with open(out_dir / f"rank{rank}.out", "w") as o, open(out_dir / f"rank{rank}.err", "w") as e:
@@ -116,8 +138,9 @@ def test_two_gloo_processes_equal_one(tmp_path):
         torch.set_num_threads(threads)
     assert want_codes == {"analyze": 0, "lmc": 0, "prune": 0, "broken": 2}
 
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
     for rank in (0, 1):
         codes = json.loads((tmp_path / f"rank{rank}.codes").read_text())
         assert codes == want_codes, (rank, codes)
@@ -131,15 +154,20 @@ def test_two_gloo_processes_equal_one(tmp_path):
 
     # the failure lives on rank 1 only; rank 0 reports it once, with the global index
     errors = [line for line in err0.splitlines() if "error" in line]
-    assert errors == ["infoprobe: error: rank 1: features of 50 samples of "
-                      f"{tmp_path / 'big.safetensors'} are NaN/Inf (first: sample 150); "
-                      "check the checkpoint's weights and the input normalisation "
-                      "(--mean/--std)"]
+    assert errors == [
+        "infoprobe: error: rank 1: features of 50 samples of "
+        f"{tmp_path / 'big.safetensors'} are NaN/Inf (first: sample 150); "
+        "check the checkpoint's weights and the input normalisation "
+        "(--mean/--std)"
+    ]
 
     for name, command in (("analyze", "analyze"), ("lmc", "lmc"), ("prune", "prune")):
         columns = list(SWEEP_COLUMNS[command] + COLUMNS)
-        _same_rows(read_csv_rows(multi / f"{name}.csv", columns),
-                   read_csv_rows(single / f"{name}.csv", columns), columns)
+        _same_rows(
+            read_csv_rows(multi / f"{name}.csv", columns),
+            read_csv_rows(single / f"{name}.csv", columns),
+            columns,
+        )
     saved = sorted(p.name for p in single.glob("f-*.safetensors"))
     assert len(saved) == 2 and sorted(p.name for p in multi.glob("f-*")) == saved
     for name in saved:
@@ -149,8 +177,9 @@ def test_two_gloo_processes_equal_one(tmp_path):
             assert torch.equal(got[k], want[k]), (name, k)
 
 
-@pytest.mark.parametrize("n,bs,world", [(450, 64, 2), (450, 64, 3), (10, 2, 5), (7, 3, 3),
-                                         (5, 1, 5)])
+@pytest.mark.parametrize(
+    "n,bs,world", [(450, 64, 2), (450, 64, 3), (10, 2, 5), (7, 3, 3), (5, 1, 5)]
+)
 def test_shards_cover_every_sample_once_in_whole_batches(n, bs, world):
     shards = [distributed._shard_of(r, world, n, bs) for r in range(world)]
     covered = [i for lo, hi in shards for i in range(lo, hi)]

@@ -22,17 +22,37 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 #: script -> (CSV, PNG, the script's own columns)
 OUTPUTS = {
-    "01_training_dynamics": ("training_dynamics.csv", "training_dynamics.png",
-                             ("dataset", "split", "estimator", "step", "epoch")),
-    "02_label_smoothing": ("label_smoothing.csv", "label_smoothing.png",
-                           ("split", "seed", "label_smoothing")),
+    "01_training_dynamics": (
+        "training_dynamics.csv",
+        "training_dynamics.png",
+        ("dataset", "split", "estimator", "step", "epoch"),
+    ),
+    "02_label_smoothing": (
+        "label_smoothing.csv",
+        "label_smoothing.png",
+        ("split", "seed", "label_smoothing"),
+    ),
     "03_lmc": ("lmc.csv", "lmc.png", ("pair", "bn_reset", "lr", "alpha")),
-    "04_pruning": ("pruning.csv", "pruning.png",
-                   ("method", "seed", "ratio", "sparsity", "mir_dense", "hdr_dense",
-                    "ft_accuracy", "ft_mir_dense")),
+    "04_pruning": (
+        "pruning.csv",
+        "pruning.png",
+        (
+            "method",
+            "seed",
+            "ratio",
+            "sparsity",
+            "mir_dense",
+            "hdr_dense",
+            "ft_accuracy",
+            "ft_mir_dense",
+        ),
+    ),
     "05_grokking": ("grokking.csv", "grokking.png", ("split", "estimator", "step", "weight_norm")),
-    "06_interplay_loss": ("interplay_loss.csv", "interplay_loss.png",
-                          ("setting", "seed", "arm", "lambda_mi", "lambda_hdr")),
+    "06_interplay_loss": (
+        "interplay_loss.csv",
+        "interplay_loss.png",
+        ("setting", "seed", "arm", "lambda_mi", "lambda_hdr"),
+    ),
 }
 
 
@@ -83,8 +103,9 @@ def test_grokking_model_takes_integer_and_float_tokens():
     x, y = gm.modular_addition(7)
     assert x.shape == (49, 3) and x.dtype == torch.int64 and int(y[-1]) == (6 + 6) % 7
     assert torch.equal(x[:, 2], torch.full((49,), 7))  # the "=" token
-    model = gm.factory(num_classes=7, in_chans=None, d_model=8, n_heads=2, d_head=4,
-                       d_mlp=16).eval()
+    model = gm.factory(
+        num_classes=7, in_chans=None, d_model=8, n_heads=2, d_head=4, d_mlp=16
+    ).eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x.float()))
         assert model.forward_features(x).shape == (49, model.num_features)
@@ -135,14 +156,19 @@ def test_paired_comparison_matches_the_closed_form():
     base = {0: 0.70, 1: 0.72, 2: 0.71, 3: 0.69}
     other = {0: 0.73, 1: 0.72, 2: 0.75, 3: 0.70}
     a_seeds, b_seeds = [3, 1, 2, 0], [0, 2, 1, 3]  # rows in different orders: pair by seed
-    frame = pd.DataFrame({"seed": a_seeds + b_seeds, "arm": ["a"] * 4 + ["b"] * 4,
-                          "mir": [base[k] for k in a_seeds] + [other[k] for k in b_seeds]})
+    frame = pd.DataFrame(
+        {
+            "seed": a_seeds + b_seeds,
+            "arm": ["a"] * 4 + ["b"] * 4,
+            "mir": [base[k] for k in a_seeds] + [other[k] for k in b_seeds],
+        }
+    )
     out = _common.paired(frame, "arm", "a", "b", ["mir"])["mir"]
     diff = [other[k] - base[k] for k in range(4)]
     n = len(diff)
     mean = sum(diff) / n
     sd = (sum((d - mean) ** 2 for d in diff) / (n - 1)) ** 0.5
-    t = mean / (sd / n ** 0.5)
+    t = mean / (sd / n**0.5)
     assert out["diff_mean"] == pytest.approx(mean, rel=1e-12)
     assert out["diff_sd"] == pytest.approx(sd, rel=1e-12)
     assert (out["better"], out["worse"]) == (3, 0)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_cli import A, B, FAST, one_line_error, run
+from test_cli import FAST, A, B, one_line_error, run
 
 from infoprobe import probe
 
@@ -40,9 +40,16 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(monkeypatch, capsys):
 def test_importing_the_package_does_not_import_torch():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", "import infoprobe, infoprobe.__main__, sys; "
-                          "print('torch' in sys.modules)"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import infoprobe, infoprobe.__main__, sys; print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -50,12 +57,14 @@ def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("command,resumable", [
-    (["analyze", A, *FAST], True),  # analyze and track have --resume too
-    (["lmc", A, B, *FAST, "--alphas", "0,1"], True),
-])
-def test_interrupted_runs_mention_resume_only_where_it_exists(monkeypatch, command,
-                                                              resumable):
+@pytest.mark.parametrize(
+    "command,resumable",
+    [
+        (["analyze", A, *FAST], True),  # analyze and track have --resume too
+        (["lmc", A, B, *FAST, "--alphas", "0,1"], True),
+    ],
+)
+def test_interrupted_runs_mention_resume_only_where_it_exists(monkeypatch, command, resumable):
     monkeypatch.setattr(probe, "evaluate", _interrupt)
     result = run(*command, code=130)
     one_line_error(result, "interrupted")

@@ -49,8 +49,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
     after = model.state_dict()
-    return list(after) == list(before) and all(torch.equal(after[k], v)
-                                               for k, v in before.items())
+    return list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
 # --------------------------------------------------------------------------- options
@@ -59,15 +58,28 @@ def same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
 def test_options_defaults_follow_the_optimizer():
     sgd, adamw = FinetuneOptions(), FinetuneOptions(optimizer="adamw")
     assert (sgd.epochs, sgd.lr, sgd.batch_size, sgd.momentum, sgd.weight_decay) == (
-        1, 0.01, 64, 0.9, 0.0)
+        1,
+        0.01,
+        64,
+        0.9,
+        0.0,
+    )
     assert (adamw.lr, adamw.weight_decay) == (1e-3, 0.01)
     assert FinetuneOptions(optimizer="adamw", lr=0.5, weight_decay=0).record()["lr"] == 0.5
 
 
-@pytest.mark.parametrize(("kwargs", "flag"), [
-    ({"epochs": 0}, "--finetune-epochs"), ({"lr": 0.0}, "--lr"), ({"lr": math.inf}, "--lr"),
-    ({"batch_size": 0}, "--finetune-batch-size"), ({"optimizer": "adam"}, "--optimizer"),
-    ({"momentum": 1.0}, "--momentum"), ({"weight_decay": -1e-4}, "--weight-decay")])
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"epochs": 0}, "--finetune-epochs"),
+        ({"lr": 0.0}, "--lr"),
+        ({"lr": math.inf}, "--lr"),
+        ({"batch_size": 0}, "--finetune-batch-size"),
+        ({"optimizer": "adam"}, "--optimizer"),
+        ({"momentum": 1.0}, "--momentum"),
+        ({"weight_decay": -1e-4}, "--weight-decay"),
+    ],
+)
 def test_bad_options_name_the_flag(kwargs, flag):
     with pytest.raises(InputError, match=flag):
         FinetuneOptions(**kwargs)
@@ -85,8 +97,17 @@ def test_finetuning_recovers_accuracy_at_ratio_09(digits):
     test, train = digits
     model = trained()
     plain = list(prune_sweep(model, test, [0.9], method="layer-magnitude", eval_kwargs=EVAL))
-    tuned = list(prune_sweep(model, test, [0.9], method="layer-magnitude", eval_kwargs=EVAL,
-                             finetune_data=train, finetune_options=FinetuneOptions(epochs=2)))
+    tuned = list(
+        prune_sweep(
+            model,
+            test,
+            [0.9],
+            method="layer-magnitude",
+            eval_kwargs=EVAL,
+            finetune_data=train,
+            finetune_options=FinetuneOptions(epochs=2),
+        )
+    )
     before, after = plain[0], tuned[0]
     assert before["accuracy"] < 0.2  # pruned to chance level ...
     assert after["ft_accuracy"] > 0.8  # ... and recovered by 2 epochs of fine-tuning
@@ -94,7 +115,8 @@ def test_finetuning_recovers_accuracy_at_ratio_09(digits):
     # the columns before fine-tuning are those of the sweep without it
     for column in (*COLUMNS, "ratio", "sparsity", "mir_dense", "hdr_dense"):
         assert after[column] == before[column] or (
-            math.isnan(after[column]) and math.isnan(before[column])), column
+            math.isnan(after[column]) and math.isnan(before[column])
+        ), column
     assert list(after) == [*SWEEP_COLUMNS["prune"], *COLUMNS]
     assert all(math.isnan(before[c]) for c in FT_COLUMNS)
 
@@ -129,9 +151,17 @@ def test_sparsity_stays_exact_after_finetuning(digits, method, iterative):
     head = model.get_classifier()
     head_before = head.weight.detach().clone()
     ratios = [0.3, 0.6]
-    sweep = prune_sweep(model, test, ratios, method=method, iterative=iterative,
-                        include_head=True, eval_kwargs=EVAL, finetune_data=small(train, 128),
-                        finetune_options=FinetuneOptions(batch_size=32))
+    sweep = prune_sweep(
+        model,
+        test,
+        ratios,
+        method=method,
+        iterative=iterative,
+        include_head=True,
+        eval_kwargs=EVAL,
+        finetune_data=small(train, 128),
+        finetune_options=FinetuneOptions(batch_size=32),
+    )
     for ratio, row in zip(ratios, sweep, strict=True):
         zeros = [int((m.weight == 0).sum()) for m, _ in targets]  # fine-tuned weights
         if method == "layer-magnitude":
@@ -153,8 +183,7 @@ def test_all_state_is_restored_between_ratios_and_after(digits):
     params = [id(p) for p in model.parameters()]
     bn = model.bn1
     plain = list(prune_sweep(trained(), test, [0.3, 0.6], eval_kwargs=EVAL))
-    sweep = prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL,
-                        finetune_data=small(train, 128))
+    sweep = prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL, finetune_data=small(train, 128))
     rows = []
     for row in sweep:
         rows.append(row)
@@ -176,24 +205,40 @@ def test_state_is_restored_after_an_early_stop_and_a_divergence(digits):
     test, train = digits
     model = trained()
     before = snapshot(model)
-    sweep = prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL,
-                        finetune_data=small(train, 64))
+    sweep = prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL, finetune_data=small(train, 64))
     next(sweep)
     sweep.close()
     assert same_state(model, before)
     # a learning rate that makes the loss NaN: the row says so, the next ratio is clean
     wild = FinetuneOptions(lr=1e12)
-    rows = list(prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL, dense_metrics=False,
-                            finetune_data=small(train, 64), finetune_options=wild))
+    rows = list(
+        prune_sweep(
+            model,
+            test,
+            [0.3, 0.6],
+            eval_kwargs=EVAL,
+            dense_metrics=False,
+            finetune_data=small(train, 64),
+            finetune_options=wild,
+        )
+    )
     assert all("fine-tuning diverged" in r["note"] for r in rows)
     assert all(math.isnan(r[c]) for r in rows for c in FT_COLUMNS)
     total = sum(m.weight.numel() for m, _ in prunable_parameters(model))
-    assert [r["sparsity"] for r in rows] == [round(0.3 * total) / total,
-                                             round(0.6 * total) / total]
+    assert [r["sparsity"] for r in rows] == [round(0.3 * total) / total, round(0.6 * total) / total]
     assert same_state(model, before)
     with pytest.raises(Diverged, match="fine-tuning diverged"):
-        list(prune_sweep(model, test, [0.3, 0.6], iterative=True, eval_kwargs=EVAL,
-                         finetune_data=small(train, 64), finetune_options=wild))
+        list(
+            prune_sweep(
+                model,
+                test,
+                [0.3, 0.6],
+                iterative=True,
+                eval_kwargs=EVAL,
+                finetune_data=small(train, 64),
+                finetune_options=wild,
+            )
+        )
     assert same_state(model, before)
 
 
@@ -202,8 +247,9 @@ def test_iterative_carries_the_fine_tuned_weights(digits):
     model = trained()
     tune = small(train, 128)
     one_shot = list(prune_sweep(model, test, [0.3, 0.6], eval_kwargs=EVAL, finetune_data=tune))
-    sweep = prune_sweep(model, test, [0.3, 0.6], iterative=True, eval_kwargs=EVAL,
-                        finetune_data=tune)
+    sweep = prune_sweep(
+        model, test, [0.3, 0.6], iterative=True, eval_kwargs=EVAL, finetune_data=tune
+    )
     first = next(sweep)
     masks = [m.weight_mask.clone() for m, _ in prunable_parameters(model)]
     second = next(sweep)
@@ -222,10 +268,22 @@ def test_resume_reaches_the_same_rows(digits):
     tune = small(train, 128)
     ratios = [0.0, 0.3, 0.6]
     for iterative in (False, True):
-        full = list(prune_sweep(model, test, ratios, iterative=iterative, eval_kwargs=EVAL,
-                                finetune_data=tune))
-        rest = list(prune_sweep(model, test, ratios, iterative=iterative, eval_kwargs=EVAL,
-                                finetune_data=tune, skip=[0.0, 0.3]))
+        full = list(
+            prune_sweep(
+                model, test, ratios, iterative=iterative, eval_kwargs=EVAL, finetune_data=tune
+            )
+        )
+        rest = list(
+            prune_sweep(
+                model,
+                test,
+                ratios,
+                iterative=iterative,
+                eval_kwargs=EVAL,
+                finetune_data=tune,
+                skip=[0.0, 0.3],
+            )
+        )
         assert rest == [full[2]]  # iterative: the skipped ratios were pruned and tuned again
     # fine-tuning at ratio 0 trains the dense model (the baseline of the same training)
     assert full[0]["sparsity"] == 0 and full[0]["ft_accuracy"] != full[0]["accuracy"]
@@ -237,9 +295,19 @@ def test_finetuning_is_seeded_and_leaves_the_callers_rng(digits):
     state = torch.random.get_rng_state()
 
     def run(seed):
-        return next(iter(prune_sweep(model, test, [0.5], eval_kwargs=EVAL, seed=seed,
-                                     finetune_data=small(train, 128),
-                                     finetune_options=FinetuneOptions(seed=seed))))
+        return next(
+            iter(
+                prune_sweep(
+                    model,
+                    test,
+                    [0.5],
+                    eval_kwargs=EVAL,
+                    seed=seed,
+                    finetune_data=small(train, 128),
+                    finetune_options=FinetuneOptions(seed=seed),
+                )
+            )
+        )
 
     assert run(1) == run(1)
     assert run(1)["ft_accuracy"] != run(2)["ft_accuracy"] or run(1)["ft_loss"] != run(2)["ft_loss"]
@@ -269,16 +337,18 @@ def test_finetune_trains_in_train_mode_and_restores_the_flags(digits):
     flags = [m.training for m in model.modules()]
     modes = []
     hook = model.bn1.register_forward_pre_hook(lambda m, _: modes.append(m.training))
-    losses = finetune(model, small(train, 128), FinetuneOptions(epochs=2, batch_size=50),
-                      device="cpu")
+    losses = finetune(
+        model, small(train, 128), FinetuneOptions(epochs=2, batch_size=50), device="cpu"
+    )
     hook.remove()
     assert modes == [True] * 4  # 2 epochs x 2 batches (the partial batch of 28 is dropped)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert [m.training for m in model.modules()] == flags
 
 
-@pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16),
-                                           (False, torch.float32)])
+@pytest.mark.parametrize(
+    ("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16), (False, torch.float32)]
+)
 def test_finetune_runs_under_autocast(digits, amp, dtype):
     _, train = digits
     model = trained()
@@ -310,8 +380,14 @@ def test_a_half_consumed_sweep_at_interpreter_exit_exits_cleanly():
         sweep = prune_sweep(model, data, [0.3, 0.6], eval_kwargs={{"device": "cpu"}})
         print(next(sweep)["sparsity"])
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout) == pytest.approx(0.3, abs=1e-4)
 
@@ -341,8 +417,12 @@ def cli_run(*args: object, code: int = 0):
     from infoprobe import cli
 
     result = CliRunner().invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr,
-                                      result.exception)
+    assert result.exit_code == code, (
+        result.exit_code,
+        result.stdout,
+        result.stderr,
+        result.exception,
+    )
     return result
 
 
@@ -354,8 +434,7 @@ def small_train_file(tmp_path: Path) -> Path:
 
     train = load_data(TRAIN)
     path = tmp_path / "train.safetensors"
-    save_file({"x": train.inputs[:96].contiguous(), "y": train.labels[:96].contiguous()},
-              str(path))
+    save_file({"x": train.inputs[:96].contiguous(), "y": train.labels[:96].contiguous()}, str(path))
     return path
 
 
@@ -366,35 +445,78 @@ def test_prune_finetune_command_matches_the_library(tmp_path):
 
     train = small_train_file(tmp_path)
     csv, js = tmp_path / "p.csv", tmp_path / "p.json"
-    result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--finetune-data", train,
-                     "--finetune-epochs", 2, "--lr", 0.02, "--finetune-batch-size", 32,
-                     "--csv", csv, "--json", js)
+    result = cli_run(
+        "prune",
+        A,
+        *FAST,
+        "--ratios",
+        "0,0.5",
+        "--finetune-data",
+        train,
+        "--finetune-epochs",
+        2,
+        "--lr",
+        0.02,
+        "--finetune-batch-size",
+        32,
+        "--csv",
+        csv,
+        "--json",
+        js,
+    )
     frame = pd.read_csv(csv)
     assert list(frame.columns) == [*SWEEP_COLUMNS["prune"], *COLUMNS]
     model = trained()
     test = load_data(TEST, model=model, max_samples=100)
-    want = list(prune_sweep(model, test, [0, 0.5], name=str(A), eval_kwargs={"device": "cpu"},
-                            finetune_data=load_data(train),
-                            finetune_options=FinetuneOptions(epochs=2, lr=0.02, batch_size=32)))
+    want = list(
+        prune_sweep(
+            model,
+            test,
+            [0, 0.5],
+            name=str(A),
+            eval_kwargs={"device": "cpu"},
+            finetune_data=load_data(train),
+            finetune_options=FinetuneOptions(epochs=2, lr=0.02, batch_size=32),
+        )
+    )
     for column in FT_COLUMNS:
         assert frame[column].tolist() == pytest.approx([w[column] for w in want], rel=1e-9)
     assert "fine-tuned 2 epoch(s)" in result.stdout and "ft_accuracy" in result.stdout
     record = json.loads(js.read_text())["finetune"]
-    assert record == {"data": str(train), "epochs": 2, "lr": 0.02, "batch_size": 32,
-                      "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "seed": 0}
+    assert record == {
+        "data": str(train),
+        "epochs": 2,
+        "lr": 0.02,
+        "batch_size": 32,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "seed": 0,
+    }
     plain = cli_run("prune", A, *FAST, "--ratios", "0,0.5")
     assert "ft_accuracy" not in plain.stdout and "no fine-tuning" in plain.stdout
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["--lr", "0.1"], "--lr only apply with --finetune-data"),
-    (["--optimizer", "adamw", "--momentum", "0.5"], "--optimizer, --momentum only apply"),
-    (["--finetune-data", TRAIN, "--optimizer", "adamw", "--momentum", "0.5"],
-     "--momentum applies to --optimizer sgd only"),
-    (["--finetune-data", "missing.safetensors"], "--finetune-data missing.safetensors does not"),
-    (["--finetune-data", TRAIN, "--lr", "-1"], "--lr -1.0: give a positive number"),
-    (["--finetune-data", TRAIN, "--finetune-epochs", "0"], "Invalid value for '--finetune-epochs'"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--lr", "0.1"], "--lr only apply with --finetune-data"),
+        (["--optimizer", "adamw", "--momentum", "0.5"], "--optimizer, --momentum only apply"),
+        (
+            ["--finetune-data", TRAIN, "--optimizer", "adamw", "--momentum", "0.5"],
+            "--momentum applies to --optimizer sgd only",
+        ),
+        (
+            ["--finetune-data", "missing.safetensors"],
+            "--finetune-data missing.safetensors does not",
+        ),
+        (["--finetune-data", TRAIN, "--lr", "-1"], "--lr -1.0: give a positive number"),
+        (
+            ["--finetune-data", TRAIN, "--finetune-epochs", "0"],
+            "Invalid value for '--finetune-epochs'",
+        ),
+    ],
+)
 def test_bad_finetune_flags_are_bad_input(args, words):
     result = cli_run("prune", A, *FAST, "--ratios", "0.5", *args, code=2)
     assert f"infoprobe: error: {words}" in result.stderr.replace("\n", " ")
@@ -408,48 +530,98 @@ def test_resume_refuses_rows_of_another_finetuning(tmp_path):
     csv = tmp_path / "p.csv"
     cli_run("prune", A, *FAST, "--ratios", "0", "--csv", csv, "--finetune-data", train)
     for other in (["--lr", "0.02"], ["--finetune-epochs", "2"], ["--optimizer", "adamw"]):
-        result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume",
-                         "--finetune-data", train, *other, code=2)
+        result = cli_run(
+            "prune",
+            A,
+            *FAST,
+            "--ratios",
+            "0,0.5",
+            "--csv",
+            csv,
+            "--resume",
+            "--finetune-data",
+            train,
+            *other,
+            code=2,
+        )
         assert f"{other[0]} " in result.stderr and "another run" in result.stderr
     result = cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2)
     assert "--finetune-data" in result.stderr and "another run" in result.stderr
     # the defaults given explicitly are the same run
-    cli_run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume", "--finetune-data",
-            train, "--lr", "0.01", "--momentum", "0.9", "--finetune-batch-size", "64")
+    cli_run(
+        "prune",
+        A,
+        *FAST,
+        "--ratios",
+        "0,0.5",
+        "--csv",
+        csv,
+        "--resume",
+        "--finetune-data",
+        train,
+        "--lr",
+        "0.01",
+        "--momentum",
+        "0.9",
+        "--finetune-batch-size",
+        "64",
+    )
     import pandas as pd
 
     assert pd.read_csv(csv)["ratio"].tolist() == [0.0, 0.5]
     # the library checks the finished rows it is given too
     rows = pd.read_csv(csv).to_dict("records")
     with pytest.raises(InputError, match="was fine-tuned; this run does not fine-tune"):
-        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu",
-                  done=rows)
+        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu", done=rows)
     plain = [{**r, **dict.fromkeys(FT_COLUMNS, math.nan)} for r in rows]
     with pytest.raises(InputError, match="was not fine-tuned; this run fine-tunes"):
-        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu",
-                  done=plain, finetune_data=str(train))
+        api.prune(
+            str(A),
+            str(TEST),
+            ratios=[0, 0.5, 0.7],
+            max_samples=100,
+            device="cpu",
+            done=plain,
+            finetune_data=str(train),
+        )
 
 
 def test_finetuning_on_the_evaluation_data_warns():
-    result = cli_run("prune", A, *FAST, "--ratios", "0.5", "--finetune-data", TEST,
-                     "--finetune-epochs", 1)
+    result = cli_run(
+        "prune", A, *FAST, "--ratios", "0.5", "--finetune-data", TEST, "--finetune-epochs", 1
+    )
     assert "--finetune-data is the evaluation data" in result.stderr
 
 
 def test_plot_shows_before_and_after():
     from infoprobe import report
 
-    rows = list(prune_sweep(trained(), load_data(TEST), [0.0, 0.5], eval_kwargs=EVAL,
-                            finetune_data=small(load_data(TRAIN), 64)))
+    rows = list(
+        prune_sweep(
+            trained(),
+            load_data(TEST),
+            [0.0, 0.5],
+            eval_kwargs=EVAL,
+            finetune_data=small(load_data(TRAIN), 64),
+        )
+    )
     axes = report.prune_figure(rows).axes
     labels = [[line.get_label() for line in ax.get_lines()] for ax in axes]
-    assert labels == [["accuracy", "ft_accuracy (fine-tuned)"],
-                      ["mir", "ft_mir (fine-tuned)", "hdr", "ft_hdr (fine-tuned)",
-                       "MIR at neural collapse (0.952)", "HDR at neural collapse"],
-                      ["mir_dense", "ft_mir_dense (fine-tuned)", "hdr_dense",
-                       "ft_hdr_dense (fine-tuned)"]]
-    after = next(line for line in axes[0].get_lines()
-                 if line.get_label() == "ft_accuracy (fine-tuned)")
+    assert labels == [
+        ["accuracy", "ft_accuracy (fine-tuned)"],
+        [
+            "mir",
+            "ft_mir (fine-tuned)",
+            "hdr",
+            "ft_hdr (fine-tuned)",
+            "MIR at neural collapse (0.952)",
+            "HDR at neural collapse",
+        ],
+        ["mir_dense", "ft_mir_dense (fine-tuned)", "hdr_dense", "ft_hdr_dense (fine-tuned)"],
+    ]
+    after = next(
+        line for line in axes[0].get_lines() if line.get_label() == "ft_accuracy (fine-tuned)"
+    )
     assert list(after.get_ydata()) == [r["ft_accuracy"] for r in rows]
     assert after.get_linestyle() == "--"
 
@@ -460,8 +632,9 @@ def test_finetuning_on_cuda_with_channels_last_and_amp(digits):
     model = trained()
     before = snapshot(model)
     kwargs = {"device": "cuda", "batch_size": 512, "channels_last": True, "amp": "bf16"}
-    rows = list(prune_sweep(model, test, [0.0, 0.5], eval_kwargs=kwargs,
-                            finetune_data=small(train, 128)))
+    rows = list(
+        prune_sweep(model, test, [0.0, 0.5], eval_kwargs=kwargs, finetune_data=small(train, 128))
+    )
     total = sum(m.weight.numel() for m, _ in prunable_parameters(model))
     assert rows[1]["sparsity"] == round(0.5 * total) / total
     assert all(math.isfinite(r["ft_accuracy"]) for r in rows)

@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_no_project_file_points_to_a_design_document_outside_it():
-    files = [*ROOT.glob("infoprobe/**/*.py"), *ROOT.glob("benchmarks/*.py"),
-             *ROOT.glob("examples/**/*.py"), ROOT / "README.md", ROOT / "fixtures/README.md"]
+    files = [
+        *ROOT.glob("infoprobe/**/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+        *ROOT.glob("examples/**/*.py"),
+        ROOT / "README.md",
+        ROOT / "fixtures/README.md",
+    ]
     mentions = [str(f) for f in files if "DESIGN.md" in f.read_text(encoding="utf-8")]
     assert mentions == []
 

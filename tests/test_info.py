@@ -255,8 +255,7 @@ def test_zero_head_row_is_nan_with_a_note_only_when_used():
 def test_all_zero_head_keeps_h_z_and_gives_nan_ratios(drop, estimate):
     """An untrained zero-initialised head (timm's MLP-Mixer, ResMLP at step 0)."""
     z, y, w = random_case(30, 5, 3, 2)
-    r = interplay(z, y, torch.zeros_like(w), drop_zero_rows=drop, estimate=estimate,
-                  batch_size=10)
+    r = interplay(z, y, torch.zeros_like(w), drop_zero_rows=drop, estimate=estimate, batch_size=10)
     parts = batch_indices(30, 10, 0) if estimate == "batch" else [torch.arange(30)]
     want = sum(brute_interplay(z[i], y[i], w[y[i]].new_ones(3, 5))[0] for i in parts)
     assert r.h_z == pytest.approx(want / len(parts), abs=EXACT)
@@ -438,8 +437,9 @@ def test_between_batch_estimate_and_zero_rows():
         interplay_between(a, b)
     kept = interplay_between(a, b, drop_zero_rows=True)
     assert kept.n_samples == 129
-    assert kept.h_zw == pytest.approx(interplay_between(a[b.norm(dim=1) > 0],
-                                                        b[b.norm(dim=1) > 0]).h_zw, abs=EXACT)
+    assert kept.h_zw == pytest.approx(
+        interplay_between(a[b.norm(dim=1) > 0], b[b.norm(dim=1) > 0]).h_zw, abs=EXACT
+    )
 
 
 def test_feature_entropy():

@@ -157,8 +157,11 @@ def test_endpoints_equal_analyze_of_each_checkpoint(tmp_path, states, data):
     loaded = load_model(paths[0])
     state_a, _ = read_state_dict(paths[0])
     state_b, _ = read_state_dict(paths[1])
-    rows = list(lmc_sweep(loaded.model, state_a, state_b, data, [0.0, 0.5, 1.0],
-                          name="a→b", eval_kwargs=EVAL))
+    rows = list(
+        lmc_sweep(
+            loaded.model, state_a, state_b, data, [0.0, 0.5, 1.0], name="a→b", eval_kwargs=EVAL
+        )
+    )
     assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
     assert list(rows[0]) == ["alpha", *COLUMNS] and rows[0]["checkpoint"] == "a→b"
     for row, path in ((rows[0], paths[0]), (rows[2], paths[1])):
@@ -180,6 +183,7 @@ def test_symmetry_a_to_b_at_alpha_equals_b_to_a_at_one_minus_alpha(states, data)
 def test_one_model_object_and_no_deep_copy(states, data, monkeypatch, evaluate_calls):
     a, b = states
     model = fresh_model(a)
+
     def no_deepcopy(*args, **kwargs):
         raise AssertionError("deepcopy called")
 
@@ -239,8 +243,9 @@ class Sink:
 def test_progress_counts_points_and_stops_when_closed_early(states, data):
     a, b = states
     sink = Sink()
-    sweep = lmc_sweep(fresh_model(a), a, b, data, [0.0, 0.5, 1.0], eval_kwargs=EVAL,
-                      skip=[0.0], progress=sink)
+    sweep = lmc_sweep(
+        fresh_model(a), a, b, data, [0.0, 0.5, 1.0], eval_kwargs=EVAL, skip=[0.0], progress=sink
+    )
     next(sweep)
     sweep.close()
     assert sink.events == [("start", 2), ("advance", 1), ("stop",)]
@@ -302,8 +307,19 @@ def test_sweep_with_bn_data_resets_at_every_alpha(states, data):
     a, b = states
     model = fresh_model(a)
     bn_data = make_data(48, seed=1)
-    row = next(lmc_sweep(model, a, b, data, [0.5], eval_kwargs=EVAL, bn_data=bn_data,
-                         bn_batches=2, bn_batch_size=24))
+    row = next(
+        lmc_sweep(
+            model,
+            a,
+            b,
+            data,
+            [0.5],
+            eval_kwargs=EVAL,
+            bn_data=bn_data,
+            bn_batches=2,
+            bn_batch_size=24,
+        )
+    )
     reference = fresh_model(interpolate_state(a, b, 0.5))
     reset_bn_statistics(reference, bn_data, batches=2, batch_size=24)
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
@@ -342,8 +358,10 @@ def test_parse_alphas_errors(kwargs, message):
 
 
 def curve(losses, accuracies, alphas=(0.0, 0.25, 0.5, 0.75, 1.0)):
-    return [{"alpha": a, "loss": loss, "accuracy": acc}
-            for a, loss, acc in zip(alphas, losses, accuracies, strict=True)]
+    return [
+        {"alpha": a, "loss": loss, "accuracy": acc}
+        for a, loss, acc in zip(alphas, losses, accuracies, strict=True)
+    ]
 
 
 def test_barriers_on_a_hand_made_curve():
@@ -409,8 +427,9 @@ def test_lmc_on_cuda_with_channels_last_amp_and_bn_reset(states, data):
     for row, state in ((rows[0], a), (rows[2], b)):
         alone = analysis_row("x", probe.evaluate(fresh_model(state), data, **kwargs))
         assert_rows_close(row, alone, rel=1e-4, abs_=1e-6)
-    row = next(lmc_sweep(model, a, b, data, [0.5], eval_kwargs=kwargs, bn_data=data,
-                         bn_batch_size=20))
+    row = next(
+        lmc_sweep(model, a, b, data, [0.5], eval_kwargs=kwargs, bn_data=data, bn_batch_size=20)
+    )
     reference = fresh_model(interpolate_state(a, b, 0.5))
     reset_bn_statistics(reference, data, batch_size=20)  # on the CPU
     for key, value in reference.state_dict().items():

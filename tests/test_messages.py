@@ -9,10 +9,10 @@ import json
 import pytest
 import timm
 import torch
+from conftest import make_image_folder, make_inputs, write_tensors
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import make_image_folder, make_inputs, write_tensors
 from infoprobe import cli, probe
 from infoprobe.errors import InputError, RunFailure
 
@@ -36,12 +36,18 @@ def error_line(result) -> str:
 def vit(tmp_path, kwargs: dict, recorded: dict):
     """A one-block ViT trained at 32x32, saved with ``recorded`` as its model_kwargs."""
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, depth=1,
-                              **kwargs)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, depth=1, **kwargs)
     path = tmp_path / "vit.safetensors"
-    save_file(model.state_dict(), str(path), metadata={
-        "arch": "vit_tiny_patch16_224", "num_classes": "10", "in_chans": "1",
-        "model_kwargs": json.dumps(recorded)})
+    save_file(
+        model.state_dict(),
+        str(path),
+        metadata={
+            "arch": "vit_tiny_patch16_224",
+            "num_classes": "10",
+            "in_chans": "1",
+            "model_kwargs": json.dumps(recorded),
+        },
+    )
     return path
 
 
@@ -57,8 +63,16 @@ def test_pos_embed_mismatch_is_an_input_size_problem(tmp_path, data16):
     assert "--model-kwargs img_size=32 dynamic_img_size=true" in line
     assert "in-chans" not in line
     # the hint works
-    run("analyze", path, "--data", data16, "--model-kwargs", "img_size=32",
-        "dynamic_img_size=true", code=0)
+    run(
+        "analyze",
+        path,
+        "--data",
+        data16,
+        "--model-kwargs",
+        "img_size=32",
+        "dynamic_img_size=true",
+        code=0,
+    )
 
 
 def test_fixed_size_vit_at_another_input_size_exits_2(tmp_path, data16):
@@ -69,9 +83,10 @@ def test_fixed_size_vit_at_another_input_size_exits_2(tmp_path, data16):
     run("analyze", path, "--data", data16, "--model-kwargs", "dynamic_img_size=true", code=0)
 
 
-@pytest.mark.parametrize(("error", "code"), [(InputError("bad labels"), 2),
-                                             (RunFailure("out of memory"), 1),
-                                             (ValueError("a bug"), 1)])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(InputError("bad labels"), 2), (RunFailure("out of memory"), 1), (ValueError("a bug"), 1)],
+)
 def test_debug_never_changes_the_exit_code(monkeypatch, data16, tmp_path, error, code):
     path = vit(tmp_path, {"img_size": 16}, {"depth": 1, "img_size": 16})
 
@@ -92,6 +107,8 @@ def test_an_image_that_fails_to_decode_is_one_line(tmp_path, workers):
     path = vit(tmp_path, {"img_size": 16}, {"depth": 1, "img_size": 16})
     result = run("analyze", path, "--data", folder, "-j", workers, code=2)
     line = error_line(result)
-    assert line == (f"infoprobe: error: cannot decode image {folder / 'b' / 'broken.png'} "
-                    "(cannot identify image file); remove or replace it")
+    assert line == (
+        f"infoprobe: error: cannot decode image {folder / 'b' / 'broken.png'} "
+        "(cannot identify image file); remove or replace it"
+    )
     assert "Skipped sample" not in result.stderr and "Original" not in result.stderr

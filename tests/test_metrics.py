@@ -12,8 +12,15 @@ from infoprobe.errors import InputError
 from infoprobe.metrics import InterplayMetrics
 
 INFO_KEYS = ("h_z", "h_w", "h_zw", "mi", "mir", "hdr")
-NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4", "nc2_equinorm_head",
-           "nc2_equiangular_head")
+NC_KEYS = (
+    "nc1",
+    "nc2_equinorm",
+    "nc2_equiangular",
+    "nc3",
+    "nc4",
+    "nc2_equinorm_head",
+    "nc2_equiangular_head",
+)
 
 
 def sample(n: int, d: int, c: int, seed: int = 0):
@@ -28,7 +35,9 @@ def streamed(z, y, logits, sizes, c, **kwargs) -> InterplayMetrics:
     metric = InterplayMetrics(c, **kwargs)
     start = 0
     for size in sizes:
-        metric.update(z[start:start + size], y[start:start + size], logits[start:start + size])
+        metric.update(
+            z[start : start + size], y[start : start + size], logits[start : start + size]
+        )
         start += size
     assert start == len(z)
     return metric
@@ -50,7 +59,7 @@ def test_uneven_batches_equal_the_one_shot_values(n, d, c):
 
 def test_merged_shards_equal_one_metric_over_all_samples():
     z, y, head, logits = sample(100, 8, 5, seed=1)
-    z = z + 50.0                                # a large common mean: shifts must cancel
+    z = z + 50.0  # a large common mean: shifts must cancel
     one = streamed(z, y, logits, [100], 5).compute(head)
     left = streamed(z[:30], y[:30], logits[:30], [30], 5)
     left.merge(streamed(z[30:], y[30:], logits[30:], [20, 50], 5))

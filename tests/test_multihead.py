@@ -59,9 +59,15 @@ def assert_consistent(model: nn.Module, d: LabelledTensors, ev) -> None:
 
 # small builds: CrossViT's branches see 48 and 32 pixels; EfficientFormer's last stage
 # needs 224 inputs (a 7 x 7 attention bias), so its widths shrink instead
-CROSSVIT = {"img_size": 48, "img_scale": (1.0, 32 / 48), "patch_size": (12, 16),
-            "embed_dim": (16, 32), "depth": ((1, 1, 0),), "num_heads": (2, 2),
-            "mlp_ratio": (1.0, 1.0, 1.0)}
+CROSSVIT = {
+    "img_size": 48,
+    "img_scale": (1.0, 32 / 48),
+    "patch_size": (12, 16),
+    "embed_dim": (16, 32),
+    "depth": ((1, 1, 0),),
+    "num_heads": (2, 2),
+    "mlp_ratio": (1.0, 1.0, 1.0),
+}
 EFFICIENTFORMER = {"depths": (1, 1, 1, 1), "embed_dims": (8, 8, 16, 16), "num_vit": 1}
 # name, build options, input size, heads named when refused (None: supported)
 FAMILIES = [
@@ -81,8 +87,9 @@ FAMILIES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "kwargs", "size", "refused"), FAMILIES,
-                         ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "size", "refused"), FAMILIES, ids=[f[0] for f in FAMILIES]
+)
 def test_timm_families_are_measured_consistently_or_refused(name, kwargs, size, refused):
     model = _build(name, **kwargs)
     d = _data(model, size)

@@ -132,8 +132,9 @@ def test_the_api_notes_failures_or_raises(tmp_path):
     options = dict(data=FAST[1], max_samples=150, device="cpu")
     with pytest.warns(UserWarning, match="1 of 2 checkpoints failed"):
         frame = infoprobe.analyze([str(LS[0]), str(bad)], **options)
-    assert frame.attrs["failed"] == [{"checkpoint": str(bad), "exit_code": 2,
-                                      "error": frame["note"][1].removeprefix("error: ")}]
+    assert frame.attrs["failed"] == [
+        {"checkpoint": str(bad), "exit_code": 2, "error": frame["note"][1].removeprefix("error: ")}
+    ]
     assert pd.isna(frame["n_samples"][1]) and frame["n_samples"][0] == 150
     with pytest.raises(InputError, match="cannot read checkpoint"):
         infoprobe.analyze([str(LS[0]), str(bad)], errors="raise", **options)

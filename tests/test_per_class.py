@@ -13,9 +13,12 @@ from infoprobe.rows import PER_CLASS_COLUMNS, per_class_rows
 
 
 def evaluation(features, labels, head, logits=None):
-    return SimpleNamespace(features=torch.tensor(features, dtype=torch.float32),
-                           labels=torch.tensor(labels), head=torch.tensor(head),
-                           logits=None if logits is None else torch.tensor(logits))
+    return SimpleNamespace(
+        features=torch.tensor(features, dtype=torch.float32),
+        labels=torch.tensor(labels),
+        head=torch.tensor(head),
+        logits=None if logits is None else torch.tensor(logits),
+    )
 
 
 def test_collapsed_classes_have_zero_entropy_and_align_with_the_head():
@@ -38,8 +41,11 @@ def test_collapsed_classes_have_zero_entropy_and_align_with_the_head():
 
 
 def test_orthogonal_features_reach_the_entropy_ceiling_and_nan_without_logits():
-    ev = evaluation(features=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
-                    labels=[0, 0, 0], head=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    ev = evaluation(
+        features=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        labels=[0, 0, 0],
+        head=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+    )
     (row,) = per_class_rows("m.pt", ev)
     assert row["h_z"] == pytest.approx(math.log(3)) and row["h_z_max"] == pytest.approx(math.log(3))
     assert math.isnan(row["accuracy"]) and math.isnan(row["loss"]) and row["name"] == "0"

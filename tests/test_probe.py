@@ -76,8 +76,15 @@ def test_training_mode_is_restored_and_dropout_off(timm_model):
 
 def _custom():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 9),
+        nn.ReLU(),
+        nn.Linear(9, 10),
+    ).eval()
 
 
 def test_custom_model_last_linear_is_the_head():
@@ -93,8 +100,13 @@ def test_custom_model_last_linear_is_the_head():
 
 def test_conv_1x1_head_is_reshaped():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Conv2d(5, 10, 1), nn.Flatten()).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Conv2d(5, 10, 1),
+        nn.Flatten(),
+    ).eval()
     d = _data(6)
     ev = evaluate(model, d, device="cpu")
     assert ev.head.shape == (10, 5) and torch.equal(ev.head, model[3].weight.flatten(1))
@@ -168,15 +180,20 @@ def test_oom_retries_at_half_batch(timm_model):
     ref = evaluate(timm_model, d, device="cpu", batch_size=16)
     assert torch.allclose(ev.logits, ref.logits, atol=1e-5) and ev.features.shape == (20, 96)
     with pytest.raises(RunFailure, match="out of memory at batch size 1"):
-        evaluate(OOMAbove(timm_model, limit=0), d, device="cpu", batch_size=4,
-                 head=timm_model.fc)
+        evaluate(OOMAbove(timm_model, limit=0), d, device="cpu", batch_size=4, head=timm_model.fc)
 
 
 def test_progress_stopped_on_error(timm_model):
     rec = Recorder()
     with pytest.raises(RunFailure):
-        evaluate(OOMAbove(timm_model, limit=0), _data(4), device="cpu", batch_size=1,
-                 head=timm_model.fc, progress=rec)
+        evaluate(
+            OOMAbove(timm_model, limit=0),
+            _data(4),
+            device="cpu",
+            batch_size=1,
+            head=timm_model.fc,
+            progress=rec,
+        )
     assert rec.events[-1] == ("stop",)
     assert not timm_model.fc._forward_pre_hooks  # the hook was removed
 
@@ -228,19 +245,45 @@ def test_features_roundtrip(tmp_path, timm_model):
     assert back.logits is None and math.isnan(back.loss) and math.isnan(back.accuracy)
 
 
-@pytest.mark.parametrize(("tensors", "match"), [
-    ({"features": torch.zeros(4, 3), "labels": torch.zeros(4)}, "lacks head"),
-    ({"features": torch.zeros(4, 3), "labels": torch.zeros(4), "head": torch.zeros(2, 5)},
-     r"same d"),
-    ({"features": torch.zeros(4, 3), "labels": torch.tensor([0, 1, 2, 3]),
-      "head": torch.zeros(3, 3)}, r"labels reach 3 .*\[0, 3\)"),
-    ({"features": torch.zeros(4, 3), "labels": torch.zeros(3), "head": torch.zeros(3, 3)},
-     "4 inputs but 3 labels"),
-    ({"features": torch.full((4, 3), float("inf")), "labels": torch.zeros(4),
-      "head": torch.zeros(3, 3)}, "NaN/Inf"),
-    ({"features": torch.zeros(4, 3), "labels": torch.zeros(4), "head": torch.zeros(3, 3),
-      "logits": torch.zeros(4, 2)}, r"logits \(4, 2\) should be \[4, 3\]"),
-])
+@pytest.mark.parametrize(
+    ("tensors", "match"),
+    [
+        ({"features": torch.zeros(4, 3), "labels": torch.zeros(4)}, "lacks head"),
+        (
+            {"features": torch.zeros(4, 3), "labels": torch.zeros(4), "head": torch.zeros(2, 5)},
+            r"same d",
+        ),
+        (
+            {
+                "features": torch.zeros(4, 3),
+                "labels": torch.tensor([0, 1, 2, 3]),
+                "head": torch.zeros(3, 3),
+            },
+            r"labels reach 3 .*\[0, 3\)",
+        ),
+        (
+            {"features": torch.zeros(4, 3), "labels": torch.zeros(3), "head": torch.zeros(3, 3)},
+            "4 inputs but 3 labels",
+        ),
+        (
+            {
+                "features": torch.full((4, 3), float("inf")),
+                "labels": torch.zeros(4),
+                "head": torch.zeros(3, 3),
+            },
+            "NaN/Inf",
+        ),
+        (
+            {
+                "features": torch.zeros(4, 3),
+                "labels": torch.zeros(4),
+                "head": torch.zeros(3, 3),
+                "logits": torch.zeros(4, 2),
+            },
+            r"logits \(4, 2\) should be \[4, 3\]",
+        ),
+    ],
+)
 def test_bad_features_files(tensors, match, tmp_path):
     p = tmp_path / "f.safetensors"
     save_file(tensors, str(p))
@@ -256,9 +299,10 @@ def test_features_file_missing_or_corrupt(tmp_path):
     with pytest.raises(InputError, match="corrupt"):
         load_features(tmp_path / "bad.safetensors")
     with pytest.raises(InputError, match="does not exist"):
-        save_features(tmp_path / "no" / "dir.safetensors",
-                      Evaluation(torch.zeros(1, 1), None, torch.zeros(1).long(),
-                                 torch.zeros(1, 1), 0.0, 0.0))
+        save_features(
+            tmp_path / "no" / "dir.safetensors",
+            Evaluation(torch.zeros(1, 1), None, torch.zeros(1).long(), torch.zeros(1, 1), 0.0, 0.0),
+        )
 
 
 # --------------------------------------------------------------------------- rich progress
@@ -300,8 +344,9 @@ def test_bundled_checkpoint_on_bundled_digits():
     assert abs(ev.accuracy - 0.9889) < 0.005  # fixtures/README.md
     with torch.no_grad():
         m = loaded.model
-        assert torch.equal(ev.features, m.forward_head(m.forward_features(d.inputs),
-                                                       pre_logits=True))
+        assert torch.equal(
+            ev.features, m.forward_head(m.forward_features(d.inputs), pre_logits=True)
+        )
     series = sorted((FIXTURES / "series").glob("*.safetensors"), reverse=True)
     steps = [int(p.stem[-3:]) for p in series_order(series)]
     assert steps == [0, 25, 32, 40, 60, 210]
@@ -310,8 +355,14 @@ def test_bundled_checkpoint_on_bundled_digits():
 def test_is_features_file(tmp_path):
     from infoprobe.probe import Evaluation, is_features_file, save_features
 
-    ev = Evaluation(features=torch.randn(4, 3), logits=None, labels=torch.tensor([0, 1, 0, 1]),
-                    head=torch.randn(2, 3), loss=float("nan"), accuracy=float("nan"))
+    ev = Evaluation(
+        features=torch.randn(4, 3),
+        logits=None,
+        labels=torch.tensor([0, 1, 0, 1]),
+        head=torch.randn(2, 3),
+        loss=float("nan"),
+        accuracy=float("nan"),
+    )
     assert is_features_file(save_features(tmp_path / "f.safetensors", ev))
     save_file({"w": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     assert not is_features_file(tmp_path / "w.safetensors")

@@ -34,8 +34,7 @@ def tiny_model() -> nn.Sequential:
     Layer 1 holds magnitudes 1..24, layer 2 holds 0.5, 1.5, ..., 29.5, so the global order
     interleaves the layers; the head (5 -> 3) holds 0.1..1.5, the smallest of all.
     """
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(),
-                          nn.Linear(5, 3))
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
     g = torch.Generator().manual_seed(0)
     magnitudes = [torch.arange(1, 25) / 1.0, torch.arange(30) + 0.5, torch.arange(1, 16) / 10]
     with torch.no_grad():
@@ -68,7 +67,8 @@ def data() -> LabelledTensors:
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(40) % 10
     inputs = torch.randn(10, 1, 16, 16, generator=g)[labels] + 0.5 * torch.randn(
-        40, 1, 16, 16, generator=g)
+        40, 1, 16, 16, generator=g
+    )
     return LabelledTensors(inputs, labels, "synthetic")
 
 
@@ -83,8 +83,9 @@ def assert_rows_close(got: dict, want: dict, rel: float = 0.0) -> None:
 
 
 def zero_patterns(model: nn.Module) -> list[torch.Tensor]:
-    return [(m.weight == 0).clone() for m in model.modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [
+        (m.weight == 0).clone() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
 
 
 def collect(model: nn.Module, sweep) -> list[tuple[dict, list[torch.Tensor]]]:
@@ -232,9 +233,14 @@ def test_sparsity_is_exact(data, method, iterative):
     sizes = [m.weight.numel() for m, _ in targets]
     total = sum(sizes)
     ratios = [0.1, 0.37, 0.8]
-    for ratio, (row, _) in zip(ratios, collect(model, prune_sweep(
-            model, data, ratios, method=method, iterative=iterative, eval_kwargs=EVAL)),
-            strict=True):
+    for ratio, (row, _) in zip(
+        ratios,
+        collect(
+            model,
+            prune_sweep(model, data, ratios, method=method, iterative=iterative, eval_kwargs=EVAL),
+        ),
+        strict=True,
+    ):
         if method == "layer-magnitude":
             want = sum(round(ratio * s) for s in sizes) / total
         else:
@@ -259,12 +265,13 @@ def test_random_pruning_is_reproducible_with_a_seed(data):
     state = torch.random.get_rng_state()
 
     def run(seed):
-        return collect(model, prune_sweep(model, data, [0.5], method="random", seed=seed,
-                                          eval_kwargs=EVAL))
+        return collect(
+            model, prune_sweep(model, data, [0.5], method="random", seed=seed, eval_kwargs=EVAL)
+        )
 
-    (row_a, masks_a), = run(3)
-    (row_b, masks_b), = run(3)
-    (row_c, masks_c), = run(4)
+    ((row_a, masks_a),) = run(3)
+    ((row_b, masks_b),) = run(3)
+    ((row_c, masks_c),) = run(4)
     assert all(torch.equal(x, y) for x, y in zip(masks_a, masks_b, strict=True))
     assert row_a == row_b
     assert not all(torch.equal(x, y) for x, y in zip(masks_a, masks_c, strict=True))
@@ -275,8 +282,12 @@ def test_random_pruning_is_reproducible_with_a_seed(data):
 def test_iterative_masks_nest(data):
     model = efficientnet()
     for method in ("random", "global-magnitude"):
-        steps = collect(model, prune_sweep(model, data, [0.2, 0.5, 0.8], method=method,
-                                           iterative=True, eval_kwargs=EVAL))
+        steps = collect(
+            model,
+            prune_sweep(
+                model, data, [0.2, 0.5, 0.8], method=method, iterative=True, eval_kwargs=EVAL
+            ),
+        )
         for (_, low), (_, high) in zip(steps, steps[1:], strict=False):
             assert all(bool((lo & ~hi).sum() == 0) for lo, hi in zip(low, high, strict=True))
     one_shot = collect(model, prune_sweep(model, data, [0.2, 0.5, 0.8], eval_kwargs=EVAL))
@@ -295,8 +306,17 @@ def test_model_is_dense_again_after_the_sweep(data):
     params = [id(p) for p in model.parameters()]
     for method in ("global-magnitude", "layer-magnitude", "random"):
         for iterative in (False, True):
-            rows = list(prune_sweep(model, data, [0.3, 0.7], method=method, iterative=iterative,
-                                    include_head=True, eval_kwargs=EVAL))
+            rows = list(
+                prune_sweep(
+                    model,
+                    data,
+                    [0.3, 0.7],
+                    method=method,
+                    iterative=iterative,
+                    include_head=True,
+                    eval_kwargs=EVAL,
+                )
+            )
             assert len(rows) == 2
             after = model.state_dict()
             assert list(after) == list(before)  # same keys, same order
@@ -332,6 +352,7 @@ def test_model_is_dense_after_an_early_stop_or_a_failure(data, monkeypatch):
 
 def test_no_deep_copy_and_one_model_object(data, monkeypatch, evaluate_calls):
     model = efficientnet()
+
     def no_deepcopy(*args, **kwargs):
         raise AssertionError("deepcopy called")
 
@@ -352,11 +373,21 @@ def test_resume_skips_finished_ratios(data, monkeypatch, evaluate_calls):
     model = efficientnet()
     ratios = [0.0, 0.3, 0.6]
     for iterative in (False, True):
-        full = list(prune_sweep(model, data, ratios, method="random", iterative=iterative,
-                                eval_kwargs=EVAL))
+        full = list(
+            prune_sweep(model, data, ratios, method="random", iterative=iterative, eval_kwargs=EVAL)
+        )
         calls = evaluate_calls(monkeypatch)
-        rest = list(prune_sweep(model, data, ratios, method="random", iterative=iterative,
-                                skip=[0.0, 0.3], eval_kwargs=EVAL))
+        rest = list(
+            prune_sweep(
+                model,
+                data,
+                ratios,
+                method="random",
+                iterative=iterative,
+                skip=[0.0, 0.3],
+                eval_kwargs=EVAL,
+            )
+        )
         assert len(calls) == 2 and [r["ratio"] for r in rest] == [0.6]  # dense + 0.6
         assert_rows_close(rest[0], full[2])
         assert rest[0]["mir_dense"] == full[2]["mir_dense"]
@@ -373,8 +404,9 @@ def test_batch_estimate_applies_to_mir_dense(data):
     row = next(sweep)
     pruned = probe.evaluate(model, data, **EVAL)
     sweep.close()
-    parts = [interplay_between(dense.features[i], pruned.features[i])
-             for i in batch_indices(40, 16, 2)]
+    parts = [
+        interplay_between(dense.features[i], pruned.features[i]) for i in batch_indices(40, 16, 2)
+    ]
     h_a, h_b, h_ab = (sum(getattr(p, f) for p in parts) / 2 for f in ("h_z", "h_w", "h_zw"))
     assert row["mir_dense"] == pytest.approx((h_a + h_b - h_ab) / min(h_a, h_b), rel=1e-9)
     assert row["hdr_dense"] == pytest.approx(abs(h_a - h_b) / max(h_a, h_b), rel=1e-9)
@@ -398,8 +430,18 @@ def test_prune_on_cuda_with_channels_last_and_amp(data):
     cpu_rng, cuda_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state()
 
     def run():
-        return collect(model, prune_sweep(model, data, [0.0, 0.5], method="random", seed=1,
-                                          include_head=True, eval_kwargs=kwargs))
+        return collect(
+            model,
+            prune_sweep(
+                model,
+                data,
+                [0.0, 0.5],
+                method="random",
+                seed=1,
+                include_head=True,
+                eval_kwargs=kwargs,
+            ),
+        )
 
     first, second = run(), run()
     total = sum(m.weight.numel() for m, _ in prunable_parameters(model, include_head=True))

@@ -69,16 +69,20 @@ def test_readme_first_command_runs_and_prints_the_documented_table():
         if path.startswith("fixtures/"):
             assert (ROOT / path).is_file(), f"README names a missing fixture {path}"
     # the package's own entry point: the same program as the installed `infoprobe` script
-    out = subprocess.run([sys.executable, "-m", "infoprobe", *args[1:]], cwd=ROOT, text=True,
-                         capture_output=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "infoprobe", *args[1:]],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     got = table_rows(out.stdout)
     documented = table_rows(fenced("")[0])
     assert got.keys() == documented.keys() == {"ls0.0", "ls0.1"}
     for name, numbers in documented.items():
         assert got[name][0] == numbers[0], "accuracy differs from the README"
-        assert [float(x) for x in got[name]] == pytest.approx(
-            [float(x) for x in numbers], abs=2e-4)
+        assert [float(x) for x in got[name]] == pytest.approx([float(x) for x in numbers], abs=2e-4)
     assert "n_samples=450, n_classes=10, estimate=exact" in out.stdout
     assert "error" not in out.stderr
 

@@ -20,17 +20,50 @@ from infoprobe.rows import COLUMNS, SWEEP_COLUMNS
 LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
 
 
-def row(alpha: float = 0.0, *, checkpoint: str = "runs/a.safetensors", mir: float = 0.75,
-        note: str = "", mir_err: float = math.nan, estimate: str = "exact") -> dict:
+def row(
+    alpha: float = 0.0,
+    *,
+    checkpoint: str = "runs/a.safetensors",
+    mir: float = 0.75,
+    note: str = "",
+    mir_err: float = math.nan,
+    estimate: str = "exact",
+) -> dict:
     """A complete lmc row with made-up numbers."""
     values = dict(
-        alpha=alpha, checkpoint=checkpoint, model="test_resnet", param_count=0.375,
-        img_size=16, n_samples=450, n_classes=10, classes_present=10, accuracy=0.9,
-        accuracy_top5=1.0, top1=90.0, top5=100.0,
-        loss=0.25 + alpha, h_z=3.0, h_w=2.25, h_zw=3.5, mi=1.75, mir=mir, hdr=0.25,
-        mir_nc=0.9523507825397208, hdr_nc=0.0, nc1=0.5, nc2_equinorm=0.125,
-        nc2_equiangular=0.0625, nc3=0.25, nc4=0.875, h_zw_err=mir_err * 2.25, mi_err=mir_err * 2.25,
-        mir_err=mir_err, mir_lower=math.nan, estimate=estimate, n_used=450, n_batches=1,
+        alpha=alpha,
+        checkpoint=checkpoint,
+        model="test_resnet",
+        param_count=0.375,
+        img_size=16,
+        n_samples=450,
+        n_classes=10,
+        classes_present=10,
+        accuracy=0.9,
+        accuracy_top5=1.0,
+        top1=90.0,
+        top5=100.0,
+        loss=0.25 + alpha,
+        h_z=3.0,
+        h_w=2.25,
+        h_zw=3.5,
+        mi=1.75,
+        mir=mir,
+        hdr=0.25,
+        mir_nc=0.9523507825397208,
+        hdr_nc=0.0,
+        nc1=0.5,
+        nc2_equinorm=0.125,
+        nc2_equiangular=0.0625,
+        nc3=0.25,
+        nc4=0.875,
+        h_zw_err=mir_err * 2.25,
+        mi_err=mir_err * 2.25,
+        mir_err=mir_err,
+        mir_lower=math.nan,
+        estimate=estimate,
+        n_used=450,
+        n_batches=1,
         note=note,
     )
     return {c: values[c] for c in LMC_COLUMNS}
@@ -45,17 +78,20 @@ def render(rows, columns=LMC_COLUMNS, **kwargs) -> str:
 # ----------------------------------------------------------------------------- cells, tables
 
 
-@pytest.mark.parametrize(("column", "value", "text"), [
-    ("mir", 0.123456, "0.1235"),
-    ("h_z", -0.0, "0.0000"),
-    ("mir", math.nan, "nan"),
-    ("n_samples", 450, "450"),
-    ("step", 210, "210"),
-    ("alpha", 0.25, "0.25"),
-    ("ratio", 1 / 3, "0.333333"),
-    ("checkpoint", "a.pt", "a.pt"),
-    ("note", None, "nan"),
-])
+@pytest.mark.parametrize(
+    ("column", "value", "text"),
+    [
+        ("mir", 0.123456, "0.1235"),
+        ("h_z", -0.0, "0.0000"),
+        ("mir", math.nan, "nan"),
+        ("n_samples", 450, "450"),
+        ("step", 210, "210"),
+        ("alpha", 0.25, "0.25"),
+        ("ratio", 1 / 3, "0.333333"),
+        ("checkpoint", "a.pt", "a.pt"),
+        ("note", None, "nan"),
+    ],
+)
 def test_format_value(column, value, text):
     assert report.format_value(column, value) == text
 
@@ -97,9 +133,16 @@ def test_one_row_table_keeps_its_checkpoint():
 
 def test_barriers_line():
     out = io.StringIO()
-    report.render_barriers(Console(file=out, width=200), {
-        "loss_barrier": 0.5, "loss_barrier_alpha": 0.5, "accuracy_barrier": math.nan,
-        "accuracy_barrier_alpha": math.nan, "note": "accuracy barrier is NaN"})
+    report.render_barriers(
+        Console(file=out, width=200),
+        {
+            "loss_barrier": 0.5,
+            "loss_barrier_alpha": 0.5,
+            "accuracy_barrier": math.nan,
+            "accuracy_barrier_alpha": math.nan,
+            "note": "accuracy barrier is NaN",
+        },
+    )
     text = out.getvalue()
     assert "loss barrier 0.5000 at alpha 0.5" in text
     assert "accuracy barrier nan at alpha nan" in text and "note: accuracy barrier is NaN" in text
@@ -243,8 +286,9 @@ def test_jsonable_converts_paths_and_scalars():
     import numpy as np
     import torch
 
-    assert report.jsonable({"p": Path("a/b"), "t": torch.tensor(2.5), "n": np.float64(1.0),
-                            "inf": math.inf}) == {"p": "a/b", "t": 2.5, "n": 1.0, "inf": None}
+    assert report.jsonable(
+        {"p": Path("a/b"), "t": torch.tensor(2.5), "n": np.float64(1.0), "inf": math.inf}
+    ) == {"p": "a/b", "t": 2.5, "n": 1.0, "inf": None}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -253,11 +297,14 @@ def test_jsonable_converts_paths_and_scalars():
 def test_plots_are_written(tmp_path):
     track_rows = [{**row(), "step": s, "mir": 0.5 + s / 1000} for s in (0, 10, 100)]
     lmc_rows = [row(a) for a in (0.0, 0.5, 1.0)]
-    prune_rows = [{**row(), "ratio": r, "sparsity": r, "mir_dense": 1 - r, "hdr_dense": r}
-                  for r in (0, 0.5)]
-    for plot, rows, name in ((report.plot_track, track_rows, "t.png"),
-                             (report.plot_lmc, lmc_rows, "l.svg"),
-                             (report.plot_prune, prune_rows, "p.pdf")):
+    prune_rows = [
+        {**row(), "ratio": r, "sparsity": r, "mir_dense": 1 - r, "hdr_dense": r} for r in (0, 0.5)
+    ]
+    for plot, rows, name in (
+        (report.plot_track, track_rows, "t.png"),
+        (report.plot_lmc, lmc_rows, "l.svg"),
+        (report.plot_prune, prune_rows, "p.pdf"),
+    ):
         path = tmp_path / name
         report.check_plot_path(path)
         plot(rows, path)
@@ -269,15 +316,21 @@ def _figures():
     """Each plot's figure for made-up rows: (figure, x label it must have)."""
     track_rows = [{**row(), "step": s, "mir": 0.5 + s / 1000} for s in (0, 10, 100)]
     lmc_rows = [row(a, mir=0.9 - a / 4) for a in (0.0, 0.5, 1.0)]
-    prune_rows = [{**row(), "ratio": r, "sparsity": r + 0.01, "mir_dense": 1 - r,
-                   "hdr_dense": r} for r in (0, 0.5, 0.9)]
-    tuned = [{**r, **{f"ft_{c}": r[c] / 2 for c in ("accuracy", "mir", "hdr", "mir_dense",
-                                                   "hdr_dense")}} for r in prune_rows]
+    prune_rows = [
+        {**row(), "ratio": r, "sparsity": r + 0.01, "mir_dense": 1 - r, "hdr_dense": r}
+        for r in (0, 0.5, 0.9)
+    ]
+    tuned = [
+        {**r, **{f"ft_{c}": r[c] / 2 for c in ("accuracy", "mir", "hdr", "mir_dense", "hdr_dense")}}
+        for r in prune_rows
+    ]
     title = "run\ntest_resnet on digits/test.safetensors"
-    return [(report.track_figure(track_rows, title), "training step"),
-            (report.lmc_figure(lmc_rows, title), "α"),
-            (report.prune_figure(prune_rows, title), "sparsity"),
-            (report.prune_figure(tuned, title), "sparsity")]
+    return [
+        (report.track_figure(track_rows, title), "training step"),
+        (report.lmc_figure(lmc_rows, title), "α"),
+        (report.prune_figure(prune_rows, title), "sparsity"),
+        (report.prune_figure(tuned, title), "sparsity"),
+    ]
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -296,8 +349,7 @@ def test_plots_read_well(index):
         if any(label.upper() == "MIR" for label in labels):
             mir_panels += 1
             # the neural-collapse optimum: a horizontal line at mir_nc
-            nc = [line for line in ax.get_lines()
-                  if line.get_label().startswith("MIR at neural")]
+            nc = [line for line in ax.get_lines() if line.get_label().startswith("MIR at neural")]
             assert len(nc) == 1 and set(nc[0].get_ydata()) == {row()["mir_nc"]}
     assert mir_panels == 1
     renderer = fig.canvas.get_renderer()
@@ -308,14 +360,20 @@ def test_plots_read_well(index):
         box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
         assert box.y0 >= area.y1 - 1e-6, "the legend overlaps the plotting area"
     assert sum(ax.get_legend() is not None for ax in fig.axes) == len(
-        [ax for ax in fig.axes if ax.get_xlabel()])  # one legend per panel, twins included
+        [ax for ax in fig.axes if ax.get_xlabel()]
+    )  # one legend per panel, twins included
 
 
 def test_table_fits_80_columns_and_keeps_names_and_arch():
     columns = COLUMNS
-    rows = [{**{c: v for c, v in row().items() if c in columns},
-             "checkpoint": f"runs/resnet50-a1_in1k/checkpoint-epoch{e:03d}.pth.tar",
-             "model": "resnet50"} for e in (10, 100)]
+    rows = [
+        {
+            **{c: v for c, v in row().items() if c in columns},
+            "checkpoint": f"runs/resnet50-a1_in1k/checkpoint-epoch{e:03d}.pth.tar",
+            "model": "resnet50",
+        }
+        for e in (10, 100)
+    ]
     out = io.StringIO()
     report.render_rows(Console(file=out, width=80), rows, columns, title="infoprobe analyze")
     text = out.getvalue()

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from test_cli import A, B, DATA, FAST, FIX, one_line_error, run
+from test_cli import DATA, FAST, FIX, A, B, one_line_error, run
 
 from infoprobe import api, probe
 
@@ -27,20 +27,25 @@ def evaluations(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("first,second,words", [
-    (["--method", "global-magnitude"], ["--method", "random"], "--method \"random\" now"),
-    ([], ["--seed", "3"], "--seed 3 now"),
-    ([], ["--include-head"], "--include-head true now"),
-    ([], ["--estimate", "batch", "--estimate-batch-size", "64"], "--estimate"),
-    ([], ["--model-kwargs", "drop_rate=0.5"], "--model-kwargs"),
-])
-def test_prune_resume_refuses_rows_of_a_run_with_other_options(tmp_path, evaluations, first,
-                                                                second, words):
+@pytest.mark.parametrize(
+    "first,second,words",
+    [
+        (["--method", "global-magnitude"], ["--method", "random"], '--method "random" now'),
+        ([], ["--seed", "3"], "--seed 3 now"),
+        ([], ["--include-head"], "--include-head true now"),
+        ([], ["--estimate", "batch", "--estimate-batch-size", "64"], "--estimate"),
+        ([], ["--model-kwargs", "drop_rate=0.5"], "--model-kwargs"),
+    ],
+)
+def test_prune_resume_refuses_rows_of_a_run_with_other_options(
+    tmp_path, evaluations, first, second, words
+):
     csv = tmp_path / "prune.csv"
     run("prune", A, *FAST, "--ratios", "0.5", "--csv", csv, *first)
     evaluations.clear()
-    result = run("prune", A, *FAST, "--ratios", "0.5,0.7", "--csv", csv, "--resume", *second,
-                 code=2)
+    result = run(
+        "prune", A, *FAST, "--ratios", "0.5,0.7", "--csv", csv, "--resume", *second, code=2
+    )
     one_line_error(result, "another run", words)
     assert evaluations == []  # refused before any work
     assert pd.read_csv(csv)["ratio"].tolist() == [0.5]  # the finished rows are kept
@@ -52,18 +57,37 @@ def test_prune_resume_refuses_other_data_and_sample_counts(tmp_path, evaluations
     other = tmp_path / "copy.safetensors"
     other.write_bytes(DATA.read_bytes())
     fast_other = [a if a != str(DATA) else str(other) for a in FAST]
-    one_line_error(run("prune", A, *fast_other, "--ratios", "0,0.5", "--csv", csv, "--resume",
-                       code=2), "--data")
+    one_line_error(
+        run("prune", A, *fast_other, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2),
+        "--data",
+    )
     fast_more = [a if a != "150" else "160" for a in FAST]
-    one_line_error(run("prune", A, *fast_more, "--ratios", "0,0.5", "--csv", csv, "--resume",
-                       code=2), "--max-samples 160 now, 150")
+    one_line_error(
+        run("prune", A, *fast_more, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2),
+        "--max-samples 160 now, 150",
+    )
 
 
 def test_lmc_resume_refuses_another_bn_reset(tmp_path):
     csv = tmp_path / "lmc.csv"
     run("lmc", A, B, *FAST, "--alphas", "0", "--csv", csv)
-    result = run("lmc", A, B, *FAST, "--alphas", "0,1", "--csv", csv, "--resume",
-                 "--reset-bn", "--bn-data", TRAIN, "--bn-batches", "1", code=2)
+    result = run(
+        "lmc",
+        A,
+        B,
+        *FAST,
+        "--alphas",
+        "0,1",
+        "--csv",
+        csv,
+        "--resume",
+        "--reset-bn",
+        "--bn-data",
+        TRAIN,
+        "--bn-batches",
+        "1",
+        code=2,
+    )
     one_line_error(result, "--reset-bn true now, false", "--bn-data")
 
 
@@ -72,8 +96,20 @@ def test_resume_with_the_same_options_adds_points_and_records_them(tmp_path, eva
     run("prune", A, *FAST, "--ratios", "0", "--csv", csv, "--method", "random")
     evaluations.clear()
     js = tmp_path / "prune.json"
-    run("prune", A, *FAST, "--ratios", "0,0.3", "--csv", csv, "--resume", "--method", "random",
-        "--json", js)
+    run(
+        "prune",
+        A,
+        *FAST,
+        "--ratios",
+        "0,0.3",
+        "--csv",
+        csv,
+        "--resume",
+        "--method",
+        "random",
+        "--json",
+        js,
+    )
     assert len(evaluations) == 2  # the dense reference and ratio 0.3
     recorded = json.loads((tmp_path / "prune.csv.run.json").read_text())
     assert recorded["method"] == "random" and recorded["data"] == str(DATA.resolve())
@@ -85,8 +121,11 @@ def test_resume_without_the_run_record_is_refused(tmp_path, evaluations):
     run("prune", A, *FAST, "--ratios", "0", "--csv", csv)
     (tmp_path / "prune.csv.run.json").unlink()
     evaluations.clear()
-    one_line_error(run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume",
-                       code=2), "prune.csv.run.json", "missing")
+    one_line_error(
+        run("prune", A, *FAST, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2),
+        "prune.csv.run.json",
+        "missing",
+    )
     assert evaluations == []
 
 
@@ -96,15 +135,16 @@ def test_a_duplicated_row_is_caught_before_the_sweep(tmp_path, evaluations):
     rows = csv.read_text().splitlines()
     csv.write_text("\n".join([*rows, rows[-1]]) + "\n")
     evaluations.clear()
-    one_line_error(run("prune", A, *FAST, "--ratios", "0,0.5,0.7", "--csv", csv, "--resume",
-                       code=2), "ratio 0.5 twice")
+    one_line_error(
+        run("prune", A, *FAST, "--ratios", "0,0.5,0.7", "--csv", csv, "--resume", code=2),
+        "ratio 0.5 twice",
+    )
     assert evaluations == []
 
 
 def test_every_option_but_the_neutral_ones_is_recorded():
     fields = [f for f in api.RunOptions.__dataclass_fields__ if f not in api.RESUME_NEUTRAL]
     values = {f: f"value-{f}" for f in fields} | {"model_kwargs": ["width=5"]}
-    record = api.run_record("prune", "d", **values, method="random", ratios="0,1",
-                            device="cpu")
+    record = api.run_record("prune", "d", **values, method="random", ratios="0,1", device="cpu")
     assert set(record) == {"command", "data", "method", *fields}
     assert record["model_kwargs"] == {"width": 5}

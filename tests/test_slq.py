@@ -125,8 +125,10 @@ def test_two_sigma_bars_cover_the_exact_value(case):
 
 def test_bars_shrink_as_probes_are_added(case):
     zh, y, wh, _, exact = case
-    errs = {p: [slq.joint_entropy(zh, y, wh, probes=p, seed=s).err for s in range(4)]
-            for p in (6, 24, 96)}
+    errs = {
+        p: [slq.joint_entropy(zh, y, wh, probes=p, seed=s).err for s in range(4)]
+        for p in (6, 24, 96)
+    }
     mean = {p: sum(e) / len(e) for p, e in errs.items()}
     assert mean[96] < mean[24] < mean[6]
     assert mean[96] < 0.6 * mean[6]

@@ -47,9 +47,14 @@ def _reference(root, model, max_samples=None, seed=0):
     from timm.data import create_transform
 
     cfg = resolve_transform_config(model, input_size=SIZE)
-    tf = create_transform(input_size=cfg["input_size"], interpolation=cfg["interpolation"],
-                          mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"],
-                          crop_mode=cfg.get("crop_mode"))
+    tf = create_transform(
+        input_size=cfg["input_size"],
+        interpolation=cfg["interpolation"],
+        mean=cfg["mean"],
+        std=cfg["std"],
+        crop_pct=cfg["crop_pct"],
+        crop_mode=cfg.get("crop_mode"),
+    )
     files = [(c, i) for c, k in COUNTS.items() for i in range(k)]
     labels = torch.tensor([list(COUNTS).index(c) for c, _ in files])
     x = torch.stack([tf(Image.open(root / c / f"{i}.png").convert("L")) for c, i in files])
@@ -71,7 +76,10 @@ def test_stream_keeps_subsample_labels_order_and_inputs(folder, grey_model, max_
     assert torch.equal(whole.labels, y) and torch.allclose(whole.inputs, x)
     assert torch.equal(stream.labels, y) and len(stream) == len(whole)
     assert (stream.source, stream.classes, stream.transform) == (
-        whole.source, whole.classes, whole.transform)
+        whole.source,
+        whole.classes,
+        whole.transform,
+    )
     # shape only: nothing decoded is held
     assert stream.inputs.is_meta and stream.inputs.shape == whole.inputs.shape
     assert torch.equal(torch.cat(list(stream.batches(4))), whole.inputs)
@@ -92,8 +100,9 @@ def test_streaming_evaluation_equals_the_in_memory_one(folder, grey_model):
 
 def test_stream_with_worker_processes(folder, grey_model):
     whole, _ = _both(folder, grey_model)
-    stream = load_data(folder, model=grey_model, input_size=SIZE, cache=None, stream_above=0,
-                       workers=2)
+    stream = load_data(
+        folder, model=grey_model, input_size=SIZE, cache=None, stream_above=0, workers=2
+    )
     assert stream.workers == 2
     assert torch.equal(torch.cat(list(stream.batches(5))), whole.inputs)
 
@@ -103,8 +112,11 @@ def test_cifar_folder_streams(tmp_path, monkeypatch):
 
     base = _fake_cifar10(tmp_path)
     monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(tvd.CIFAR10, "_load_meta", lambda self: setattr(
-        self, "classes", [f"c{i}" for i in range(10)]))
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "_load_meta",
+        lambda self: setattr(self, "classes", [f"c{i}" for i in range(10)]),
+    )
     kw = dict(input_size=(3, 8, 8), max_samples=10, cache=None)
     whole, stream = load_data(base, **kw), load_data(base, stream_above=0, **kw)
     assert isinstance(stream, ImageStream) and torch.equal(stream.labels, whole.labels)
@@ -114,14 +126,17 @@ def test_cifar_folder_streams(tmp_path, monkeypatch):
 def test_only_data_that_fits_is_decoded_and_cached(folder, grey_model):
     per_sample = SIZE * SIZE * 4  # one channel of float32
     cache = DataCache()
-    fits = load_data(folder, model=grey_model, input_size=SIZE, cache=cache,
-                     stream_above=20 * per_sample)
-    big = load_data(folder, model=grey_model, input_size=SIZE, cache=cache,
-                    stream_above=20 * per_sample - 1)
+    fits = load_data(
+        folder, model=grey_model, input_size=SIZE, cache=cache, stream_above=20 * per_sample
+    )
+    big = load_data(
+        folder, model=grey_model, input_size=SIZE, cache=cache, stream_above=20 * per_sample - 1
+    )
     assert isinstance(fits, LabelledTensors) and isinstance(big, ImageStream)
     # the stream is cached as a recipe (file list and labels), never as decoded inputs
-    again = load_data(folder, model=grey_model, input_size=SIZE, cache=cache,
-                      stream_above=20 * per_sample - 1)
+    again = load_data(
+        folder, model=grey_model, input_size=SIZE, cache=cache, stream_above=20 * per_sample - 1
+    )
     assert again is big and cache.hits == 1 and big.inputs.is_meta
 
 
@@ -143,7 +158,6 @@ def test_bn_reset_reads_a_stream_like_memory(folder):
         assert torch.equal(v, want[k]), k
 
 
-
 def test_cli_sweep_on_a_streamed_folder_equals_memory(tmp_path, folder, monkeypatch):
     """prune reads the data at every ratio: streamed, its rows equal the in-memory run's."""
     import pandas as pd
@@ -157,14 +171,29 @@ def test_cli_sweep_on_a_streamed_folder_equals_memory(tmp_path, folder, monkeypa
     save_file(model.state_dict(), str(ckpt), metadata={"arch": "test_resnet"})
     frames, passes = [], []
     real = ImageStream.batches
-    monkeypatch.setattr(ImageStream, "batches",
-                        lambda self, *a: passes.append(a) or real(self, *a))
+    monkeypatch.setattr(ImageStream, "batches", lambda self, *a: passes.append(a) or real(self, *a))
     for limit in (data.STREAM_ABOVE, 0):
         monkeypatch.setattr(data, "STREAM_ABOVE", limit)
         csv = tmp_path / f"p{limit}.csv"
-        result = CliRunner().invoke(cli.app, [
-            "prune", str(ckpt), "--data", str(folder), "--input-size", str(SIZE), "--device",
-            "cpu", "--batch-size", "8", "--ratios", "0,0.5", "--csv", str(csv)])
+        result = CliRunner().invoke(
+            cli.app,
+            [
+                "prune",
+                str(ckpt),
+                "--data",
+                str(folder),
+                "--input-size",
+                str(SIZE),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "8",
+                "--ratios",
+                "0,0.5",
+                "--csv",
+                str(csv),
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         frames.append(pd.read_csv(csv))
     # in memory: one decode of all 20 images; streamed: one decoding pass per evaluation

@@ -18,9 +18,15 @@ from infoprobe.sweeps.lmc import barriers
 
 
 def test_barrier_lines_run_from_the_alpha_0_end_to_the_alpha_1_end():
-    rows = [{"alpha": a, "loss": loss, "accuracy": acc} for a, loss, acc in
-            zip((0.0, 0.25, 0.5, 0.75, 1.0), (0.2, 1.0, 1.0, 1.0, 1.0),
-                (1.0, 0.5, 0.6, 0.6, 0.6), strict=True)]
+    rows = [
+        {"alpha": a, "loss": loss, "accuracy": acc}
+        for a, loss, acc in zip(
+            (0.0, 0.25, 0.5, 0.75, 1.0),
+            (0.2, 1.0, 1.0, 1.0, 1.0),
+            (1.0, 0.5, 0.6, 0.6, 0.6),
+            strict=True,
+        )
+    ]
     got = barriers(rows)
     # lines: loss 0.2 -> 1.0 (0.4 at 0.25), accuracy 1.0 -> 0.6 (0.9 at 0.25)
     assert got["loss_barrier"] == pytest.approx(0.6) and got["loss_barrier_alpha"] == 0.25
@@ -30,8 +36,15 @@ def test_barrier_lines_run_from_the_alpha_0_end_to_the_alpha_1_end():
 
 def test_csv_cells_hold_their_own_column_and_nan_is_empty():
     row = {c: 1 for c in COLUMNS}
-    row.update(checkpoint="a.pt", n_samples=3, n_classes=2, classes_present=2,
-               estimate="exact", note="why mir is NaN", mir=math.nan)
+    row.update(
+        checkpoint="a.pt",
+        n_samples=3,
+        n_classes=2,
+        classes_present=2,
+        estimate="exact",
+        note="why mir is NaN",
+        mir=math.nan,
+    )
     header, line = report.csv_text([row], COLUMNS).splitlines()
     cells = dict(zip(header.split(","), line.split(","), strict=True))
     assert cells["mir"] == ""  # not the text 'nan'

@@ -18,10 +18,13 @@ from infoprobe import checkpoint as ck
 from infoprobe.errors import InputError
 
 # A model file that leaves a marker when imported: proof that code ran.
-EVIL_SRC = CUSTOM_MODEL_SRC + '''
+EVIL_SRC = (
+    CUSTOM_MODEL_SRC
+    + """
 import pathlib
 pathlib.Path(__file__).with_suffix(".ran").write_text("ran")
-'''
+"""
+)
 
 
 def _evil(directory, name="model.py"):
@@ -31,8 +34,11 @@ def _evil(directory, name="model.py"):
 
 
 def _safetensors(path, sd, **meta):
-    save_file(sd, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v)
-                                       for k, v in meta.items()})
+    save_file(
+        sd,
+        str(path),
+        metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+    )
     return path
 
 
@@ -89,16 +95,14 @@ def test_standard_library_callables_are_never_factories(tmp_path, sd, monkeypatc
             ck.load_model(p, trust_checkpoint=True)
     else:
         with pytest.raises(InputError, match="standard-library"):
-            ck.build_model("subprocess:getoutput", num_classes=3,
-                           model_kwargs={"cmd": "echo hi"})
+            ck.build_model("subprocess:getoutput", num_classes=3, model_kwargs={"cmd": "echo hi"})
     assert ran == []
 
 
 # ----------------------------------------------------------------------- item 5: beside only
 
 
-def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path, sd,
-                                                                       monkeypatch):
+def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path, sd, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     _evil(tmp_path)  # in the working directory, not beside the checkpoint
@@ -110,8 +114,7 @@ def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path,
 
 
 @pytest.mark.parametrize("recorded", ["../model.py:factory", "{abs}:factory"])
-def test_trusted_recorded_file_outside_the_checkpoint_folder_is_refused(tmp_path, sd,
-                                                                        recorded):
+def test_trusted_recorded_file_outside_the_checkpoint_folder_is_refused(tmp_path, sd, recorded):
     run = tmp_path / "run"
     run.mkdir()
     evil = _evil(tmp_path)
@@ -125,30 +128,34 @@ def test_trusted_recorded_file_outside_the_checkpoint_folder_is_refused(tmp_path
 
 
 def _namespace_ckpt(path, sd, **args):
-    torch.save({"arch": "test_resnet", "state_dict": sd, "args": argparse.Namespace(**args)},
-               path)
+    torch.save({"arch": "test_resnet", "state_dict": sd, "args": argparse.Namespace(**args)}, path)
     return path
 
 
 def _lightning_ckpt(path, sd, **hparams):
-    torch.save({"state_dict": {"model." + k: v for k, v in sd.items()},
-                "hyper_parameters": hparams}, path)
+    torch.save(
+        {"state_dict": {"model." + k: v for k, v in sd.items()}, "hyper_parameters": hparams}, path
+    )
     return path
 
 
-@pytest.mark.parametrize("bad", [
-    {"checkpoint_path": "/tmp/evil.pth"},
-    {"pretrained": True},
-    {"pretrained_cfg_overlay": {"file": "/tmp/evil.pth"}},
-    {"cache_dir": "/tmp"},
-    {"some_arbitrary_kwarg": 1},
-    {"drop_rate": 5.0},
-    {"global_pool": "../../etc"},
-    {"img_size": [[[[16]]]]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"checkpoint_path": "/tmp/evil.pth"},
+        {"pretrained": True},
+        {"pretrained_cfg_overlay": {"file": "/tmp/evil.pth"}},
+        {"cache_dir": "/tmp"},
+        {"some_arbitrary_kwarg": 1},
+        {"drop_rate": 5.0},
+        {"global_pool": "../../etc"},
+        {"img_size": [[[[16]]]]},
+    ],
+)
 @pytest.mark.parametrize("form", ["safetensors", "timm_args", "lightning"])
 def test_recorded_kwargs_outside_the_allowlist_never_reach_create_model(
-        tmp_path, sd, create_model_calls, bad, form):
+    tmp_path, sd, create_model_calls, bad, form
+):
     if form == "safetensors":
         p = _safetensors(tmp_path / "w.safetensors", sd, arch="test_resnet", model_kwargs=bad)
         kwargs = {}
@@ -165,13 +172,26 @@ def test_recorded_kwargs_outside_the_allowlist_never_reach_create_model(
 
 def test_allowed_recorded_kwargs_pass_exactly(tmp_path, create_model_calls):
     model = make_timm(drop_rate=0.25)
-    p = _safetensors(tmp_path / "w.safetensors", model.state_dict(), arch="test_resnet",
-                     model_kwargs={"drop_rate": 0.25, "global_pool": "avg"})
+    p = _safetensors(
+        tmp_path / "w.safetensors",
+        model.state_dict(),
+        arch="test_resnet",
+        model_kwargs={"drop_rate": 0.25, "global_pool": "avg"},
+    )
     create_model_calls.clear()
     ck.load_model(p)
-    assert create_model_calls == [("test_resnet", {
-        "pretrained": False, "drop_rate": 0.25, "global_pool": "avg", "num_classes": 10,
-        "in_chans": 1})]
+    assert create_model_calls == [
+        (
+            "test_resnet",
+            {
+                "pretrained": False,
+                "drop_rate": 0.25,
+                "global_pool": "avg",
+                "num_classes": 10,
+                "in_chans": 1,
+            },
+        )
+    ]
 
 
 def test_typed_file_opening_kwargs_are_refused_too(create_model_calls):
@@ -182,8 +202,12 @@ def test_typed_file_opening_kwargs_are_refused_too(create_model_calls):
 
 def test_typed_kwargs_replace_a_recorded_one_that_is_not_allowed(tmp_path, create_model_calls):
     model = make_timm(drop_rate=0.5)
-    p = _safetensors(tmp_path / "w.safetensors", model.state_dict(), arch="test_resnet",
-                     model_kwargs={"zero_init_last": False})
+    p = _safetensors(
+        tmp_path / "w.safetensors",
+        model.state_dict(),
+        arch="test_resnet",
+        model_kwargs={"zero_init_last": False},
+    )
     create_model_calls.clear()
     ck.load_model(p, model_kwargs={"zero_init_last": True})
     assert create_model_calls[0][1]["zero_init_last"] is True
@@ -192,15 +216,18 @@ def test_typed_kwargs_replace_a_recorded_one_that_is_not_allowed(tmp_path, creat
 # ----------------------------------------------------------------------- item 9: bad metadata
 
 
-@pytest.mark.parametrize("meta,words", [
-    ({"num_classes": "abc"}, "num_classes must be an integer"),
-    ({"num_classes": "-3"}, "num_classes must be an integer"),
-    ({"num_classes": "4000000000"}, f"\\[1, {allowlist.MAX_CLASSES}\\]"),
-    ({"in_chans": "-1"}, "in_chans must be an integer"),
-    ({"in_chans": "x"}, "in_chans must be an integer"),
-    ({"model_kwargs": '{"a":' + "[" * 100000 + "]" * 100000 + "}"}, "not a JSON object"),
-    ({"arch": "test_resnet\x1b[2J"}, "not a model name"),
-])
+@pytest.mark.parametrize(
+    "meta,words",
+    [
+        ({"num_classes": "abc"}, "num_classes must be an integer"),
+        ({"num_classes": "-3"}, "num_classes must be an integer"),
+        ({"num_classes": "4000000000"}, f"\\[1, {allowlist.MAX_CLASSES}\\]"),
+        ({"in_chans": "-1"}, "in_chans must be an integer"),
+        ({"in_chans": "x"}, "in_chans must be an integer"),
+        ({"model_kwargs": '{"a":' + "[" * 100000 + "]" * 100000 + "}"}, "not a JSON object"),
+        ({"arch": "test_resnet\x1b[2J"}, "not a model name"),
+    ],
+)
 def test_bad_metadata_is_bad_input(tmp_path, sd, create_model_calls, meta, words):
     p = _safetensors(tmp_path / "w.safetensors", sd, **{"arch": "test_resnet", **meta})
     with pytest.raises(InputError, match=words):
@@ -208,8 +235,9 @@ def test_bad_metadata_is_bad_input(tmp_path, sd, create_model_calls, meta, words
     assert create_model_calls == []
 
 
-def test_model_kwargs_num_classes_is_not_overridden_by_the_checkpoint(tmp_path, sd,
-                                                                     create_model_calls):
+def test_model_kwargs_num_classes_is_not_overridden_by_the_checkpoint(
+    tmp_path, sd, create_model_calls
+):
     p = _safetensors(tmp_path / "w.safetensors", sd, arch="test_resnet", num_classes="10")
     with pytest.raises(InputError, match="wrong --num-classes"):
         ck.load_model(p, model_kwargs={"num_classes": 5})
@@ -264,9 +292,9 @@ def test_file_names_over_255_bytes_are_bad_input(tmp_path):
 
 
 def test_dependency_floors_exclude_the_weights_only_bypasses():
-    import tomllib
     from pathlib import Path
 
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.version import Version
 
@@ -284,13 +312,17 @@ def test_dependency_floors_exclude_the_weights_only_bypasses():
 
 
 @pytest.mark.parametrize("via_local_dir", [False, True])
-@pytest.mark.parametrize("edit,words", [
-    ({"architecture": "model.py:factory"}, "--trust-checkpoint"),
-    ({"model_args": {"checkpoint_path": "/tmp/x.pth"}}, "checkpoint_path"),
-    ({"num_classes": 4_000_000_000}, "num_classes must be an integer"),
-])
-def test_save_for_hf_config_goes_through_the_same_gate(tmp_path, create_model_calls,
-                                                      via_local_dir, edit, words):
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        ({"architecture": "model.py:factory"}, "--trust-checkpoint"),
+        ({"model_args": {"checkpoint_path": "/tmp/x.pth"}}, "checkpoint_path"),
+        ({"num_classes": 4_000_000_000}, "num_classes must be an integer"),
+    ],
+)
+def test_save_for_hf_config_goes_through_the_same_gate(
+    tmp_path, create_model_calls, via_local_dir, edit, words
+):
     from timm.models import save_for_hf
 
     folder = tmp_path / "hf"

@@ -35,8 +35,21 @@ def test_an_empty_class_folder_is_reported_and_keeps_the_labels(tmp_path):
     root = make_image_folder(tmp_path / "imgs", {"a": 2, "c": 3})
     (root / "b").mkdir()
     csv = tmp_path / "m.csv"
-    result = run("analyze", ckpt, "--data", root, "--input-size", 16, "--device", "cpu",
-                 "--csv", csv, "--per-class", "--json", tmp_path / "m.json")
+    result = run(
+        "analyze",
+        ckpt,
+        "--data",
+        root,
+        "--input-size",
+        16,
+        "--device",
+        "cpu",
+        "--csv",
+        csv,
+        "--per-class",
+        "--json",
+        tmp_path / "m.json",
+    )
     frame = pd.read_csv(csv)
     assert frame["n_classes"].tolist() == [3] and frame["classes_present"].tolist() == [2]
     assert "no samples of class b (index 1)" in result.stderr
@@ -49,8 +62,20 @@ def test_lmc_reset_bn_on_the_evaluation_data_is_refused(tmp_path):
     for bn in (DATA, copy):
         result = run("lmc", A, B, *FAST, "--steps", 2, "--reset-bn", "--bn-data", bn, code=2)
         one_line_error(result, "--bn-data", "evaluation data", "--bn-on-eval-data")
-    run("lmc", A, B, *FAST, "--steps", 2, "--reset-bn", "--bn-data", DATA, "--bn-batches", 1,
-        "--bn-on-eval-data")
+    run(
+        "lmc",
+        A,
+        B,
+        *FAST,
+        "--steps",
+        2,
+        "--reset-bn",
+        "--bn-data",
+        DATA,
+        "--bn-batches",
+        1,
+        "--bn-on-eval-data",
+    )
 
 
 # ----------------------------------------------------------------------------- save-features
@@ -71,8 +96,15 @@ def test_save_features_never_overwrites_its_own_output(tmp_path, command):
         (tmp_path / run_dir).mkdir()
         shutil.copy(A, tmp_path / run_dir / "last.safetensors")
     template = tmp_path / "feats-{name}.safetensors"
-    result = run(command, tmp_path / "r1" / "last.safetensors", tmp_path / "r2" /
-                 "last.safetensors", *FAST, "--save-features", template, code=2)
+    result = run(
+        command,
+        tmp_path / "r1" / "last.safetensors",
+        tmp_path / "r2" / "last.safetensors",
+        *FAST,
+        "--save-features",
+        template,
+        code=2,
+    )
     one_line_error(result, "--save-features", "feats-last.safetensors")
     assert not list(tmp_path.glob("feats-*"))
 
@@ -116,14 +148,21 @@ def test_the_transform_is_recorded_in_the_json_and_the_caption(tmp_path):
     save_file(model.state_dict(), str(ckpt), metadata={"arch": "test_resnet"})
     root = make_image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
     js = tmp_path / "m.json"
-    result = run("analyze", ckpt, "--data", root, "--input-size", 16, "--device", "cpu",
-                 "--json", js)
+    result = run(
+        "analyze", ckpt, "--data", root, "--input-size", 16, "--device", "cpu", "--json", js
+    )
     doc = json.loads(js.read_text())
     cfg = model.pretrained_cfg
-    assert doc["transform"] == {"input_size": [3, 16, 16], "crop_pct": cfg["crop_pct"],
-                                "crop_mode": "center", "interpolation": cfg["interpolation"],
-                                "mean": list(cfg["mean"]), "std": list(cfg["std"])}
-    assert (f"transform: 3x16x16, crop_pct={cfg['crop_pct']} (center), "
-            f"{cfg['interpolation']}, mean=") in result.stdout
+    assert doc["transform"] == {
+        "input_size": [3, 16, 16],
+        "crop_pct": cfg["crop_pct"],
+        "crop_mode": "center",
+        "interpolation": cfg["interpolation"],
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+    }
+    assert (
+        f"transform: 3x16x16, crop_pct={cfg['crop_pct']} (center), {cfg['interpolation']}, mean="
+    ) in result.stdout
     tensors = json.loads(run("analyze", A, *FAST, "--json", "-").stdout)
     assert tensors["transform"] is None

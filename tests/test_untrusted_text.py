@@ -9,7 +9,7 @@ import shutil
 
 import pandas as pd
 from rich.console import Console
-from test_cli import A, FAST, run
+from test_cli import FAST, A, run
 
 from infoprobe import report
 from infoprobe.rows import PER_CLASS_COLUMNS
@@ -36,7 +36,11 @@ def test_escape_sequences_in_a_path_never_reach_stderr(tmp_path):
 
 def test_class_names_and_checkpoints_in_tables_are_escaped():
     row = {c: 1.0 for c in PER_CLASS_COLUMNS} | {
-        "checkpoint": f"ck{ESC}.pt", "class": 0, "name": f"cat{ESC}", "n": 3}
+        "checkpoint": f"ck{ESC}.pt",
+        "class": 0,
+        "name": f"cat{ESC}",
+        "n": 3,
+    }
     out = io.StringIO()
     console = Console(file=out, width=200, force_terminal=True, color_system=None)
     report.render_rows(console, [row], PER_CLASS_COLUMNS, title=f"per class: ck{ESC}.pt")
@@ -46,7 +50,17 @@ def test_class_names_and_checkpoints_in_tables_are_escaped():
 
 
 def test_plot_titles_take_dollar_signs_literally(tmp_path):
-    rows = [{"ratio": 0.0, "accuracy": 1.0, "mir": 0.5, "hdr": 0.1, "mir_dense": 1.0,
-             "hdr_dense": 0.0, "n_classes": 10, "sparsity": 0.0}]
+    rows = [
+        {
+            "ratio": 0.0,
+            "accuracy": 1.0,
+            "mir": 0.5,
+            "hdr": 0.1,
+            "mir_dense": 1.0,
+            "hdr_dense": 0.0,
+            "n_classes": 10,
+            "sparsity": 0.0,
+        }
+    ]
     path = report.plot_prune(rows, tmp_path / "p.png", title="run$_x^{2$ a")
     assert path.stat().st_size > 0

@@ -66,20 +66,24 @@ class FinetuneOptions:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"--optimizer {self.optimizer!r}: use one of "
-                             f"{', '.join(OPTIMIZERS)}")
+            raise InputError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         lr, weight_decay = OPTIMIZERS[self.optimizer]
         if self.lr is None:
             object.__setattr__(self, "lr", lr)
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", weight_decay)
-        _check(self.epochs >= 1, f"--finetune-epochs {self.epochs}: give at least 1 (leave "
-               "out --finetune-data to skip fine-tuning)")
+        _check(
+            self.epochs >= 1,
+            f"--finetune-epochs {self.epochs}: give at least 1 (leave "
+            "out --finetune-data to skip fine-tuning)",
+        )
         _check(self.batch_size >= 1, f"--finetune-batch-size {self.batch_size}: give at least 1")
         _check(math.isfinite(self.lr) and self.lr > 0, f"--lr {self.lr}: give a positive number")
         _check(0 <= self.momentum < 1, f"--momentum {self.momentum}: give a value in [0, 1)")
-        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-               f"--weight-decay {self.weight_decay}: give a value >= 0")
+        _check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"--weight-decay {self.weight_decay}: give a value >= 0",
+        )
 
     def record(self) -> dict:
         """The options as plain values (for JSON and for checking a resumed run)."""
@@ -94,8 +98,9 @@ def _check(ok: bool, message: str) -> None:
 def _optimizer(params: list[Tensor], options: FinetuneOptions) -> torch.optim.Optimizer:
     if options.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
-    return torch.optim.SGD(params, lr=options.lr, momentum=options.momentum,
-                           weight_decay=options.weight_decay)
+    return torch.optim.SGD(
+        params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+    )
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -119,9 +124,15 @@ def _training(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def finetune(model: nn.Module, data: LabelledTensors, options: FinetuneOptions | None = None,
-             *, device: str | torch.device = "auto", amp: str | bool | None = False,
-             channels_last: bool = False) -> list[float]:
+def finetune(
+    model: nn.Module,
+    data: LabelledTensors,
+    options: FinetuneOptions | None = None,
+    *,
+    device: str | torch.device = "auto",
+    amp: str | bool | None = False,
+    channels_last: bool = False,
+) -> list[float]:
     """Train ``model`` in place on ``data``; return the mean training loss of each epoch.
 
     ``device``, ``amp`` and ``channels_last`` mean what they mean for
@@ -144,27 +155,38 @@ def finetune(model: nn.Module, data: LabelledTensors, options: FinetuneOptions |
         model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(params, options)
     try:
-        with _training(model), torch.random.fork_rng(
-                devices=[dev] if dev.type == "cuda" else []):
+        with _training(model), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(options.seed)
             generator = torch.Generator().manual_seed(options.seed)
-            losses = [_epoch(model, data, optimizer, generator, options, dev, amp,
-                             channels_last) for _ in range(options.epochs)]
+            losses = [
+                _epoch(model, data, optimizer, generator, options, dev, amp, channels_last)
+                for _ in range(options.epochs)
+            ]
         if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise Diverged(f"fine-tuning diverged: the weights became NaN/Inf (a layer pruned "
-                           f"away entirely, or --lr {options.lr:g} too high)")
+            raise Diverged(
+                f"fine-tuning diverged: the weights became NaN/Inf (a layer pruned "
+                f"away entirely, or --lr {options.lr:g} too high)"
+            )
         return losses
     finally:
         optimizer.zero_grad(set_to_none=True)
 
 
-def _epoch(model: nn.Module, data: LabelledTensors, optimizer: torch.optim.Optimizer,
-           generator: torch.Generator, options: FinetuneOptions, dev: torch.device,
-           amp: str | bool | None, channels_last: bool) -> float:
+def _epoch(
+    model: nn.Module,
+    data: LabelledTensors,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    options: FinetuneOptions,
+    dev: torch.device,
+    amp: str | bool | None,
+    channels_last: bool,
+) -> float:
     """One pass over shuffled batches; the mean loss, checked finite once per epoch."""
     dtype = probe._amp_dtype(amp)
-    autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
     total = torch.zeros((), dtype=torch.float64, device=dev)
     seen = 0
@@ -186,8 +208,10 @@ def _epoch(model: nn.Module, data: LabelledTensors, optimizer: torch.optim.Optim
         seen += len(index)
     mean = float(total) / seen
     if not math.isfinite(mean):
-        raise Diverged(f"fine-tuning diverged: the training loss became {mean} (a layer "
-                       f"pruned away entirely, or --lr {options.lr:g} too high)")
+        raise Diverged(
+            f"fine-tuning diverged: the training loss became {mean} (a layer "
+            f"pruned away entirely, or --lr {options.lr:g} too high)"
+        )
     return mean
 
 
@@ -195,8 +219,9 @@ def _forward(model: nn.Module, x: Tensor, start: int) -> Tensor:
     try:
         return probe._logits_of(model(x))
     except probe._OOM:
-        raise RunFailure(f"out of memory while fine-tuning a batch of {len(x)}; lower "
-                         "--finetune-batch-size") from None
+        raise RunFailure(
+            f"out of memory while fine-tuning a batch of {len(x)}; lower --finetune-batch-size"
+        ) from None
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
         raise probe._rejected(model, x, e, start) from None
 
@@ -204,6 +229,8 @@ def _forward(model: nn.Module, x: Tensor, start: int) -> Tensor:
 def _check_labels(data: LabelledTensors, num_classes: int) -> None:
     low, high = int(data.labels.min()), int(data.labels.max())
     if low < 0 or high >= num_classes:
-        raise InputError(f"labels of fine-tuning data {data.source} lie in [{low}, {high}] but "
-                         f"the model has {num_classes} classes [0, {num_classes}); check "
-                         "--finetune-data")
+        raise InputError(
+            f"labels of fine-tuning data {data.source} lie in [{low}, {high}] but "
+            f"the model has {num_classes} classes [0, {num_classes}); check "
+            "--finetune-data"
+        )

@@ -230,8 +230,9 @@ def _forward_bn_batch(model: nn.Module, x: Tensor, i: int) -> None:
 # --------------------------------------------------------------------------- the sweep
 
 
-def parse_alphas(steps: int | None = None, alphas: str | Iterable[float] | None = None
-                 ) -> list[float]:
+def parse_alphas(
+    steps: int | None = None, alphas: str | Iterable[float] | None = None
+) -> list[float]:
     """Interpolation points, ascending.
 
     ``steps=K``: ``K`` evenly spaced points ``i / (K - 1)`` (``K >= 2``; exact 0 and 1);
@@ -241,8 +242,9 @@ def parse_alphas(steps: int | None = None, alphas: str | Iterable[float] | None 
     if steps is not None and alphas is not None:
         raise InputError("conflicting options --steps and --alphas: give one of them")
     if alphas is not None:
-        return parse_values(alphas, flag="--alphas", what="alpha", closed=True,
-                            example="0,0.25,0.5,0.75,1")
+        return parse_values(
+            alphas, flag="--alphas", what="alpha", closed=True, example="0,0.25,0.5,0.75,1"
+        )
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InputError(f"--steps {steps!r}: give an integer >= 2 (the endpoints count)")
@@ -256,9 +258,7 @@ def _aliased(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]
     without the clone the sweep would interpolate from already-interpolated weights.
     """
     own = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
-    return {
-        k: v.clone() if v.untyped_storage().data_ptr() in own else v for k, v in state.items()
-    }
+    return {k: v.clone() if v.untyped_storage().data_ptr() in own else v for k, v in state.items()}
 
 
 def _check_fits(model: nn.Module, state: Mapping[str, Tensor]) -> None:
@@ -377,16 +377,17 @@ def barriers(rows: Iterable[Mapping]) -> dict:
         points[alpha] = (loss, acc)
     ends = [next((a for a in points if is_done(a, [end])), None) for end in (0.0, 1.0)]
     if None in ends:
-        return _no_barrier(
-            "barriers need rows at alpha = 0 and alpha = 1; include both endpoints"
-        )
+        return _no_barrier("barriers need rows at alpha = 0 and alpha = 1; include both endpoints")
     (loss0, acc0), (loss1, acc1) = points[ends[0]], points[ends[1]]
     ordered = sorted(points.items())
     # gap above (loss) or drop below (accuracy) the straight line between the endpoints
     loss = _largest([(la[0] - ((1 - a) * loss0 + a * loss1), a) for a, la in ordered])
     acc = _largest([(((1 - a) * acc0 + a * acc1) - la[1], a) for a, la in ordered])
-    notes = [f"{what} barrier is NaN: a {what} along the path is NaN"
-             for what, value in (("loss", loss), ("accuracy", acc)) if math.isnan(value[0])]
+    notes = [
+        f"{what} barrier is NaN: a {what} along the path is NaN"
+        for what, value in (("loss", loss), ("accuracy", acc))
+        if math.isnan(value[0])
+    ]
     return {
         "loss_barrier": float(loss[0]),
         "loss_barrier_alpha": float(loss[1]),

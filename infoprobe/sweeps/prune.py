@@ -68,15 +68,15 @@ _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 Target = tuple[nn.Module, str]
 
 
-
 def parse_ratios(text: str | Iterable[float]) -> list[float]:
     """Pruning ratios from ``"0,0.5,0.9"`` (or a sequence), ascending.
 
     Each must be a finite number in [0, 1) (1 would remove every weight), given once.
     Raises :class:`InputError` naming the bad value.
     """
-    return parse_values(text, flag="--ratios", what="ratio", closed=False,
-                        example="0,0.1,0.3,0.5,0.7,0.9")
+    return parse_values(
+        text, flag="--ratios", what="ratio", closed=False, example="0,0.1,0.3,0.5,0.7,0.9"
+    )
 
 
 def prunable_parameters(
@@ -89,20 +89,30 @@ def prunable_parameters(
     :class:`InputError` "model has no prunable layers" when nothing is left, and for a
     weight tensor shared by two layers (tied weights).
     """
-    layers = [m for m in model.modules()
-              if isinstance(m, _PRUNABLE) and isinstance(getattr(m, "weight", None), Tensor)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, _PRUNABLE) and isinstance(getattr(m, "weight", None), Tensor)
+    ]
     if not layers:
-        raise InputError("model has no prunable layers (no Conv1d/2d/3d or Linear weights); "
-                         "pruning sweeps need at least one")
+        raise InputError(
+            "model has no prunable layers (no Conv1d/2d/3d or Linear weights); "
+            "pruning sweeps need at least one"
+        )
     if not include_head:
-        excluded = ([head] if isinstance(head, nn.Module)
-                    else [m for _, m in probe.find_heads(model, head_path=head)])
+        excluded = (
+            [head]
+            if isinstance(head, nn.Module)
+            else [m for _, m in probe.find_heads(model, head_path=head)]
+        )
         # a NormLinear head (LeViT) holds its Linear: that Linear is the head too
         inside = {id(x) for m in excluded for x in m.modules()}
         layers = [m for m in layers if id(m) not in inside]
         if not layers:
-            raise InputError("model has no prunable layers besides the classifier head; "
-                             "pass --include-head to prune the head")
+            raise InputError(
+                "model has no prunable layers besides the classifier head; "
+                "pass --include-head to prune the head"
+            )
     _check_untied(model, layers)
     return [(m, "weight") for m in layers]
 
@@ -114,9 +124,11 @@ def _check_untied(model: nn.Module, layers: list[nn.Module]) -> None:
         other = owner.setdefault(id(m.weight), m)
         if other is not m:
             names = {id(x): n for n, x in model.named_modules()}
-            raise InputError(f"layers {names[id(other)]} and {names[id(m)]} share one weight "
-                             "tensor (tied weights), which unstructured pruning cannot mask "
-                             "consistently; untie them before pruning")
+            raise InputError(
+                f"layers {names[id(other)]} and {names[id(m)]} share one weight "
+                "tensor (tied weights), which unstructured pruning cannot mask "
+                "consistently; untie them before pruning"
+            )
 
 
 def measured_sparsity(targets: list[Target]) -> float:
@@ -163,8 +175,9 @@ def _prune_to(targets: list[Target], ratio: float, method: str, seed: int) -> No
         for module, name in targets:
             k = round(ratio * getattr(module, name).numel()) - _masked(module, name)
             if k > 0:
-                prune.l1_unstructured(module, name, amount=k,
-                                      importance_scores=scores[(module, name)])
+                prune.l1_unstructured(
+                    module, name, amount=k, importance_scores=scores[(module, name)]
+                )
         return
     total = sum(getattr(m, n).numel() for m, n in targets)
     k = round(ratio * total) - sum(_masked(m, n) for m, n in targets)
@@ -172,11 +185,13 @@ def _prune_to(targets: list[Target], ratio: float, method: str, seed: int) -> No
         return
     if method == "random":
         with _seeded(seed, targets):
-            prune.global_unstructured(targets, pruning_method=prune.RandomUnstructured,
-                                      amount=k, importance_scores=scores)
+            prune.global_unstructured(
+                targets, pruning_method=prune.RandomUnstructured, amount=k, importance_scores=scores
+            )
     else:
-        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=k,
-                                  importance_scores=scores)
+        prune.global_unstructured(
+            targets, pruning_method=prune.L1Unstructured, amount=k, importance_scores=scores
+        )
 
 
 @dataclass(frozen=True)
@@ -194,16 +209,18 @@ class _Tuning:
         finetune(self.model, self.data, self.options, **self.kwargs)
         _apply_masks(self.targets)
 
-    def tune(self, measure: Callable[[], tuple[probe.Evaluation, dict]]
-             ) -> tuple[probe.Evaluation, dict] | str:
+    def tune(
+        self, measure: Callable[[], tuple[probe.Evaluation, dict]]
+    ) -> tuple[probe.Evaluation, dict] | str:
         """Train, then ``measure()``; without ``iterative`` a divergence is the row's note."""
         try:
             self.train()
             try:
                 return measure()
             except NonFiniteFeatures:  # finite weights, overflowing activations
-                raise Diverged("fine-tuning diverged: the fine-tuned model's features are "
-                               "NaN/Inf") from None
+                raise Diverged(
+                    "fine-tuning diverged: the fine-tuned model's features are NaN/Inf"
+                ) from None
         except Diverged as e:
             if self.iterative:  # the next ratios would start from unusable weights
                 raise
@@ -220,8 +237,9 @@ def _apply_masks(targets: list[Target]) -> None:
     with torch.no_grad():
         for module, name in targets:
             if hasattr(module, name + "_mask"):
-                setattr(module, name,
-                        getattr(module, name + "_orig") * getattr(module, name + "_mask"))
+                setattr(
+                    module, name, getattr(module, name + "_orig") * getattr(module, name + "_mask")
+                )
 
 
 class _DenseState:
@@ -240,9 +258,12 @@ class _DenseState:
         self.targets = targets
         self.orders = [list(m._parameters) for m, _ in targets]
         if everything:
-            self.saved = [(m, k, t.detach().clone()) for m in model.modules()
-                          for k, t in (*m._parameters.items(), *m._buffers.items())
-                          if t is not None]
+            self.saved = [
+                (m, k, t.detach().clone())
+                for m in model.modules()
+                for k, t in (*m._parameters.items(), *m._buffers.items())
+                if t is not None
+            ]
         else:
             self.saved = [(m, n, getattr(m, n).detach().clone()) for m, n in targets]
 
@@ -290,8 +311,12 @@ def _dense_interplay(dense: Tensor, pruned: Tensor, options: MeasureOptions) -> 
     )
 
 
-def _vs_dense(dense: probe.Evaluation, evaluation: probe.Evaluation, options: MeasureOptions,
-              dense_metrics: bool) -> tuple[float, float, str]:
+def _vs_dense(
+    dense: probe.Evaluation,
+    evaluation: probe.Evaluation,
+    options: MeasureOptions,
+    dense_metrics: bool,
+) -> tuple[float, float, str]:
     """(MIR, HDR, why NaN) between the dense and the evaluated features."""
     if not dense_metrics:
         return math.nan, math.nan, "not computed (dense_metrics=False)"
@@ -308,10 +333,17 @@ def _cut_layers(targets: list[Target], names: dict[nn.Module, str]) -> str:
     return f"{len(cut)} layer(s) pruned entirely ({shown})"
 
 
-def _prune_row(ratio: float, sparsity: float, dense: probe.Evaluation,
-               evaluation: probe.Evaluation, row: dict, options: MeasureOptions,
-               dense_metrics: bool, tuned: tuple[probe.Evaluation, dict] | str | None,
-               cut: str) -> dict:
+def _prune_row(
+    ratio: float,
+    sparsity: float,
+    dense: probe.Evaluation,
+    evaluation: probe.Evaluation,
+    row: dict,
+    options: MeasureOptions,
+    dense_metrics: bool,
+    tuned: tuple[probe.Evaluation, dict] | str | None,
+    cut: str,
+) -> dict:
     """The prune columns, then the analysis row; NaN reasons join ``note``.
 
     ``tuned``: the evaluation and analysis row after fine-tuning, or why there are none
@@ -327,10 +359,17 @@ def _prune_row(ratio: float, sparsity: float, dense: probe.Evaluation,
     elif tuned is not None:
         ft_evaluation, ft_row = tuned
         ft_mir, ft_hdr, ft_why = _vs_dense(dense, ft_evaluation, options, dense_metrics)
-        ft = dict(zip(FT_COLUMNS, (ft_row["accuracy"], ft_row["loss"], ft_row["mir"],
-                                   ft_row["hdr"], ft_mir, ft_hdr), strict=True))
-        notes += [ft_row["note"] and f"fine-tuned: {ft_row['note']}",
-                  ft_why and dense_metrics and f"fine-tuned vs dense: {ft_why}"]
+        ft = dict(
+            zip(
+                FT_COLUMNS,
+                (ft_row["accuracy"], ft_row["loss"], ft_row["mir"], ft_row["hdr"], ft_mir, ft_hdr),
+                strict=True,
+            )
+        )
+        notes += [
+            ft_row["note"] and f"fine-tuned: {ft_row['note']}",
+            ft_why and dense_metrics and f"fine-tuned vs dense: {ft_why}",
+        ]
     return {
         "ratio": ratio,
         "sparsity": sparsity,
@@ -394,34 +433,72 @@ def prune_sweep(
     a model that already carries ``torch.nn.utils.prune`` masks, or ``finetune_options``
     without ``finetune_data``.
     """
-    sweep = _prune_sweep(model, data, parse_ratios(ratios), method, include_head, seed,
-                         iterative, dense_metrics, name, dict(eval_kwargs or {}), measure,
-                         finetune_data, finetune_options, [float(s) for s in skip], progress)
+    sweep = _prune_sweep(
+        model,
+        data,
+        parse_ratios(ratios),
+        method,
+        include_head,
+        seed,
+        iterative,
+        dense_metrics,
+        name,
+        dict(eval_kwargs or {}),
+        measure,
+        finetune_data,
+        finetune_options,
+        [float(s) for s in skip],
+        progress,
+    )
     _LIVE.add(sweep)
     return sweep
 
 
-def _prune_sweep(model, data, ratios, method, include_head, seed, iterative, dense_metrics,
-                 name, eval_kwargs, measure, finetune_data, finetune_options, skip, progress
-                 ) -> Iterator[dict]:
+def _prune_sweep(
+    model,
+    data,
+    ratios,
+    method,
+    include_head,
+    seed,
+    iterative,
+    dense_metrics,
+    name,
+    eval_kwargs,
+    measure,
+    finetune_data,
+    finetune_options,
+    skip,
+    progress,
+) -> Iterator[dict]:
     """The body of :func:`prune_sweep` (a generator: nothing runs before the first row)."""
     if method not in METHODS:
         raise InputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     if finetune_options is not None and finetune_data is None:
         raise InputError("fine-tuning options need fine-tuning data (--finetune-data)")
     if prune.is_pruned(model):
-        raise InputError("the model already carries torch.nn.utils.prune masks; apply them "
-                         "with torch.nn.utils.prune.remove before a pruning sweep")
-    targets = prunable_parameters(model, include_head=include_head,
-                                  head=eval_kwargs.get("head"))
+        raise InputError(
+            "the model already carries torch.nn.utils.prune masks; apply them "
+            "with torch.nn.utils.prune.remove before a pruning sweep"
+        )
+    targets = prunable_parameters(model, include_head=include_head, head=eval_kwargs.get("head"))
     todo = pending(ratios, skip)
     if not todo:
         return
 
     names = {m: n for n, m in model.named_modules()}
-    tuning = None if finetune_data is None else _Tuning(
-        model, finetune_data, finetune_options, targets, iterative,
-        {k: eval_kwargs[k] for k in ("device", "amp", "channels_last") if k in eval_kwargs})
+    tuning = (
+        None
+        if finetune_data is None
+        else _Tuning(
+            model,
+            finetune_data,
+            finetune_options,
+            targets,
+            iterative,
+            {k: eval_kwargs[k] for k in ("device", "amp", "channels_last") if k in eval_kwargs},
+        )
+    )
 
     with sweep_progress(progress, len(todo), f"prune {name}") as step:
         dense, dense_row = evaluate_row(model, data, name, eval_kwargs, measure)
@@ -444,12 +521,14 @@ def _prune_sweep(model, data, ratios, method, include_head, seed, iterative, den
                     evaluation, row = dense, dense_row
                 tuned = None
                 if tuning is not None:
-                    tuned = tuning.tune(lambda: evaluate_row(model, data, name, eval_kwargs,
-                                                             measure))
+                    tuned = tuning.tune(
+                        lambda: evaluate_row(model, data, name, eval_kwargs, measure)
+                    )
                     changed = True
                 step()
-                yield _prune_row(ratio, sparsity, dense, evaluation, row, measure,
-                                 dense_metrics, tuned, cut)
+                yield _prune_row(
+                    ratio, sparsity, dense, evaluation, row, measure, dense_metrics, tuned, cut
+                )
                 if not iterative:
                     saved.restore()
                     changed = False
