@@ -24,7 +24,7 @@ from pathlib import Path
 import timm
 import torch
 
-from infoprobe import checkpoint, collapse, probe, rows
+from infoprobe import checkpoints, collapse, probe, rows
 from infoprobe.data import LabelledTensors, load_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def timed(fn) -> tuple[float, float]:
 
 
 def configurations():
-    fixture = checkpoint.load_model(ROOT / "fixtures" / "lmc" / "same_init_a.safetensors")
+    fixture = checkpoints.load_model(ROOT / "fixtures" / "lmc" / "same_init_a.safetensors")
     digits = load_data(ROOT / "fixtures" / "digits" / "test.safetensors", model=fixture.model)
     yield "digits MLP fixture", fixture.model, digits
     for classes, n in ((10, 2000), (100, 5000)):

@@ -127,7 +127,7 @@ def loss_on_cuda() -> None:
 
 
 def probe_on_cuda() -> None:
-    from infoprobe.checkpoint import load_model
+    from infoprobe.checkpoints import load_model
     from infoprobe.data import load_data
     from infoprobe.probe import evaluate
 

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
 from infoprobe import __version__, allowlist, api, distributed, report
-from infoprobe.checkpoint import checkpoint_files
+from infoprobe.checkpoints import checkpoint_files
 from infoprobe.collapse import NC_COLUMNS
 from infoprobe.errors import InfoprobeError, InputError, RunFailure
 from infoprobe.info import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EXACT_DIM

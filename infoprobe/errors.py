@@ -38,3 +38,15 @@ def unwritable(path: object, err: OSError) -> RunFailure:
         "any earlier version of the file is intact: fix the folder and rerun (sweeps: with "
         "--resume)"
     )
+
+
+def short_list(items: list, n: int = 5) -> str:
+    """The first ``n`` items, comma-separated, then ``+K more``: for one-line errors."""
+    items = [str(i) for i in items]
+    more = f", +{len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def bracketed(items: list, n: int = 5) -> str:
+    """:func:`short_list` in brackets: ``[a, b, +3 more]``."""
+    return "[" + short_list(items, n) + "]"

@@ -11,7 +11,7 @@ import torch
 from conftest import make_inputs, make_timm, randomize_buffers, write_custom_model
 from safetensors.torch import save_file
 
-from infoprobe import checkpoint as ck
+from infoprobe import checkpoints as ck
 from infoprobe.errors import InputError
 
 

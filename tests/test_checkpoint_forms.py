@@ -13,7 +13,7 @@ from safetensors.torch import save_model
 from timm.models import save_for_hf
 
 from infoprobe import data as datasets
-from infoprobe.checkpoint import checkpoint_files, load_model
+from infoprobe.checkpoints import checkpoint_files, load_model
 from infoprobe.errors import InputError
 
 DATA_CFG = {

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from infoprobe import __version__, cli, probe
-from infoprobe.checkpoint import load_model
+from infoprobe.checkpoints import load_model
 from infoprobe.data import load_data
 from infoprobe.errors import RunFailure
 from infoprobe.probe import evaluate
@@ -335,7 +335,7 @@ def test_bad_input_is_one_line_and_exit_2(args, words, monkeypatch):
     def no_work(*a, **k):
         raise AssertionError("bad input must be caught before any model is loaded")
 
-    monkeypatch.setattr("infoprobe.checkpoint.load_model", no_work)
+    monkeypatch.setattr("infoprobe.checkpoints.load_model", no_work)
     one_line_error(run(*args, code=2), *words)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from infoprobe import probe
-from infoprobe.checkpoint import load_model
+from infoprobe.checkpoints import load_model
 from infoprobe.data import LabelledTensors, load_data
 from infoprobe.errors import InputError
 from infoprobe.info import interplay_between
@@ -372,7 +372,7 @@ def test_finetune_refuses_labels_beyond_the_head(digits):
 
 def test_a_half_consumed_sweep_at_interpreter_exit_exits_cleanly():
     script = textwrap.dedent(f"""
-        from infoprobe.checkpoint import load_model
+        from infoprobe.checkpoints import load_model
         from infoprobe.data import load_data
         from infoprobe.sweeps import prune_sweep
         model = load_model({str(A)!r}).model

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from infoprobe import probe
-from infoprobe.checkpoint import load_model, read_state_dict
+from infoprobe.checkpoints import load_model, read_state_dict
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
 from infoprobe.rows import COLUMNS, analysis_row

@@ -332,7 +332,7 @@ FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures
 
 
 def test_bundled_checkpoint_on_bundled_digits():
-    from infoprobe.checkpoint import load_model, series_order
+    from infoprobe.checkpoints import load_model, series_order
     from infoprobe.data import load_data
 
     loaded = load_model(FIXTURES / "label_smoothing" / "ls0.0.safetensors")  # arch recorded

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_inputs, make_timm
 
-from infoprobe import checkpoint as ck
+from infoprobe import checkpoints as ck
 from infoprobe import report
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError

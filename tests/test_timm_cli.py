@@ -16,7 +16,7 @@ from timm.models import save_for_hf
 from typer.testing import CliRunner
 
 from infoprobe import cli
-from infoprobe.checkpoint import load_model
+from infoprobe.checkpoints import load_model
 from infoprobe.rows import COLUMNS, PER_CLASS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]

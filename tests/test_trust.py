@@ -14,7 +14,7 @@ from conftest import CUSTOM_MODEL_SRC, make_timm
 from safetensors.torch import save_file
 
 from infoprobe import allowlist
-from infoprobe import checkpoint as ck
+from infoprobe import checkpoints as ck
 from infoprobe.errors import InputError
 
 # A model file that leaves a marker when imported: proof that code ran.

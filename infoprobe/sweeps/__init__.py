@@ -13,113 +13,12 @@ that appends rows to a file keeps the finished ones when a sweep is interrupted.
 holds point values already done (resume); they are not evaluated. ``progress`` (a
 :class:`~infoprobe.probe.ProgressSink`) gets one step per yielded row.
 
-The helpers below are shared by both sweeps. The public names are re-exported at the end of
-this file: the submodules import the helpers from here, so the helpers come first.
+Their shared helpers live in :mod:`infoprobe.sweeps.common`.
 """
 
-from __future__ import annotations
-
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-
-from torch import nn
-
-from infoprobe import probe
-from infoprobe.data import LabelledTensors
-from infoprobe.errors import InputError
-from infoprobe.rows import MeasureOptions, analysis_row
-
-#: Two point values closer than this are the same point (duplicates, resume matching).
-#: Values read back from a CSV written with full precision match exactly; the tolerance
-#: absorbs CSVs written with 6 significant digits (1/3 -> 0.333333).
-VALUE_TOL = 1e-6
-
-#: The default measurement options (frozen, so one shared instance is safe).
-DEFAULT_MEASURE = MeasureOptions()
-
-
-def parse_values(
-    spec: str | Iterable[float], *, flag: str, what: str, closed: bool, example: str
-) -> list[float]:
-    """Point values from ``"0,0.25,1"`` or a sequence of numbers, sorted ascending.
-
-    Every value must be finite and lie in [0, 1] (``closed``) or [0, 1); no two may be
-    within :data:`VALUE_TOL`. Raises :class:`InputError` naming the offending value and
-    ``flag``; ``example`` is shown when the list is empty.
-    """
-    items = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else list(spec)
-    if not items or items == [""]:
-        raise InputError(f"{flag} is empty: give comma-separated {what}s, e.g. {flag} {example}")
-    values = [_as_value(item, flag, what) for item in items]
-    top = "1]" if closed else "1)"
-    for v in values:
-        if not (0.0 <= v <= 1.0) or (v == 1.0 and not closed):
-            raise InputError(f"{flag}: {what} {v:g} is outside [0, {top}; use values in [0, {top}")
-    values.sort()
-    for low, high in zip(values, values[1:], strict=False):
-        if high - low <= VALUE_TOL:
-            raise InputError(f"{flag}: {what} {high:g} is given twice; list each {what} once")
-    return values
-
-
-def _as_value(item: object, flag: str, what: str) -> float:
-    try:
-        value = float(item)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InputError(f"{flag}: {item!r} is not a number; give {what}s like 0,0.5") from None
-    if not math.isfinite(value):
-        raise InputError(f"{flag}: {what} {item!r} is not finite; use values in [0, 1]")
-    return value
-
-
-def is_done(value: float, skip: Iterable[float]) -> bool:
-    """Whether ``value`` is one of ``skip`` (within :data:`VALUE_TOL`)."""
-    return any(abs(value - float(s)) <= VALUE_TOL for s in skip)
-
-
-def pending(values: Sequence[float], skip: Iterable[float]) -> list[float]:
-    """``values`` less those already done; ``skip`` is read once."""
-    done = [float(s) for s in skip]
-    return [v for v in values if not is_done(v, done)]
-
-
-def evaluate_row(
-    model: nn.Module,
-    data: LabelledTensors,
-    name: str,
-    eval_kwargs: dict,
-    measure: MeasureOptions,
-) -> tuple[probe.Evaluation, dict]:
-    """One pass of ``model`` over ``data`` and its :func:`~infoprobe.rows.analysis_row`.
-
-    ``probe.evaluate`` is looked up at call time so that benchmarks and tests can wrap it.
-    """
-    evaluation = probe.evaluate(model, data, **eval_kwargs)
-    return evaluation, analysis_row(name, evaluation, measure)
-
-
-@contextmanager
-def sweep_progress(
-    progress: probe.ProgressSink | None, total: int, description: str
-) -> Iterator[Callable[[], None]]:
-    """A ``step()`` callable advancing ``progress`` by one; the bar stops on exit.
-
-    Held across ``yield`` in a sweep generator, so closing the generator early also stops it.
-    """
-    if progress is None:
-        yield lambda: None
-        return
-    progress.start(total, description)
-    try:
-        yield lambda: progress.advance(1)
-    finally:
-        progress.stop()
-
-
-# Public API (imported last: lmc and prune import the helpers above from this package).
-from infoprobe.sweeps.finetune import FinetuneOptions, finetune  # noqa: E402
-from infoprobe.sweeps.lmc import (  # noqa: E402
+from infoprobe.sweeps.common import VALUE_TOL
+from infoprobe.sweeps.finetune import FinetuneOptions, finetune
+from infoprobe.sweeps.lmc import (
     barriers,
     batchnorm_layers,
     check_compatible,
@@ -128,7 +27,7 @@ from infoprobe.sweeps.lmc import (  # noqa: E402
     parse_alphas,
     reset_bn_statistics,
 )
-from infoprobe.sweeps.prune import (  # noqa: E402
+from infoprobe.sweeps.prune import (
     METHODS,
     measured_sparsity,
     parse_ratios,

@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from infoprobe import probe
-from infoprobe.checkpoint import compare_states, short_list
+from infoprobe.checkpoints import compare_states
 from infoprobe.data import LabelledTensors
-from infoprobe.errors import InputError, RunFailure
+from infoprobe.errors import InputError, RunFailure, short_list
 from infoprobe.info import DEFAULT_BATCH_SIZE, batch_indices
 from infoprobe.rows import MeasureOptions
-from infoprobe.sweeps import (
+from infoprobe.sweeps.common import (
     DEFAULT_MEASURE,
     evaluate_row,
     is_done,

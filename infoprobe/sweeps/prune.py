@@ -42,7 +42,7 @@ from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, NonFiniteFeatures
 from infoprobe.info import Interplay, interplay_between
 from infoprobe.rows import FT_COLUMNS, MeasureOptions
-from infoprobe.sweeps import (
+from infoprobe.sweeps.common import (
     DEFAULT_MEASURE,
     evaluate_row,
     is_done,
