@@ -78,7 +78,7 @@ def _decode_all(root: Path, workers: int):
     from infoprobe import data
 
     cfg = data.resolve_transform_config(None, input_size=224)
-    stream = data._open_images(root, None, cfg, None, 0, workers)
+    stream = data.images.open_images(root, None, cfg, None, 0, workers)
     loader = torch.utils.data.DataLoader(stream._decode, batch_size=64, num_workers=workers)
     xs, ys = [], []
     for x, y in loader:

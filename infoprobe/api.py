@@ -35,8 +35,9 @@ from typing import Any
 
 import pandas as pd
 
-from infoprobe import checkpoints, distributed, probe
+from infoprobe import checkpoints as ckpts
 from infoprobe import data as datasets
+from infoprobe import distributed, features_file, probe
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.info import DEFAULT_BATCH_SIZE
 from infoprobe.rows import (
@@ -158,7 +159,7 @@ class RunOptions:
         """Keyword arguments of :func:`infoprobe.checkpoints.load_model`."""
         kwargs = self.model_kwargs
         if kwargs is None or not isinstance(kwargs, Mapping):
-            kwargs = checkpoints.parse_model_kwargs(list(kwargs) if kwargs else None)
+            kwargs = ckpts.parse_model_kwargs(list(kwargs) if kwargs else None)
         return dict(
             arch=self.arch,
             num_classes=self.num_classes,
@@ -298,7 +299,7 @@ def run_record(command: str, data: str | None, **options: Any) -> dict[str, Any]
         if isinstance(value, Enum):
             value = value.value
         if key == "model_kwargs" and value is not None and not isinstance(value, Mapping):
-            value = checkpoints.parse_model_kwargs(list(value))
+            value = ckpts.parse_model_kwargs(list(value))
         if key.endswith("data") and isinstance(value, str):
             value = str(Path(value).expanduser().resolve())
         if isinstance(value, tuple):
@@ -322,7 +323,7 @@ def check_inputs(paths: Sequence[str], data: str | None, *, allow_features: bool
     for p in paths:
         if not Path(p).expanduser().exists():
             raise InputError(f"{p} does not exist; check the path")
-    features = [probe.is_features_file(p) for p in paths]
+    features = [features_file.is_features_file(p) for p in paths]
     if any(features) and not allow_features:
         first = paths[features.index(True)]
         raise InputError(f"{first} is a features file; this command needs checkpoints")
@@ -348,8 +349,8 @@ def _evaluate(
     """(evaluation, dataset, model columns) for a checkpoint on ``data``; (evaluation, None,
     None) for a features file."""
     if is_features:
-        return probe.load_features(path), None, None
-    loaded = checkpoints.load_model(path, **opts.load_kwargs())
+        return features_file.load_features(path), None, None
+    loaded = ckpts.load_model(path, **opts.load_kwargs())
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     evaluation = probe.evaluate(loaded.model, dataset, **opts.eval_kwargs(), progress=progress)
     return evaluation, dataset, model_columns(loaded.arch, loaded.model, dataset.inputs)
@@ -372,7 +373,7 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
     would write one file, so that no output of the run overwrites another."""
     if template is None:
         return {}
-    targets = {p: template.replace("{name}", checkpoints.checkpoint_stem(p)) for p in paths}
+    targets = {p: template.replace("{name}", ckpts.checkpoint_stem(p)) for p in paths}
     seen: dict[str, str] = {}
     for path, target in targets.items():
         if target in seen:
@@ -387,7 +388,7 @@ def features_targets(template: str | None, paths: Sequence[str]) -> dict[str, st
 def _save_features(targets: dict[str, str], path: str, evaluation: Any, log: Log | None) -> None:
     if path not in targets or not distributed.is_main():  # under torchrun rank 0 writes
         return
-    probe.save_features(targets[path], evaluation)
+    features_file.save_features(targets[path], evaluation)
     _say(log, f"wrote features {targets[path]}")
 
 
@@ -436,7 +437,7 @@ def analyze(
     _check_errors(errors)
     check_inputs(paths, data, allow_features=True)
     # a folder of checkpoints is measured file by file (a save_for_hf folder is one)
-    paths = [str(p) for p in checkpoints.checkpoint_files(paths)]
+    paths = [str(p) for p in ckpts.checkpoint_files(paths)]
     features = check_inputs(paths, data, allow_features=True)
     targets = features_targets(save_features, paths)
     errors = errors if len(paths) > 1 else "raise"  # one checkpoint: nothing else to keep
@@ -508,7 +509,7 @@ def _series(
 ) -> tuple[list[tuple[Path, int]], list[tuple[Path, InfoprobeError]]]:
     """The run's checkpoints with their steps, and those whose step cannot be read; say
     which aliases are skipped and why."""
-    plan = checkpoints.series_plan(paths, trust_checkpoint=opts.trust_checkpoint)
+    plan = ckpts.series_plan(paths, trust_checkpoint=opts.trust_checkpoint)
     for path, why in plan.skipped:
         _say(log, f"skipping {path}: {why}")
     if plan.note:
@@ -561,7 +562,7 @@ def track(
         rows.append(_finish({"step": step, **row}, on_row))
     for path, error in unreadable:
         row = _failed(str(path), error, errors, failed, log)
-        rows.append(_finish({"step": checkpoints.name_number(path), **row}, on_row))
+        rows.append(_finish({"step": ckpts.name_number(path), **row}, on_row))
     _warn(failed, len(rows), log)
     return _frame("track", rows, data=data, transform=_transform(used), failed=failed)
 
@@ -628,10 +629,10 @@ def lmc(
     measure = opts.measure()
     name = f"{a}→{b}"
     done = list(done)
-    loaded = checkpoints.load_model(a, **opts.load_kwargs())
+    loaded = ckpts.load_model(a, **opts.load_kwargs())
     # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
     state_a = loaded.model.state_dict()
-    state_b, _ = checkpoints.read_state_dict(
+    state_b, _ = ckpts.read_state_dict(
         b, ema=opts.ema, strip_prefix=opts.strip_prefix, trust_checkpoint=opts.trust_checkpoint
     )
     lmc_lib.check_compatible(state_a, state_b, a, b)
@@ -830,7 +831,7 @@ def prune(
     measure = opts.measure()
     done = list(done)
     _check_resumed_finetune(done, tune)
-    loaded = checkpoints.load_model(checkpoint_path, **opts.load_kwargs())
+    loaded = ckpts.load_model(checkpoint_path, **opts.load_kwargs())
     dataset = opts.load_data(data, loaded.model, progress, opts.max_samples, log)
     _check_resumed(done, checkpoint_path, len(dataset), measure, log)
     train = None

@@ -8,10 +8,8 @@ and samples. Head weights are W [C, d], bias excluded.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -19,25 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infoprobe import distributed
-from infoprobe.data import Dataset, model_in_chans, validate_labels
-from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure, unwritable
+from infoprobe.data import Dataset, model_in_chans
+from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure
+from infoprobe.heads import Classifier, find_heads
 from infoprobe.info import DEFAULT_BATCH_SIZE
 
-__all__ = [
-    "Evaluation",
-    "ProgressSink",
-    "evaluate",
-    "find_head",
-    "find_heads",
-    "head_weight",
-    "is_features_file",
-    "load_features",
-    "resolve_device",
-    "restrict_classes",
-    "save_features",
-]
-
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 _AMP = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -83,9 +70,6 @@ class Evaluation:
         return int(self.head.shape[0])
 
 
-# --------------------------------------------------------------------------- device, head
-
-
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:k`` or ``mps``."""
     if isinstance(spec, torch.device):
@@ -111,121 +95,6 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise InputError(f"--device {spec}: unsupported; use auto, cpu, cuda, cuda:K or mps")
     return dev
-
-
-def _kind(m: nn.Module) -> str:
-    # TorchScript submodules are not nn.Linear instances but keep their original name
-    return getattr(m, "original_name", type(m).__name__)
-
-
-def _is_head_like(m: nn.Module) -> bool:
-    if _kind(m) == "NormLinear":  # timm's BatchNorm1d + Linear head (LeViT): one affine map
-        return isinstance(getattr(m, "linear", None), nn.Linear)
-    w = getattr(m, "weight", None)
-    if not isinstance(w, Tensor):
-        return False
-    if _kind(m) == "Linear":
-        return w.ndim == 2
-    if _kind(m) in ("Conv2d", "Conv1d"):
-        return all(s == 1 for s in w.shape[2:]) and getattr(m, "groups", 1) == 1
-    return False
-
-
-def find_heads(
-    model: nn.Module, num_classes: int | None = None, head_path: str | None = None
-) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the classifier: the module at ``head_path``; else every head
-    timm's ``get_classifier()`` returns (two for distilled models, one per branch for
-    CrossViT); else the last-registered nn.Linear (or 1x1 conv) with ``num_classes``
-    outputs."""
-    names = {id(m): n for n, m in model.named_modules()}
-    if head_path:
-        try:
-            m = model.get_submodule(head_path)
-        except AttributeError:
-            found = [n for n, m in model.named_modules() if _is_head_like(m)]
-            raise InputError(
-                f"--head {head_path}: no such module; linear layers: "
-                f"{', '.join(found[-5:]) or 'none'}"
-            ) from None
-        if not _is_head_like(m):
-            raise InputError(f"--head {head_path} is a {_kind(m)}; give a Linear or 1x1 conv")
-        return [(head_path, m)]
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        m = get_classifier()
-        if isinstance(m, (tuple, list, nn.ModuleList)):
-            parts = list(m)
-            odd = [names.get(id(x), _kind(x)) for x in parts if not _is_head_like(x)]
-            if odd:
-                raise InputError(
-                    f"the model's classifier heads {', '.join(odd)} are not "
-                    "Linear layers (built with num_classes=0?); pass --head"
-                )
-            return [(names.get(id(x), _kind(x)), x) for x in parts]
-        if isinstance(m, nn.Module):
-            if _is_head_like(m):
-                return [(names.get(id(m), "classifier"), m)]
-            inner = [x for x in m.modules() if _is_head_like(x)]
-            if inner:
-                return [(names.get(id(inner[-1]), "classifier"), inner[-1])]
-            raise InputError(
-                f"the model's classifier is a {_kind(m)} (built with "
-                "num_classes=0?); pass --num-classes or --head"
-            )
-    found = [
-        (n, m)
-        for n, m in model.named_modules()
-        if _is_head_like(m) and (num_classes is None or _affine(m)[0].shape[0] == num_classes)
-    ]
-    if not found:
-        what = f" with {num_classes} outputs" if num_classes else ""
-        raise InputError(
-            f"no classifier head found: no nn.Linear or 1x1 conv{what}; pass --head module.path"
-        )
-    return [found[-1]]
-
-
-def find_head(
-    model: nn.Module, num_classes: int | None = None, head_path: str | None = None
-) -> nn.Module:
-    """The one classifier layer of :func:`find_heads`; InputError naming the heads when the
-    model has several."""
-    heads = find_heads(model, num_classes, head_path)
-    if len(heads) > 1:
-        raise InputError(
-            f"the model has several classifier heads ({_names(heads)}); pick one with --head"
-        )
-    return heads[0][1]
-
-
-def _names(heads: list[tuple[str, nn.Module]]) -> str:
-    return ", ".join(n for n, _ in heads)
-
-
-def _affine(head: nn.Module) -> tuple[Tensor, Tensor]:
-    """``(W [C, d], b [C])`` float32 on cpu with ``head(z) = z @ W.T + b``: a 1x1 conv kernel
-    is flattened, and a NormLinear's BatchNorm (eval mode) is folded into its Linear."""
-    if _kind(head) == "NormLinear":
-        bn, linear = head.bn, head.linear
-        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-        shift = bn.bias - bn.running_mean * scale
-        w = linear.weight * scale
-        b = linear.weight @ shift + (linear.bias if linear.bias is not None else 0)
-    else:
-        w, b = head.weight, getattr(head, "bias", None)
-    w = w.detach().reshape(w.shape[0], -1).float().cpu().clone()
-    b = torch.zeros(w.shape[0]) if b is None else b.detach().reshape(-1).float().cpu().clone()
-    return w, b
-
-
-def head_weight(head: nn.Module) -> Tensor:
-    """The head's weight as float32 [C, d] on cpu (a 1x1 conv kernel is flattened, a
-    NormLinear's BatchNorm folded in)."""
-    return _affine(head)[0]
-
-
-# --------------------------------------------------------------------------- evaluation
 
 
 def _amp_dtype(amp: str | bool | None) -> torch.dtype | None:
@@ -342,176 +211,6 @@ def _checked_labels(labels: Tensor, num_classes: int, source: str) -> Tensor:
     return labels
 
 
-class _Classifier:
-    """The classifier heads of one pass, hooked, and the one linear head W [C, d] (bias b)
-    that reproduces the logits from the features.
-
-    One head: the features are its input. Several (distilled models, CrossViT branches):
-    the logits are the mean of the heads' outputs, and the features are timm's pre-logits;
-    when every head reads the pre-logits, W is the mean of the heads' weights, and when the
-    pre-logits are the heads' inputs side by side, W is their weights side by side over the
-    number of heads. The first batch settles which, and checks that ``features @ W.T + b``
-    gives the logits (up to a constant per row, which softmax ignores); a model for which
-    no such W exists is refused, naming its heads. ``own_logits``: the logits are the one
-    head's own output (an explicit ``--head``), consistent with W by construction.
-    """
-
-    def __init__(
-        self, model: nn.Module, heads: list[tuple[str, nn.Module]], own_logits: bool
-    ) -> None:
-        self.model, self.heads, self.own = model, heads, own_logits
-        affine = [_affine(m) for _, m in heads]
-        self.weights, self.biases = [w for w, _ in affine], [b for _, b in affine]
-        rows = sorted({int(w.shape[0]) for w in self.weights})
-        if len(rows) != 1:
-            raise InputError(
-                f"the classifier heads {_names(heads)} have {rows} outputs; pick one with --head"
-            )
-        self.num_classes = rows[0]
-        self.weight: Tensor | None = None
-        self.bias: Tensor | None = None
-        self.concat = False
-        self.inputs: list[list[Tensor]] = [[] for _ in heads]
-        self.outputs: list[Tensor] = []
-
-    @contextlib.contextmanager
-    def hooked(self):
-        """Capture every head's input (and with ``own_logits`` the head's output)."""
-        handles = []
-        try:
-            for got, (_, m) in zip(self.inputs, self.heads, strict=True):
-                handles.append(
-                    m.register_forward_pre_hook(lambda _m, args, got=got: got.append(args[0]))
-                )
-            if self.own:
-                handles.append(
-                    self.heads[0][1].register_forward_hook(
-                        lambda _m, _args, out: self.outputs.append(out)
-                    )
-                )
-        except Exception as e:  # TorchScript modules refuse Python hooks
-            for h in handles:
-                h.remove()
-            raise RunFailure(
-                f"cannot hook the head ({e}); load TorchScript weights into a "
-                "Python model with --arch"
-            ) from None
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-            self.clear()
-
-    def clear(self) -> None:
-        for got in self.inputs:
-            got.clear()
-        self.outputs.clear()
-
-    def batch(self, x: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """(features [b, d], logits [b, C]) of the batch the model just ran on."""
-        b = len(x)
-        for (name, _), got in zip(self.heads, self.inputs, strict=True):
-            if len(got) != 1:
-                raise RunFailure(
-                    f"the head {name} ran {len(got)} times in one forward pass; pick the "
-                    "classifier with --head (TorchScript: load the weights with --arch)"
-                )
-        flat = [got[0].reshape(b, -1) for got in self.inputs]
-        if self.own:
-            if self.outputs[0].reshape(b, -1).shape != logits.shape:
-                raise RunFailure(
-                    f"head output {tuple(self.outputs[0].shape)} / logits "
-                    f"{tuple(logits.shape)} do not fit on a batch of {b}; pick the "
-                    "classifier with --head"
-                )
-            logits = self.outputs[0].reshape(b, -1)
-        z = torch.cat(flat, 1) if self.concat or len(flat) > 1 and self.weight is None else None
-        if self.weight is None:
-            z = self._settle(x, flat, logits)
-        elif z is None:
-            z = flat[0]
-        self.clear()
-        if z.shape[1] != self.weight.shape[1] or tuple(logits.shape) != (b, self.num_classes):
-            raise RunFailure(
-                f"head input {tuple(z.shape)} / logits {tuple(logits.shape)} do not fit a "
-                f"{list(self.weight.shape)} classifier on a batch of {b}; pick the classifier "
-                "with --head"
-            )
-        return z, logits
-
-    def _settle(self, x: Tensor, flat: list[Tensor], logits: Tensor) -> Tensor:
-        """Fix W, b and how the features are formed; check that they give the logits."""
-        k = len(flat)
-        if k == 1:
-            z, self.weight, self.bias = flat[0], self.weights[0], self.biases[0]
-        else:
-            pre = self._pre_logits(x)
-            self.bias = torch.stack(self.biases).mean(0)
-            if (
-                pre is not None
-                and all(torch.equal(flat[0], f) for f in flat[1:])
-                and _close(pre, flat[0])
-            ):
-                z, self.weight = flat[0], torch.stack(self.weights).mean(0)
-            elif pre is not None and _close(pre, torch.cat(flat, 1)):
-                z, self.concat = torch.cat(flat, 1), True
-                self.weight = torch.cat(self.weights, 1) / k
-            else:
-                raise self._refusal()
-        if not self.own and (
-            z.shape[1] != self.weight.shape[1] or not _reproduces(z, self.weight, self.bias, logits)
-        ):
-            raise self._refusal()
-        return z
-
-    def _pre_logits(self, x: Tensor) -> Tensor | None:
-        forward_head = getattr(self.model, "forward_head", None)
-        forward_features = getattr(self.model, "forward_features", None)
-        if not (callable(forward_head) and callable(forward_features)):
-            return None
-        pre = forward_head(forward_features(x), pre_logits=True)
-        self.clear()
-        return pre.reshape(len(x), -1) if isinstance(pre, Tensor) else None
-
-    def _refusal(self) -> InputError:
-        heads = self.heads
-        if len(heads) == 1:  # another layer adds to the logits (VOLO's aux_head)
-            heads = [
-                (n, m)
-                for n, m in self.model.named_modules()
-                if _is_head_like(m) and _affine(m)[0].shape[0] == self.num_classes
-            ] or heads
-        return InputError(
-            f"the model's logits are not one linear head applied to its pre-logits features "
-            f"(heads found: {_names(heads)}); pick one head with --head NAME: its own logits "
-            "then give accuracy and loss"
-        )
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    if a.shape != b.shape:
-        return False
-    scale = max(1.0, float(a.abs().max()))
-    return torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-3 * scale)
-
-
-def _reproduces(z: Tensor, weight: Tensor, bias: Tensor, logits: Tensor) -> bool:
-    """Whether ``z @ weight.T + bias`` equals ``logits`` up to a constant per row (float64,
-    outside autocast; the tolerance allows the round-off of float32 or of autocast), on the
-    rows where both are finite."""
-    rows = torch.isfinite(z).all(1) & torch.isfinite(logits).all(1)
-    if not rows.any():
-        return True  # nothing to compare; NaN/Inf features are reported after the pass
-    z, logits = z[rows], logits[rows]
-    with torch.autocast(z.device.type, enabled=False):
-        w = weight.to(z.device, torch.float64)
-        gap = logits.double() - (z.double() @ w.T + bias.to(z.device, torch.float64))
-    gap = gap - gap.mean(1, keepdim=True)
-    tol = 1e-3 if logits.dtype == torch.float32 else 5e-2
-    return bool(gap.abs().max() <= tol * max(1.0, float(logits.abs().max())))
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module, dev: torch.device, memory_format):
     """:func:`_prepare` the model; restore the modules' training flags on the way out."""
@@ -563,7 +262,7 @@ class _Outputs:
             torch.cuda.current_stream(self.dev).synchronize()
 
 
-def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int) -> tuple[Tensor, Tensor]:
+def _forward(model: nn.Module, x: Tensor, heads: Classifier, start: int) -> tuple[Tensor, Tensor]:
     """(features [b, d], logits [b, C]) of one batch; out-of-memory errors pass through."""
     heads.clear()
     try:
@@ -579,7 +278,7 @@ def _forward(model: nn.Module, x: Tensor, heads: _Classifier, start: int) -> tup
 def _run_pass(
     model: nn.Module,
     batches: Iterable[Tensor],
-    heads: _Classifier,
+    heads: Classifier,
     out: _Outputs,
     batch_size: int,
     memory_format,
@@ -638,7 +337,7 @@ def evaluate(
 
     ``head``: the classifier module, or its dotted path; its own output then gives the
     logits. Default: the heads of :func:`find_heads`, with the model's output as the logits
-    and the one linear head that reproduces them (see :class:`_Classifier`; a model without
+    and the one linear head that reproduces them (see :class:`Classifier`; a model without
     one is refused, naming its heads).
     ``device``: see :func:`resolve_device`; the model is moved there and left there (its
     train/eval flags are restored). ``amp``: autocast dtype (``"bf16"``/``"fp16"``);
@@ -653,7 +352,7 @@ def evaluate(
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
     heads = [("head", head)] if isinstance(head, nn.Module) else find_heads(model, head_path=head)
-    classifier = _Classifier(model, heads, own_logits=head is not None)
+    classifier = Classifier(model, heads, own_logits=head is not None)
     labels = _checked_labels(data.labels, classifier.num_classes, data.source)
     dtype = _amp_dtype(amp)
     autocast = (
@@ -680,7 +379,7 @@ def evaluate(
                 progress,
             )
         if not bool(out.finite):
-            _check_features(out.features, data.source, offset=lo)
+            check_features(out.features, data.source, offset=lo)
     features = distributed.gather_rows(out.features, n, batch_size)
     logits = distributed.gather_rows(out.logits, n, batch_size)
     loss, accuracy, note = scores(logits, labels)
@@ -764,7 +463,7 @@ def restrict_classes(
     )
 
 
-def _check_features(features: Tensor, source: str, offset: int = 0) -> None:
+def check_features(features: Tensor, source: str, offset: int = 0) -> None:
     """NonFiniteFeatures naming the NaN/Inf rows; ``offset`` is the index of row 0 in the data."""
     bad = ~torch.isfinite(features).all(dim=1)
     if bad.any():
@@ -773,106 +472,3 @@ def _check_features(features: Tensor, source: str, offset: int = 0) -> None:
             f"features of {int(bad.sum())} samples of {source} are NaN/Inf (first: sample "
             f"{first}); check the checkpoint's weights and the input normalisation (--mean/--std)"
         )
-
-
-# --------------------------------------------------------------------------- features files
-
-
-def save_features(path: str | Path, evaluation: Evaluation) -> Path:
-    """Write 'features' [n,d], 'labels' [n], 'head' [C,d] (+ 'logits' [n,C]) as safetensors,
-    atomically (temporary file, then rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path).expanduser()
-    if not path.parent.is_dir():
-        raise InputError(f"--save-features {path}: folder {path.parent} does not exist")
-    tensors = {
-        "features": evaluation.features.float(),
-        "labels": evaluation.labels.long(),
-        "head": evaluation.head.float(),
-    }
-    if evaluation.logits is not None:
-        tensors["logits"] = evaluation.logits.float()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "infoprobe-features"})
-        os.replace(tmp, path)
-    except OSError as e:
-        raise unwritable(path, e) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def is_features_file(path: str | Path) -> bool:
-    """Whether ``path`` is a .safetensors file holding 'features', 'labels' and 'head'
-    (see :func:`save_features`); only the header is read. Unreadable files give False, so
-    that the checkpoint loader reports them."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.name.lower().endswith(".safetensors") or not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {"features", "labels", "head"} <= set(f.keys())
-    except Exception:
-        return False
-
-
-def load_features(path: str | Path) -> Evaluation:
-    """Read a features file (see :func:`save_features`); any framework can write one.
-
-    Validates shapes (features [n,d], head [C,d], labels [n], logits [n,C]), labels in
-    [0, C) and finiteness. Loss and accuracy come from the logits, NaN without them.
-    """
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"features file {path} does not exist; check the path")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            found = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise InputError(
-            f"cannot read features file {path}: corrupt or not safetensors ({str(e).strip()[:200]})"
-        ) from None
-    missing = [k for k in ("features", "labels", "head") if k not in found]
-    if missing:
-        raise InputError(
-            f"features file {path} lacks {', '.join(missing)}; it needs "
-            "'features' [n,d], 'labels' [n] and 'head' [C,d]"
-        )
-    z, w, logits = found["features"], found["head"], found.get("logits")
-    if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1]:
-        raise InputError(
-            f"features file {path}: features {tuple(z.shape)} and head "
-            f"{tuple(w.shape)} must be [n, d] and [C, d] with the same d"
-        )
-    if z.shape[0] == 0:
-        raise InputError(f"features file {path} holds 0 samples")
-    labels = validate_labels(found["labels"], int(z.shape[0]), f"features file {path}")
-    if int(labels.max()) >= w.shape[0]:
-        raise InputError(
-            f"features file {path}: labels reach {int(labels.max())} but the head "
-            f"has {w.shape[0]} classes [0, {w.shape[0]})"
-        )
-    z, w = z.float(), w.float()
-    _check_features(z, f"features file {path}")
-    if not torch.isfinite(w).all():
-        raise InputError(f"features file {path}: the head weights contain NaN/Inf")
-    loss = acc = float("nan")
-    note = ""
-    if logits is not None:
-        if tuple(logits.shape) != (z.shape[0], w.shape[0]):
-            raise InputError(
-                f"features file {path}: logits {tuple(logits.shape)} should be "
-                f"[{z.shape[0]}, {w.shape[0]}]"
-            )
-        loss, acc, note = scores(logits.float(), labels)
-        logits = logits.float()
-    return Evaluation(
-        features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc, note=note
-    )

@@ -162,8 +162,8 @@ def test_max_samples_on_tensor_file(tmp_path):
 
 def test_cache_decodes_once(tmp_path, monkeypatch, data_file):
     calls = []
-    real = data._load_tensor_file
-    monkeypatch.setattr(data, "_load_tensor_file", lambda p: calls.append(p) or real(p))
+    real = data.tensors.load_tensor_file
+    monkeypatch.setattr(data.tensors, "load_tensor_file", lambda p: calls.append(p) or real(p))
     cache = DataCache()
     a = load_data(data_file, cache=cache)
     b = load_data(str(data_file), cache=cache)
@@ -203,8 +203,8 @@ def test_image_folder_with_timm_transform(tmp_path, grey_model, monkeypatch):
 
     root = make_image_folder(tmp_path / "imgs", {"cat": 4, "dog": 3, "eel": 2})
     calls = []
-    real = data._load_images
-    monkeypatch.setattr(data, "_load_images", lambda *a: calls.append(a) or real(*a))
+    real = data.images.load_images
+    monkeypatch.setattr(data.images, "load_images", lambda *a: calls.append(a) or real(*a))
     cache = DataCache()
     d = load_data(root, model=grey_model, input_size=12, cache=cache)
     assert d.inputs.shape == (9, 1, 12, 12) and d.inputs.dtype == torch.float32

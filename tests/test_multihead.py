@@ -16,7 +16,8 @@ from torch import nn
 
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
-from infoprobe.probe import evaluate, find_heads
+from infoprobe.heads import find_heads
+from infoprobe.probe import evaluate
 
 C = 5
 

@@ -15,7 +15,9 @@ from torch import nn
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, RunFailure
-from infoprobe.probe import Evaluation, evaluate, find_head, load_features, save_features
+from infoprobe.features_file import load_features, save_features
+from infoprobe.heads import find_head
+from infoprobe.probe import Evaluation, evaluate
 
 
 def _data(n=24, **kw) -> LabelledTensors:
@@ -353,7 +355,8 @@ def test_bundled_checkpoint_on_bundled_digits():
 
 
 def test_is_features_file(tmp_path):
-    from infoprobe.probe import Evaluation, is_features_file, save_features
+    from infoprobe.features_file import is_features_file, save_features
+    from infoprobe.probe import Evaluation
 
     ev = Evaluation(
         features=torch.randn(4, 3),

@@ -172,10 +172,10 @@ def test_check_output_rejects_read_only_folder_and_file(tmp_path, monkeypatch):
     # os.access stands in for permissions: as root (CI) a chmod would not deny anything
     existing = tmp_path / "old.csv"
     existing.write_text("x")
-    monkeypatch.setattr(report.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(report.files.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(InputError, match="folder .* is not writable"):
         report.check_output(tmp_path / "out.csv", "--csv")
-    monkeypatch.setattr(report.os, "access", lambda path, mode: Path(path) != existing)
+    monkeypatch.setattr(report.files.os, "access", lambda path, mode: Path(path) != existing)
     with pytest.raises(InputError, match="exists and is not writable"):
         report.check_output(existing, "--csv")
 

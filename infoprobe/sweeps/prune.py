@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from infoprobe import probe
+from infoprobe import heads, probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, NonFiniteFeatures
 from infoprobe.info import Interplay, interplay_between
@@ -85,7 +85,7 @@ def prunable_parameters(
     """``(module, "weight")`` for every Conv1d/2d/3d and Linear layer, in module order.
 
     The classifier heads (``head``: the module or its dotted path; default every head of
-    :func:`infoprobe.probe.find_heads`) are excluded unless ``include_head``. Raises
+    :func:`infoprobe.heads.find_heads`) are excluded unless ``include_head``. Raises
     :class:`InputError` "model has no prunable layers" when nothing is left, and for a
     weight tensor shared by two layers (tied weights).
     """
@@ -103,7 +103,7 @@ def prunable_parameters(
         excluded = (
             [head]
             if isinstance(head, nn.Module)
-            else [m for _, m in probe.find_heads(model, head_path=head)]
+            else [m for _, m in heads.find_heads(model, head_path=head)]
         )
         # a NormLinear head (LeViT) holds its Linear: that Linear is the head too
         inside = {id(x) for m in excluded for x in m.modules()}

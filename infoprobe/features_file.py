@@ -1,0 +1,112 @@
+"""Features files: the features, labels, head and logits of one pass, as safetensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from infoprobe.data import validate_labels
+from infoprobe.errors import InputError, unwritable
+from infoprobe.probe import Evaluation, check_features, scores
+
+
+def save_features(path: str | Path, evaluation: Evaluation) -> Path:
+    """Write 'features' [n,d], 'labels' [n], 'head' [C,d] (+ 'logits' [n,C]) as safetensors,
+    atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise InputError(f"--save-features {path}: folder {path.parent} does not exist")
+    tensors = {
+        "features": evaluation.features.float(),
+        "labels": evaluation.labels.long(),
+        "head": evaluation.head.float(),
+    }
+    if evaluation.logits is not None:
+        tensors["logits"] = evaluation.logits.float()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "infoprobe-features"})
+        os.replace(tmp, path)
+    except OSError as e:
+        raise unwritable(path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def is_features_file(path: str | Path) -> bool:
+    """Whether ``path`` is a .safetensors file holding 'features', 'labels' and 'head'
+    (see :func:`save_features`); only the header is read. Unreadable files give False, so
+    that the checkpoint loader reports them."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.name.lower().endswith(".safetensors") or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {"features", "labels", "head"} <= set(f.keys())
+    except Exception:
+        return False
+
+
+def load_features(path: str | Path) -> Evaluation:
+    """Read a features file (see :func:`save_features`); any framework can write one.
+
+    Validates shapes (features [n,d], head [C,d], labels [n], logits [n,C]), labels in
+    [0, C) and finiteness. Loss and accuracy come from the logits, NaN without them.
+    """
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"features file {path} does not exist; check the path")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            found = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(
+            f"cannot read features file {path}: corrupt or not safetensors ({str(e).strip()[:200]})"
+        ) from None
+    missing = [k for k in ("features", "labels", "head") if k not in found]
+    if missing:
+        raise InputError(
+            f"features file {path} lacks {', '.join(missing)}; it needs "
+            "'features' [n,d], 'labels' [n] and 'head' [C,d]"
+        )
+    z, w, logits = found["features"], found["head"], found.get("logits")
+    if z.ndim != 2 or w.ndim != 2 or z.shape[1] != w.shape[1]:
+        raise InputError(
+            f"features file {path}: features {tuple(z.shape)} and head "
+            f"{tuple(w.shape)} must be [n, d] and [C, d] with the same d"
+        )
+    if z.shape[0] == 0:
+        raise InputError(f"features file {path} holds 0 samples")
+    labels = validate_labels(found["labels"], int(z.shape[0]), f"features file {path}")
+    if int(labels.max()) >= w.shape[0]:
+        raise InputError(
+            f"features file {path}: labels reach {int(labels.max())} but the head "
+            f"has {w.shape[0]} classes [0, {w.shape[0]})"
+        )
+    z, w = z.float(), w.float()
+    check_features(z, f"features file {path}")
+    if not torch.isfinite(w).all():
+        raise InputError(f"features file {path}: the head weights contain NaN/Inf")
+    loss = acc = float("nan")
+    note = ""
+    if logits is not None:
+        if tuple(logits.shape) != (z.shape[0], w.shape[0]):
+            raise InputError(
+                f"features file {path}: logits {tuple(logits.shape)} should be "
+                f"[{z.shape[0]}, {w.shape[0]}]"
+            )
+        loss, acc, note = scores(logits.float(), labels)
+        logits = logits.float()
+    return Evaluation(
+        features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc, note=note
+    )
