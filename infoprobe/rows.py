@@ -90,6 +90,14 @@ def model_columns(
     return {"model": arch, "param_count": count, "img_size": size}
 
 
+def percent(fraction: float, n: int) -> float:
+    """``fraction`` (k / n of n samples) in percent as the double nearest to 100 k / n: 3.5,
+    where ``100 * 0.035`` gives 3.5000000000000004. NaN stays NaN."""
+    if math.isnan(fraction) or n <= 0:
+        return math.nan
+    return 100.0 * round(fraction * n) / n
+
+
 def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float:
     """Fraction of samples whose label is among the ``min(k, C)`` largest logits (timm's
     ``accuracy``: with C <= k classes every label is, so the value is 1)."""
@@ -172,8 +180,8 @@ def analysis_row(
         "classes_present": int(evaluation.labels.unique().numel()),
         "accuracy": float(evaluation.accuracy),
         "accuracy_top5": top5,
-        "top1": 100.0 * float(evaluation.accuracy),
-        "top5": 100.0 * top5,
+        "top1": percent(float(evaluation.accuracy), len(evaluation.labels)),
+        "top5": percent(top5, len(evaluation.labels)),
         "loss": float(evaluation.loss),
         "h_z": result.h_z,
         "h_w": result.h_w,

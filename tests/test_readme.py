@@ -54,11 +54,13 @@ def test_quick_start_comes_first_and_installs_the_package():
     assert install_and_test == "python3 -m pip install -e '.[dev]' && python3 -m pytest"
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_ruff_and_exactly_the_readme_test_command():
     script = (ROOT / ".ci" / "run").read_text()
     assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
     commands = [line for line in script.splitlines() if line and not line.startswith("#")]
-    assert commands[-1] == quick_start()[1]
+    install, test = quick_start()[1].split(" && ")
+    lint = ["python3 -m ruff check .", "python3 -m ruff format --check ."]
+    assert commands[commands.index(install) :] == [install, *lint, test]
 
 
 def test_readme_first_command_runs_and_prints_the_documented_table():

@@ -74,7 +74,7 @@ class _Measured:
     ) -> None:
         self.command, self.opts, self.paths = command, opts, paths
         self.features = check_inputs(paths, opts, allow_features=True)
-        PathRegistry.of(command, opts, [*given, *paths]).check()
+        PathRegistry.of(command, opts, paths, given).check()
         self.targets = parsing.features_targets(opts.save_features, paths)
         record = run_record(command, opts, paths) if opts.csv not in (None, "-") else {}
         self.log_rows = RowsLog(

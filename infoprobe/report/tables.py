@@ -127,20 +127,7 @@ def render_rows(
     ``key`` names the sweep column (alpha, ratio), which labels the notes. ``caption`` is a
     further caption line (the evaluation transform).
     """
-    constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
-    if all(r.get("classes_present") == r.get("n_classes") for r in rows):
-        constant = [c for c in constant if c != "classes_present"]  # nothing to report
-        columns = [c for c in columns if c != "classes_present"]
-    hidden = set(constant) | _HIDDEN_COLUMNS
-    # a prune sweep without fine-tuning: its ft_* columns are empty, not worth a column each
-    hidden |= {c for c in FT_COLUMNS if all(is_nan(r.get(c, math.nan)) for r in rows)}
-    if "checkpoint" in constant:
-        constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
-        if key is None and len(rows) == 1:
-            hidden.discard("checkpoint")  # a one-row table keeps its checkpoint in view
-    shown = [c for c in columns if c not in hidden]
-    if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
-        shown.remove("name")  # class names that are just the indices
+    shown, constant = _layout(rows, columns, key)
     shared = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
     caption = "\n".join(printable(line) for line in filter(None, [shared, caption]))
     labels = [printable(label) for label in short_names([str(r.get("checkpoint")) for r in rows])]
@@ -167,6 +154,27 @@ def render_rows(
     label = key if key is not None else "checkpoint"
     for line in row_notes(rows, label):
         console.print(f"note: {printable(line)}", style="yellow", highlight=False, markup=False)
+
+
+def _layout(
+    rows: Sequence[dict], columns: Sequence[str], key: str | None
+) -> tuple[list[str], list[str]]:
+    """(the columns a table shows, the columns every row shares, for its caption)."""
+    constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
+    if all(r.get("classes_present") == r.get("n_classes") for r in rows):
+        constant = [c for c in constant if c != "classes_present"]  # nothing to report
+        columns = [c for c in columns if c != "classes_present"]
+    hidden = set(constant) | _HIDDEN_COLUMNS
+    # a prune sweep without fine-tuning: its ft_* columns are empty, not worth a column each
+    hidden |= {c for c in FT_COLUMNS if all(is_nan(r.get(c, math.nan)) for r in rows)}
+    if "checkpoint" in constant:
+        constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
+        if key is None and len(rows) == 1:
+            hidden.discard("checkpoint")  # a one-row table keeps its checkpoint in view
+    shown = [c for c in columns if c not in hidden]
+    if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
+        shown.remove("name")  # class names that are just the indices
+    return shown, constant
 
 
 def _table(
