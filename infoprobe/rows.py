@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from infoprobe.collapse import NC_COLUMNS, neural_collapse
+from infoprobe.collapse import NC_COLUMNS, NeuralCollapse, neural_collapse
+from infoprobe.errors import InputError
 from infoprobe.info import (
     DEFAULT_BATCH_SIZE,
     Estimate,
@@ -34,6 +35,8 @@ from infoprobe.info import (
     interplay,
     nc_optimum,
 )
+from infoprobe.label_info import label_information, matched_widths
+from infoprobe.layers import LayerFeatures
 from infoprobe.slq import PROBES
 
 COLUMNS: tuple[str, ...] = (
@@ -99,6 +102,7 @@ INT_COLUMNS = frozenset(
         "n_used",
         "n_batches",
         "img_size",
+        "layer_dim",
     }
 )
 
@@ -185,10 +189,14 @@ def _or_missing(column: str, value):
 
 def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
     """The interplay between an evaluation's features and its head."""
+    return _interplay(evaluation.features, evaluation.labels, evaluation.head, options)
+
+
+def _interplay(features: Tensor, labels: Tensor, head: Tensor, options: MeasureOptions):
     return interplay(
-        evaluation.features,
-        evaluation.labels,
-        evaluation.head,
+        features,
+        labels,
+        head,
         estimate=options.estimate,
         batch_size=options.batch_size,
         seed=options.seed,
@@ -204,7 +212,7 @@ def _nan(value: float | None) -> float:
 
 
 #: Columns holding text: an unknown value is an empty string there, NaN elsewhere.
-TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note"})
+TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note", "layer", "pooling"})
 
 
 def error_row(checkpoint: str, error: BaseException) -> dict:
@@ -238,12 +246,26 @@ def analysis_row(
     floats; NaN marks an undefined ratio.
     """
     result = measure(evaluation, options)
+    logits = getattr(evaluation, "logits", None)
+    collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
+    return _row(checkpoint, evaluation, result, collapse, model)
+
+
+def _row(
+    checkpoint: str,
+    evaluation: Evaluated,
+    result: Interplay,
+    collapse: NeuralCollapse,
+    model: dict | None,
+    notes: Sequence[str] = (),
+) -> dict:
+    """:data:`COLUMNS` of an evaluation, its interplay and neural collapse (``notes`` join
+    the row's note)."""
     optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
     nan = math.nan
     logits = getattr(evaluation, "logits", None)
     top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
-    collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
-    notes = [getattr(evaluation, "note", ""), result.note]
+    notes = [getattr(evaluation, "note", ""), result.note, *notes]
     if logits is None:
         notes.append("nc4 needs the model's logits, which this features file does not hold")
     row = {
@@ -276,6 +298,84 @@ def analysis_row(
         "note": "; ".join(filter(None, notes)),
     }
     return row
+
+
+#: A layer row's columns: :data:`COLUMNS` with the layer (its name, width and the pooling
+#: of its output) after ``checkpoint`` and its label information ``h_y``, ``mi_y`` after
+#: ``mi``.
+LAYER_COLUMNS: tuple[str, ...] = (
+    "checkpoint",
+    "layer",
+    "layer_dim",
+    "pooling",
+    *COLUMNS[1 : COLUMNS.index("mi") + 1],
+    "h_y",
+    "mi_y",
+    *COLUMNS[COLUMNS.index("mi") + 1 :],
+)
+
+
+class LayerEvaluated(Evaluated, Protocol):
+    """An evaluation with layers (``infoprobe.probe.Evaluation`` of ``evaluate(layers=)``)."""
+
+    logits: Tensor | None
+    layers: tuple[LayerFeatures, ...]
+
+
+def layer_rows(
+    checkpoint: str,
+    evaluation: LayerEvaluated,
+    options: MeasureOptions = MeasureOptions(),
+    model: dict | None = None,
+) -> list[dict]:
+    """One row with :data:`LAYER_COLUMNS` per layer of ``evaluation.layers``, in order.
+
+    Each row measures the layer's pooled features z [n, d_l] as :func:`analysis_row`
+    measures the penultimate ones: ``h_z``, ``mi``, ``mir``, ``hdr`` against the head's
+    K_W (which depends on the labels and the head only, so it is the same for every layer:
+    :func:`infoprobe.label_info.matched_widths`), exact or estimated as ``options`` say;
+    NC1, NC2 and NC4 of the layer's class means (NC4 against the model's predictions); NC3
+    only where d_l equals the head's width (NaN with a note otherwise); ``h_y = H(K_Y)``
+    and ``mi_y = I(K_Z; K_Y)`` (:func:`infoprobe.label_info.label_information`, batch means
+    under the batch estimate). Accuracy and loss are the model's. The last layer,
+    ``pre_logits``, is the head's input: its row is the :func:`analysis_row`.
+    """
+    rows = []
+    for layer in evaluation.layers:
+        try:
+            rows.append(_layer_row(checkpoint, evaluation, layer, options, model))
+        except InputError as e:
+            raise type(e)(f"layer {layer.name}: {e}") from None
+    return rows
+
+
+def _layer_row(
+    checkpoint: str,
+    evaluation: LayerEvaluated,
+    layer: LayerFeatures,
+    options: MeasureOptions,
+    model: dict | None,
+) -> dict:
+    z, labels, head = layer.features, evaluation.labels, evaluation.head
+    features, matched = matched_widths(z, head)
+    result = _interplay(features, labels, matched, options)
+    same = layer.dim == head.shape[1]
+    collapse = neural_collapse(z, labels, head if same else None, evaluation.logits)
+    notes = []
+    if not same:
+        notes.append(f"nc3 is undefined: the layer has width {layer.dim}, the head {head.shape[1]}")
+    batch = options.estimate == "batch"
+    info = label_information(
+        z,
+        labels,
+        drop_zero_rows=options.drop_zero_rows,
+        batch_size=options.batch_size if batch else None,
+        seed=options.seed,
+    )
+    row = _row(checkpoint, evaluation, result, collapse, model, notes)
+    row.update(layer=layer.name, layer_dim=layer.dim, pooling=layer.pooling)
+    row.update(h_y=info.h_y, mi_y=info.mi_y)
+    return {column: row[column] for column in LAYER_COLUMNS}
 
 
 #: Columns of the per-class table (``infoprobe analyze --per-class``).
