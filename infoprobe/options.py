@@ -234,6 +234,13 @@ class RunOptions:
         panel=MEASURE, role=Role.VALUE,
         help=f"Largest exact eigen-solve; 0: no limit.  [default: {DEFAULT_MAX_EXACT_DIM} on "
         "CPU, from the free memory on CUDA]")
+    layers: str | tuple[str | int, ...] | None = _option(None, "--layers", kind="parsed",
+        parse=parsing.layers, metavar="stages|all|NAME,..|INDEX,..", panel=MEASURE,
+        role=Role.VALUE, commands=frozenset({"analyze", "track"}),
+        help="Measure every layer too, one row per checkpoint and layer (one forward pass; "
+        "keeps n x the layers' summed widths floats): stages (timm's forward_intermediates "
+        "taps, the usual choice), all (stages split into their blocks), or module names and "
+        "tap indices, comma-separated.")
     # ---------------------------------------------------------------- sweeps
     steps: int | None = _option(None, "--steps", kind="int", low=2, high=10001, panel=SWEEP,
         role=Role.POINTS, commands=frozenset({"lmc"}),
