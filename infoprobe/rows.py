@@ -363,7 +363,7 @@ def _layer_row(
     collapse = neural_collapse(z, labels, head if same else None, evaluation.logits)
     notes = []
     if not same:
-        notes.append(f"nc3 is undefined: the layer has width {layer.dim}, the head {head.shape[1]}")
+        notes.append(f"nc3 is undefined where layer_dim differs from the head's {head.shape[1]}")
     batch = options.estimate == "batch"
     info = label_information(
         z,
