@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from infoprobe.collapse import NC_COLUMNS, NeuralCollapse, neural_collapse
+from infoprobe.collapse import NeuralCollapse, neural_collapse
 from infoprobe.errors import InputError
 from infoprobe.info import (
     DEFAULT_BATCH_SIZE,
@@ -37,86 +36,14 @@ from infoprobe.info import (
 )
 from infoprobe.label_info import label_information, matched_widths
 from infoprobe.layers import LayerFeatures
+from infoprobe.schema import (
+    COLUMNS,
+    LAYER_COLUMNS,
+    MODEL_COLUMNS,
+    NC_COLUMNS,
+    TEXT_COLUMNS,
+)
 from infoprobe.slq import PROBES
-
-COLUMNS: tuple[str, ...] = (
-    "checkpoint",
-    "model",
-    "param_count",
-    "img_size",
-    "n_samples",
-    "n_classes",
-    "classes_present",
-    "accuracy",
-    "accuracy_top5",
-    "top1",
-    "top5",
-    "loss",
-    "h_z",
-    "h_w",
-    "h_zw",
-    "mi",
-    "mir",
-    "hdr",
-    "mir_nc",
-    "hdr_nc",
-    *NC_COLUMNS,
-    "h_zw_err",
-    "mi_err",
-    "mir_err",
-    "mir_lower",
-    "estimate",
-    "n_used",
-    "n_batches",
-    "note",
-)
-
-#: A fine-tuned prune row's values after fine-tuning (NaN when the sweep does not fine-tune).
-FT_COLUMNS: tuple[str, ...] = (
-    "ft_accuracy",
-    "ft_loss",
-    "ft_mir",
-    "ft_hdr",
-    "ft_mir_dense",
-    "ft_hdr_dense",
-)
-
-#: Extra columns each command puts before the shared ones.
-SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
-    "analyze": (),
-    "track": ("step",),
-    "lmc": ("alpha",),
-    "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense", *FT_COLUMNS),
-}
-
-
-#: Columns holding integers (nullable: a row without numbers leaves them empty).
-INT_COLUMNS = frozenset(
-    {
-        "n_samples",
-        "n_classes",
-        "classes_present",
-        "step",
-        "class",
-        "n",
-        "n_used",
-        "n_batches",
-        "img_size",
-        "layer_dim",
-    }
-)
-
-
-def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN/NA).
-
-    Integer columns use pandas' nullable ``Int64``, so a missing count stays an empty cell
-    in CSV rather than turning the column into floats.
-    """
-    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
-    for column in INT_COLUMNS.intersection(frame.columns):
-        frame[column] = frame[column].astype("Int64")
-    return frame
 
 
 class Evaluated(Protocol):
@@ -153,11 +80,6 @@ class MeasureOptions:
             f",seed={self.seed})"
         )
         return {"exact": label == "exact", "slq": slq}.get(self.estimate, label == "exact" or slq)
-
-
-#: The columns that describe the model and its input rather than the evaluation; named and
-#: defined as in timm's validate.py results (see :func:`model_columns`).
-MODEL_COLUMNS: tuple[str, ...] = ("model", "param_count", "img_size")
 
 
 def model_columns(
@@ -209,10 +131,6 @@ def _interplay(features: Tensor, labels: Tensor, head: Tensor, options: MeasureO
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
-
-
-#: Columns holding text: an unknown value is an empty string there, NaN elsewhere.
-TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note", "layer", "pooling"})
 
 
 def error_row(checkpoint: str, error: BaseException) -> dict:
@@ -300,21 +218,6 @@ def _row(
     return row
 
 
-#: A layer row's columns: :data:`COLUMNS` with the layer (its name, width and the pooling
-#: of its output) after ``checkpoint`` and its label information ``h_y``, ``mi_y`` after
-#: ``mi``.
-LAYER_COLUMNS: tuple[str, ...] = (
-    "checkpoint",
-    "layer",
-    "layer_dim",
-    "pooling",
-    *COLUMNS[1 : COLUMNS.index("mi") + 1],
-    "h_y",
-    "mi_y",
-    *COLUMNS[COLUMNS.index("mi") + 1 :],
-)
-
-
 class LayerEvaluated(Evaluated, Protocol):
     """An evaluation with layers (``infoprobe.probe.Evaluation`` of ``evaluate(layers=)``)."""
 
@@ -376,20 +279,6 @@ def _layer_row(
     row.update(layer=layer.name, layer_dim=layer.dim, pooling=layer.pooling)
     row.update(h_y=info.h_y, mi_y=info.mi_y)
     return {column: row[column] for column in LAYER_COLUMNS}
-
-
-#: Columns of the per-class table (``infoprobe analyze --per-class``).
-PER_CLASS_COLUMNS: tuple[str, ...] = (
-    "checkpoint",
-    "class",
-    "name",
-    "n",
-    "accuracy",
-    "loss",
-    "h_z",
-    "h_z_max",
-    "cos_head",
-)
 
 
 def per_class_csv(csv: str) -> str:

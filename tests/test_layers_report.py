@@ -18,7 +18,7 @@ from infoprobe.report.layer_plots import (
     plot_layer_track,
     plot_layers,
 )
-from infoprobe.rows import LAYER_COLUMNS
+from infoprobe.schema import LAYER_COLUMNS
 
 LAYERS = ["stem", "stage.1", "stage.2", "pre_logits"]
 

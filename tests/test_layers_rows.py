@@ -20,7 +20,8 @@ from test_multihead import _data
 from infoprobe.checkpoints import load_model
 from infoprobe.data import LabelledTensors, load_data
 from infoprobe.probe import evaluate
-from infoprobe.rows import COLUMNS, LAYER_COLUMNS, MeasureOptions, analysis_row, layer_rows
+from infoprobe.rows import MeasureOptions, analysis_row, layer_rows
+from infoprobe.schema import COLUMNS, LAYER_COLUMNS
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RESNET = FIXTURES / "label_smoothing" / "ls0.0.safetensors"

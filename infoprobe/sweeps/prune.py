@@ -37,16 +37,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from infoprobe import heads, probe
+from infoprobe import heads, parsing, probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, NonFiniteFeatures
 from infoprobe.info import Interplay, interplay_between
-from infoprobe.rows import FT_COLUMNS, MeasureOptions
+from infoprobe.rows import MeasureOptions
+from infoprobe.schema import FT_COLUMNS
 from infoprobe.sweeps.common import (
     DEFAULT_MEASURE,
     evaluate_row,
     is_done,
-    parse_values,
     pending,
     sweep_progress,
 )
@@ -74,9 +74,7 @@ def parse_ratios(text: str | Iterable[float]) -> list[float]:
     Each must be a finite number in [0, 1) (1 would remove every weight), given once.
     Raises :class:`InputError` naming the bad value.
     """
-    return parse_values(
-        text, flag="--ratios", what="ratio", closed=False, example="0,0.1,0.3,0.5,0.7,0.9"
-    )
+    return list(parsing.ratios(text, "--ratios"))
 
 
 def prunable_parameters(
