@@ -8,9 +8,10 @@ pass: timm's ``forward_intermediates`` taps (``act1``, ``layer1`` ... ``layer4``
 over H x W as the head averages, and the head's input ``pre_logits``. Per layer and step:
 MIR and HDR between the layer's features and the classifier head (the head's K_W depends
 only on the labels and the head, so it is defined for any layer), and the label information
-``mi_y = I(K_Z; K_Y)`` with ``h_z`` (the information plane). The library call is
-``infoprobe.probe.evaluate(model, data, layers="stages")`` and ``infoprobe.rows.layer_rows``,
-what ``infoprobe track CKPT_DIR --data TEST --layers stages`` computes.
+``mi_y = I(K_Z; K_Y)`` with ``h_z`` (the information plane), all from
+
+    infoprobe track OUT/seedK/checkpoints --data OUT/data/mnist/test.safetensors \
+        --layers stages --csv OUT/seedK/track_layers.csv
 
 "Where MIR rises first": for each seed and layer, the training step at which the layer's MIR
 has covered half of its rise from initialisation to the end of training (``t_half``,
@@ -40,13 +41,12 @@ def add_options(parser) -> None:
     parser.add_argument("--checkpoints", type=int, default=32, help="about this many, log-spaced")
 
 
-def train_run(args, seed: int, train, config) -> list[tuple[int, Path]]:
-    """Train one seed, saving checkpoints; ``(step, path)`` in step order."""
+def train_run(args, seed: int, train, config) -> Path:
+    """Train one seed, saving checkpoints into the folder it returns."""
     spe = config.steps_per_epoch(len(train["y"]))
     total = config.total_steps(len(train["y"]))
     save_at = set(C.log_spaced_steps(total, 4 if args.quick else args.checkpoints))
     ckpt_dir = C.fresh_checkpoint_dir(args.out / f"seed{seed}")
-    saved = []
 
     def on_step(step, model):
         if step in save_at:
@@ -54,28 +54,25 @@ def train_run(args, seed: int, train, config) -> list[tuple[int, Path]]:
             C.save_checkpoint(
                 model, path, arch=C.ARCH, num_classes=C.NUM_CLASSES, step=step, epoch=step / spe
             )
-            saved.append((step, path))
 
     model = C.create_model(C.ARCH, seed=seed)
     C.train(model, train, config, order_seed=seed, on_step=on_step)
-    return saved
+    return ckpt_dir
 
 
-def measure(saved: list[tuple[int, Path]], test_path: Path, quick: bool):
-    """One row per checkpoint and layer (``infoprobe track --layers stages``)."""
-    import pandas as pd
-
-    from infoprobe.checkpoints import load_model
-    from infoprobe.data import load_data
-    from infoprobe.probe import evaluate
-    from infoprobe.rows import layer_rows
-
-    data = load_data(str(test_path), max_samples=200 if quick else None, cache=None)
-    rows = []
-    for step, path in saved:
-        evaluation = evaluate(load_model(path).model, data, device="cpu", layers="stages")
-        rows += [{"step": step, **row} for row in layer_rows(str(path), evaluation)]
-    return pd.DataFrame(rows)
+def measure(ckpt_dir: Path, test_path: Path, quick: bool):
+    """One row per checkpoint and layer: ``infoprobe track DIR --layers stages``."""
+    return C.track_frame(
+        ckpt_dir.parent / "track_layers.csv",
+        ckpt_dir,
+        "--data",
+        test_path,
+        "--layers",
+        "stages",
+        "--device",
+        "cpu",
+        *C.quick_samples(quick),
+    )
 
 
 def half_rise_step(steps, values) -> float:
@@ -199,11 +196,11 @@ def main(argv=None) -> None:
     seeds = range(2 if args.quick else args.seeds)
     frames = []
     for seed in seeds:
-        saved = train_run(args, seed, train, config)
-        frame = measure(saved, test_path, args.quick)
+        frame = measure(train_run(args, seed, train, config), test_path, args.quick)
         frame.insert(0, "seed", seed)
         frames.append(frame)
-        C.log(f"seed {seed}: {len(saved)} checkpoints x {frame.layer.nunique()} layers ({timer})")
+        steps, layers = frame.step.nunique(), frame.layer.nunique()
+        C.log(f"seed {seed}: {steps} checkpoints x {layers} layers measured ({timer})")
     rows = pd.concat(frames, ignore_index=True)
     C.write_csv(rows, args.out / "layer_dynamics.csv")
     layers = list(dict.fromkeys(rows.layer))

@@ -168,3 +168,7 @@ def layer_track_figure(rows: Sequence[dict], title: str = "") -> Any:
 def plot_layer_track(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
     """:func:`layer_track_figure` saved to ``path``."""
     return _save_figure(layer_track_figure(rows, title), path)
+
+
+#: The figure of each command's layer rows.
+LAYER_FIGURES = {"analyze": layers_figure, "track": layer_track_figure}

@@ -122,14 +122,17 @@ def row_notes(rows: Sequence[dict], label: str = "checkpoint") -> list[str]:
 
 
 def _layer_names(rows: Sequence[dict], where: list[int], names: list[str]) -> str:
-    """The layers of rows ``where``, without the checkpoint when every checkpoint is there."""
+    """The layers of rows ``where``, without the checkpoint when every checkpoint has the
+    note at that layer; a row without a layer (a checkpoint that failed) by its checkpoint."""
+    layer = [r.get("layer") for r in rows]
+    named = [i for i in where if isinstance(layer[i], str) and layer[i]]
     checkpoints = {str(r.get("checkpoint")) for r in rows}
-    layers: dict[str, set[str]] = {}
-    for i in where:
-        layers.setdefault(str(rows[i]["layer"]), set()).add(str(rows[i].get("checkpoint")))
-    if all(found == checkpoints for found in layers.values()):
-        return ", ".join(layers)
-    return ", ".join(f"{names[i]} {rows[i]['layer']}" for i in where)
+    found: dict[str, set[str]] = {}
+    for i in named:
+        found.setdefault(layer[i], set()).add(str(rows[i].get("checkpoint")))
+    if named and len(named) == len(where) and all(c == checkpoints for c in found.values()):
+        return ", ".join(found)
+    return ", ".join(f"{names[i]} {layer[i]}" if i in named else names[i] for i in where)
 
 
 def _constant(rows: Sequence[dict], column: str) -> bool:
