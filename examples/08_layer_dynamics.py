@@ -155,7 +155,8 @@ def plot(rows, summary: dict, path: Path) -> None:
         by_step = rows[rows.layer == layer].groupby("step").mir
         mean, low, high = by_step.mean(), by_step.min(), by_step.max()
         x = mean.index.to_numpy().clip(min=mean.index[mean.index > 0].min() / 2)
-        ax[0].plot(x, mean.values, "o-", ms=2.5, color=colour, label=layer)
+        style = "--" if layer == "pre_logits" else "-"  # may be the last tap itself
+        ax[0].plot(x, mean.values, "o" + style, ms=2.5, color=colour, label=layer)
         ax[0].fill_between(x, low.values, high.values, color=colour, alpha=0.15)
         halves = summary["per_layer"][layer]["t_half"]
         ax[1].plot([t for t in halves if t is not None], [k] * sum(t is not None for t in halves),
@@ -163,7 +164,7 @@ def plot(rows, summary: dict, path: Path) -> None:
         if summary["per_layer"][layer]["t_half_mean"] is not None:
             ax[1].plot(summary["per_layer"][layer]["t_half_mean"], k, "|", ms=14, color=colour)
         path_rows = rows[(rows.layer == layer) & (rows.seed == rows.seed.min())].sort_values("step")
-        ax[2].plot(path_rows.h_z, path_rows.mi_y, ".-", ms=3, color=colour, label=layer)
+        ax[2].plot(path_rows.h_z, path_rows.mi_y, "." + style, ms=3, color=colour, label=layer)
         ax[2].plot(path_rows.h_z.iloc[-1:], path_rows.mi_y.iloc[-1:], "o", color=colour)
     C.nc_line(ax[0], C.NUM_CLASSES)
     ax[0].set(xscale="log", xlabel="training step", ylabel="MIR (layer vs head)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infoprobe.layers import PRE_LOGITS
 from infoprobe.report.plots import _save_figure, _title
 from infoprobe.report.text import is_nan, plot_text, short_names
 
@@ -153,7 +154,8 @@ def layer_track_figure(rows: Sequence[dict], title: str = "") -> Any:
         path = [cell[(layer, s)] for s in steps if (layer, s) in cell]
         x, y = [_value(r, "h_z") for r in path], [_value(r, "mi_y") for r in path]
         colour = colours(k / max(len(layers) - 1, 1))
-        right.plot(x, y, ".-", color=colour, alpha=0.8, ms=4, label=plot_text(layer))
+        style = ".--" if layer == PRE_LOGITS else ".-"  # dashed: it may be the last tap itself
+        right.plot(x, y, style, color=colour, alpha=0.8, ms=4, label=plot_text(layer))
         right.plot(x[:1], y[:1], "o", mfc="none", color=colour)
         right.plot(x[-1:], y[-1:], "o", color=colour)
     right.set_xlabel("h_z = H(K_Z), nats")
