@@ -210,9 +210,9 @@ class RunOptions:
     max_exact_dim: int | None = _option(None, "--max-exact-dim", kind="int", low=0, high=1 << 31,
         panel=MEASURE, role=Role.VALUE, help="Largest exact solve (0: no limit)")
     layers: str | tuple[str | int, ...] | None = _option(None, "--layers", kind="parsed",
-        parse=parsing.layers, metavar="stages|all|NAME,..|INDEX,..", panel=MEASURE,
-        role=Role.VALUE, commands=frozenset({"analyze", "track"}),
-        help="Rows per layer too: stages (timm's taps), all, or names/indices")
+        parse=parsing.layers, metavar="stages|all|NAMES", panel=MEASURE, role=Role.VALUE,
+        commands=frozenset({"analyze", "track"}),
+        help="A row per layer: stages (timm's taps), all, or names/indices a,b")
     # ---------------------------------------------------------------- sweeps
     steps: int | None = _option(None, "--steps", kind="int", low=2, high=10001, panel=SWEEP,
         role=Role.POINTS, commands=frozenset({"lmc"}), help="Evenly spaced alphas  [default: 11]")

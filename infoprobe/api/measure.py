@@ -183,7 +183,11 @@ def analyze(
     checkpoint: the error propagates); ``attrs["failed"]`` lists them. With ``per_class``,
     ``attrs["per_class"]`` holds the per-class rows. ``csv``, ``json_out``, ``plot``,
     ``save_features`` write files as the command line does; with ``resume``, finished rows
-    of ``csv`` are kept and their checkpoints not measured again.
+    of ``csv`` are kept and their checkpoints not measured again. With ``layers``
+    (``"stages"``, ``"all"``, or names and tap indices: :func:`infoprobe.layers.select_layers`)
+    each checkpoint gives one row per layer from the same forward pass, in depth order and
+    ending with the head's input ``pre_logits`` (:func:`infoprobe.rows.layer_rows`); the pass
+    keeps ``4 n sum_l d_l`` bytes of pooled features (``max_samples`` bounds n).
     """
     given = _as_list(checkpoints)
     opts = prepared("analyze", {"data": data, **options})
@@ -212,8 +216,8 @@ def track(
 
     ``paths`` are checkpoints of one run or folders holding them; steps are read as
     :func:`infoprobe.checkpoints.series_plan` reads them (aliases of a step left out).
-    Failures, outputs and ``resume`` as for :func:`analyze`; a checkpoint whose step
-    cannot be read comes last, with the number in its file name as its step (if any).
+    Failures, outputs, ``layers`` and ``resume`` as for :func:`analyze`; a checkpoint whose
+    step cannot be read comes last, with the number in its file name as its step (if any).
     """
     given = _as_list(paths)
     opts = prepared("track", {"data": data, **options})
