@@ -38,8 +38,8 @@ __all__ = ["lmc", "prune"]
 
 
 class _Sweep:
-    """What both sweeps share: the checked paths, the rows log (resumed rows kept), and
-    each new row logged as it finishes."""
+    """What both sweeps share: the checked paths, the rows log (resumed rows kept), the one
+    model and its data, and each new row logged as it finishes."""
 
     def __init__(
         self,
@@ -47,24 +47,40 @@ class _Sweep:
         opts: RunOptions,
         sources: list[str],
         key: str,
+        progress: Any,
         log: Log | None,
         on_row: OnRow | None,
     ) -> None:
         check_inputs(sources, opts, allow_features=False)
         PathRegistry.of(command, opts, sources).check()
         record = run_record(command, opts, sources) if opts.csv not in (None, "-") else {}
-        self.command, self.opts, self.key, self.log, self.on_row = command, opts, key, log, on_row
+        self.command, self.opts, self.key = command, opts, key
+        self.progress, self.log, self.on_row = progress, log, on_row
         self.rows_log = RowsLog(
             opts, columns(command), by_point(key), key, record, lambda _: sources, log
         )
         self.done = list(self.rows_log.finished().values())
+        self.loaded = ckpts.load_model(sources[0], **load_kwargs(opts))
 
     @property
     def skip(self) -> list[float]:
         return [float(row[self.key]) for row in self.done]
 
-    def collect(self, rows: Iterator[dict], model: dict, total: int) -> list[dict]:
+    def data(self, spec: str, split: str | None, max_samples: int | None) -> Any:
+        """``spec`` read for the swept model."""
+        return load_data(
+            self.opts,
+            spec,
+            self.loaded.model,
+            self.progress,
+            split=split,
+            max_samples=max_samples,
+            log=self.log,
+        )
+
+    def collect(self, rows: Iterator[dict], dataset: Any, total: int) -> list[dict]:
         """Finished rows plus the new ones (with the swept model's columns), in order."""
+        model = model_columns(self.loaded.arch, self.loaded.model, dataset.inputs)
         out = [dict(row) for row in self.done]
         for row in rows:
             row = {**row, **model}
@@ -126,39 +142,20 @@ def lmc(
     a, b = os.fspath(a), os.fspath(b)
     opts = prepared("lmc", {"data": data, **options})
     points = lmc_lib.parse_alphas(opts.steps, opts.alphas)
-    sweep = _Sweep("lmc", opts, [a, b], "alpha", log, on_row)
-    loaded = ckpts.load_model(a, **load_kwargs(opts))
+    sweep = _Sweep("lmc", opts, [a, b], "alpha", progress, log, on_row)
     # A is read once: the sweep clones the model's own state (lmc_sweep handles aliasing)
-    state_a = loaded.model.state_dict()
+    state_a = sweep.loaded.model.state_dict()
     state_b, _ = ckpts.read_state_dict(
         b, ema=opts.ema, strip_prefix=opts.strip_prefix, trust_checkpoint=opts.trust_checkpoint
     )
     lmc_lib.check_compatible(state_a, state_b, a, b)
-    dataset = load_data(
-        opts,
-        opts.data,
-        loaded.model,
-        progress,
-        split=opts.split,
-        max_samples=opts.max_samples,
-        log=log,
-    )
-    bn_set = None
-    if opts.reset_bn:
-        # K batches are all a reset reads, so decode no more than that
-        limit = opts.bn_batches * opts.batch_size if opts.bn_batches else None
-        bn_set = load_data(
-            opts,
-            opts.bn_data,
-            loaded.model,
-            progress,
-            split=opts.bn_split,
-            max_samples=limit,
-            log=log,
-        )
+    dataset = sweep.data(opts.data, opts.split, opts.max_samples)
+    # K batches are all a reset reads, so decode no more than that
+    limit = opts.bn_batches * opts.batch_size if opts.bn_batches else None
+    bn_set = sweep.data(opts.bn_data, opts.bn_split, limit) if opts.reset_bn else None
     rows = sweep.collect(
         lmc_lib.lmc_sweep(
-            loaded.model,
+            sweep.loaded.model,
             state_a,
             state_b,
             dataset,
@@ -172,10 +169,9 @@ def lmc(
             skip=sweep.skip,
             progress=progress,
         ),
-        model_columns(loaded.arch, loaded.model, dataset.inputs),
+        dataset,
         len(points),
     )
-    barriers = lmc_lib.barriers(rows)
     return sweep.finish(
         rows,
         f"lmc {os.path.basename(a)} → {os.path.basename(b)}",
@@ -183,7 +179,7 @@ def lmc(
         a=a,
         b=b,
         reset_bn=opts.reset_bn,
-        barriers=barriers,
+        barriers=lmc_lib.barriers(rows),
     )
 
 
@@ -206,37 +202,12 @@ def prune(
     checkpoint = os.fspath(checkpoint)
     opts = prepared("prune", {"data": data, **options})
     tune = options_of(opts)
-    sweep = _Sweep("prune", opts, [checkpoint], "ratio", log, on_row)
-    loaded = ckpts.load_model(checkpoint, **load_kwargs(opts))
-    dataset = load_data(
-        opts,
-        opts.data,
-        loaded.model,
-        progress,
-        split=opts.split,
-        max_samples=opts.max_samples,
-        log=log,
-    )
-    train = None
-    if tune is not None:
-        if same_data(opts.finetune_data, opts.finetune_split, opts.data, opts.split):
-            say(
-                log,
-                "warning: --finetune-data is the evaluation data (--data): the fine-tuned "
-                "rows are measured on the samples they were trained on",
-            )
-        train = load_data(
-            opts,
-            opts.finetune_data,
-            loaded.model,
-            progress,
-            split=opts.finetune_split,
-            max_samples=None,
-            log=log,
-        )
+    sweep = _Sweep("prune", opts, [checkpoint], "ratio", progress, log, on_row)
+    dataset = sweep.data(opts.data, opts.split, opts.max_samples)
+    train = _finetune_set(sweep) if tune is not None else None
     rows = sweep.collect(
         prune_lib.prune_sweep(
-            loaded.model,
+            sweep.loaded.model,
             dataset,
             opts.ratios,
             method=opts.method,
@@ -252,7 +223,7 @@ def prune(
             skip=sweep.skip,
             progress=progress,
         ),
-        model_columns(loaded.arch, loaded.model, dataset.inputs),
+        dataset,
         len(opts.ratios),
     )
     how = "no fine-tuning" if tune is None else f"fine-tuned {tune.epochs} epoch(s)"
@@ -266,3 +237,15 @@ def prune(
         iterative=opts.iterative,
         finetune=record,
     )
+
+
+def _finetune_set(sweep: _Sweep) -> Any:
+    """prune's ``--finetune-data``, all of it; a warning when it is the evaluation data."""
+    opts = sweep.opts
+    if same_data(opts.finetune_data, opts.finetune_split, opts.data, opts.split):
+        say(
+            sweep.log,
+            "warning: --finetune-data is the evaluation data (--data): the fine-tuned rows are "
+            "measured on the samples they were trained on",
+        )
+    return sweep.data(opts.finetune_data, opts.finetune_split, None)

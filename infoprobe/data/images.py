@@ -62,22 +62,6 @@ def _class_map(folder: Path) -> dict[str, int]:
     return {c: i for i, c in enumerate(sorted(names | set(found), key=natural_key))}
 
 
-def read_class_map(path: str | Path) -> dict[str, int]:
-    """timm's ``--class-map`` text file: line i names the folder of model class i
-    (``timm.data.readers.class_map.load_class_map`` for .txt files; pickles are refused)."""
-    p = Path(path).expanduser()
-    if p.suffix.lower() != ".txt":
-        raise InputError(
-            f"--class-map {p}: give a .txt file with one class folder name per "
-            "line (line i is model class i)"
-        )
-    if not p.is_file():
-        raise InputError(f"--class-map {p} does not exist; check the path")
-    from timm.data.readers.class_map import load_class_map
-
-    return load_class_map(str(p))
-
-
 def _open_image_dataset(root: Path, split: str | None, class_map: dict | None = None):
     """timm dataset, its labels (no decoding) and class names by index."""
     from timm.data import create_dataset
