@@ -211,6 +211,10 @@ class RunOptions:
         role=Role.VALUE, help="Drop all-zero feature rows")
     max_exact_dim: int | None = _option(None, "--max-exact-dim", kind="int", low=0, high=1 << 31,
         panel=MEASURE, role=Role.VALUE, help="Largest exact solve (0: no limit)")
+    layers: str | tuple[str | int, ...] | None = _option(None, "--layers", kind="parsed",
+        parse=parsing.layers, metavar="stages|all|NAMES", panel=MEASURE, role=Role.VALUE,
+        commands=frozenset({"analyze", "track"}),
+        help="A row per layer: stages (timm's taps), all, or names/indices a,b")
     # ---------------------------------------------------------------- sweeps
     steps: int | None = _option(None, "--steps", kind="int", low=2, high=10001, panel=SWEEP,
         role=Role.POINTS, commands=frozenset({"lmc"}), help="Evenly spaced alphas  [default: 11]")
