@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -71,12 +72,15 @@ def test_readme_first_command_runs_and_prints_the_documented_table():
         if path.startswith("fixtures/"):
             assert (ROOT / path).is_file(), f"README names a missing fixture {path}"
     # the package's own entry point: the same program as the installed `infoprobe` script
+    # a pipe without COLUMNS gets the wide table the README shows (pytest sets COLUMNS=80)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = subprocess.run(
         [sys.executable, "-m", "infoprobe", *args[1:]],
         cwd=ROOT,
         text=True,
         capture_output=True,
         timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     got = table_rows(out.stdout)
