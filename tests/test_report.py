@@ -256,7 +256,7 @@ def _rows_log(path, resume=False):
         LMC_COLUMNS,
         by_point("alpha"),
         "alpha",
-        {"command": "lmc"},
+        {"command": "lmc", "options": {}, "inputs": {}, "checkpoints": {}},
         lambda row: ["a", "b"],
         None,
     )
