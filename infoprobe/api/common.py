@@ -283,7 +283,34 @@ def load_data(
         interpolation=opts.interpolation,
     )
     _report_missing_classes(loaded, log)
+    _report_tensor_inputs(loaded, model, log)
     return loaded
+
+
+def _report_tensor_inputs(data: datasets.Dataset, model: Any, log: Log | None) -> None:
+    """Say how tensor inputs were scaled, and warn about float images far outside the range
+    the model's normalisation gives [0, 1] pixels."""
+    record = data.transform or {}
+    if record.get("kind") == "tensor":
+        scale = "scaled by 1/255, then " if record["scale"] != 1 else ""
+        say(
+            log,
+            f"{data.source}: inputs {scale}normalised with mean {_short(record['mean'])} "
+            f"and std {_short(record['std'])}",
+        )
+    elif record == {} and isinstance(data, datasets.LabelledTensors):
+        seen = datasets.looks_unnormalised(data.inputs, model)
+        if seen is not None:
+            say(
+                log,
+                f"warning: {data.source}: inputs range over [{seen[0]:.4g}, {seen[1]:.4g}], "
+                "far outside what the model's normalisation gives images; store uint8 pixels "
+                "(scaled as timm scales images) or pass --mean/--std",
+            )
+
+
+def _short(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _report_missing_classes(data: datasets.Dataset, log: Log | None) -> None:

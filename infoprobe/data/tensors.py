@@ -215,8 +215,9 @@ def load_tensor_file(path: Path) -> LabelledTensors:
     labels = validate_labels(y, int(x.shape[0]), f"data file {path}")
     if x.is_complex():
         raise InputError(f"data file {path}: inputs have dtype {x.dtype}; store real inputs")
-    if x.dtype not in _INDEX_DTYPES:
-        x = x.float()  # the model's weights are float32; int32/int64 token ids stay as they are
+    if x.dtype not in (*_INDEX_DTYPES, torch.uint8):
+        # the model's weights are float32; token ids and uint8 pixels are converted later
+        x = x.float()
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise InputError(f"data file {path}: inputs contain NaN/Inf; clean the data")
     return LabelledTensors(inputs=x, labels=labels, source=str(path), classes=classes)
