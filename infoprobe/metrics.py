@@ -322,6 +322,7 @@ class InterplayMetrics(Metric):
             setattr(self, name, [*getattr(self, name), *getattr(other, name)])
         self.head = _last_head(torch.stack([other.head, self.head]))
         self._fold_if_due()
+        self._update_count += incoming.update_count
         self._computed = None
 
     # ------------------------------------------------------------------------- compute
