@@ -38,6 +38,7 @@ from infoprobe.checkpoint import checkpoint_files
 from infoprobe.collapse import NC_COLUMNS
 from infoprobe.errors import InfoprobeError, InputError, RunFailure
 from infoprobe.info import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EXACT_DIM
+from infoprobe.integrations import tensorboard as tensorboard_out
 from infoprobe.paths import refuse_overwrite
 from infoprobe.rows import PER_CLASS_COLUMNS, SWEEP_COLUMNS, per_class_csv
 from infoprobe.slq import PROBES
@@ -715,6 +716,16 @@ def track(
     plot: Plot = None,
     save_features: SaveFeatures = None,
     resume: Resume = False,
+    tensorboard: Annotated[
+        str | None,
+        _opt(
+            "--tensorboard",
+            metavar="DIR",
+            panel=_OUTPUT,
+            help="Write each checkpoint's values as TensorBoard scalars (interplay/mir, ...) at "
+            "its step, in a new event file in DIR (needs infoprobe[tensorboard]).",
+        ),
+    ] = None,
     *,
     opts: Options,
 ) -> None:
@@ -723,7 +734,7 @@ def track(
     Checkpoints are ordered by the step, global_step or epoch they record, else by the
     number in their file name, which also gives the step column.
     """
-    _track(paths, plot, save_features, resume, opts)
+    _track(paths, plot, save_features, resume, opts, tensorboard)
 
 
 @app.command(epilog=_LMC_EXAMPLES)
@@ -1176,7 +1187,12 @@ def _analyze(
 
 
 def _track(
-    paths: list[str], plot: str | None, save_features: str | None, resume: bool, opts: Options
+    paths: list[str],
+    plot: str | None,
+    save_features: str | None,
+    resume: bool,
+    opts: Options,
+    tensorboard: str | None = None,
 ) -> None:
     _preflight(
         opts,
@@ -1187,6 +1203,10 @@ def _track(
         expand=True,
         resume=resume,
     )
+    if tensorboard is not None:
+        tensorboard_out.check_log_dir(tensorboard, "--tensorboard")
+        inputs = [("checkpoint", p) for p in paths] + [("--data", opts.data)]
+        refuse_overwrite([("--tensorboard", tensorboard)], inputs)
     log = _measured_csv("track", resume, opts, paths=list(paths))
     with _progress() as progress:
         frame = api.track(
@@ -1210,6 +1230,9 @@ def _track(
     if plot is not None and distributed.is_main():
         report.plot_track(rows, plot, title=_plot_title(rows, opts, "training run"))
         _log(f"wrote {plot}")
+    if tensorboard is not None and distributed.is_main():
+        written = tensorboard_out.write_rows(rows, tensorboard)
+        _log(f"wrote {written}" if written else "--tensorboard: no row had values to write")
     _check_failed(frame, opts)
 
 
