@@ -61,10 +61,14 @@ class Classifier(L.LightningModule):
 
 
 class Snapshots(L.Callback):
-    """The weights at each epoch end and at each measured step (runs after the callback)."""
+    """The weights at the start, each batch end and each epoch end (runs after the
+    callback)."""
 
     def __init__(self) -> None:
         self.states: dict[int, dict] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.states[trainer.global_step] = copy.deepcopy(pl_module.model.state_dict())
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         self.states[trainer.global_step] = copy.deepcopy(pl_module.model.state_dict())
@@ -112,8 +116,9 @@ def test_logs_the_one_shot_values_to_csv_and_tensorboard(tmp_path):
     csv, board = CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")
     fit([callback, snapshots], tmp_path, loggers=[csv, board], log_every_n_steps=50)
 
-    # epochs end at steps 3 and 6, every 2 steps measures at 2, 4 and 6: once per step
-    assert [(r["step"], r["epoch"]) for r in callback.rows] == [(2, 0), (3, 0), (4, 1), (6, 1)]
+    # epochs end at steps 3 and 6, every 2 steps measures at 0, 2, 4 and 6: once per step
+    steps = [(r["step"], r["epoch"]) for r in callback.rows]
+    assert steps == [(0, 0), (2, 0), (3, 0), (4, 1), (6, 1)]
     for row in callback.rows:
         want = one_shot(snapshots.states[row["step"]])
         for key in KEYS:
@@ -133,7 +138,7 @@ def test_logs_the_one_shot_values_to_csv_and_tensorboard(tmp_path):
             assert logged.loc[row["step"], tag] == value, (tag, row["step"])
             found = {e.step: e.value for e in events.Scalars(tag)}
             assert found[row["step"]] == float(np.float32(value)), (tag, row["step"])
-    assert sorted(found) == [2, 3, 4, 6]
+    assert sorted(found) == [0, 2, 3, 4, 6]
 
 
 @pytest.mark.slow

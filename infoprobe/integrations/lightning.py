@@ -7,7 +7,8 @@ Needs Lightning 2 (``pip install 'infoprobe[lightning]'``)::
     trainer = L.Trainer(callbacks=[InterplayCallback("val.safetensors")], logger=...)
 
 Every ``every_n_epochs`` epochs (at the end of the training epoch) or every
-``every_n_train_steps`` optimizer steps (at the end of that step's batch) the callback runs
+``every_n_train_steps`` optimizer steps (at the end of that step's batch, and at the start
+of training, step 0, for the initial weights) the callback runs
 the module over a fixed probe set (:class:`~infoprobe.integrations.probe_set.ProbeSet`) and
 logs ``interplay/mir``, ``interplay/hdr``, ``interplay/h_z``, ..., ``interplay/nc1``, ...:
 with ``pl_module.log_dict`` (so the progress bar, ``ModelCheckpoint`` and ``EarlyStopping``
@@ -44,7 +45,8 @@ class InterplayCallback(pl.Callback):
         data: the probe set: a path infoprobe reads (``--data``), a torch ``Dataset`` or a
             ``DataLoader`` of ``(inputs, labels)`` (see :class:`ProbeSet`).
         every_n_epochs: measure after every N-th training epoch (None or 0: never).
-        every_n_train_steps: measure after every N-th optimizer step (None: never).
+        every_n_train_steps: measure after every N-th optimizer step, and before the first
+            (None: never).
         max_samples: a seeded class-stratified subsample of the probe data (None: all).
         estimate: as for :func:`infoprobe.info.interplay` (default exact when it fits).
         features_fn, head: the penultimate features and classifier of a module whose head
@@ -99,6 +101,11 @@ class InterplayCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.probe.load(pl_module)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        every = self.every_n_train_steps
+        if every and trainer.global_step % every == 0:  # step 0: the weights before training
+            self._log(trainer, pl_module, on_step=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self.every_n_train_steps
