@@ -179,7 +179,8 @@ def main(argv=None) -> None:
     import pandas as pd
 
     train_data, _, _, test_path = C.mnist(args.out)
-    shutil.rmtree(args.out / "tb", ignore_errors=True)  # this run's curves only
+    for logs in ("tb", "csv"):  # this run's curves only
+        shutil.rmtree(args.out / logs, ignore_errors=True)
     ckpt_dir = C.fresh_checkpoint_dir(args.out)
     rows, live_dir = train(args, train_data, test_path, ckpt_dir)
     C.log(f"trained with the callback: {len(rows)} measurements ({timer})")
