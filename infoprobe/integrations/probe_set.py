@@ -56,7 +56,8 @@ class ProbeSet:
         data: a path infoprobe reads (``--data``: a tensor file or an image folder, loaded
             with :func:`infoprobe.data.load_data` and the model's timm transform), an
             infoprobe dataset (used as it is), or a torch ``Dataset`` or ``DataLoader``
-            yielding ``(inputs, labels)``, read once into memory.
+            yielding ``(inputs, labels)``, read once into memory. Under DDP every process
+            must get the same data (no DistributedSampler): the processes split it.
         max_samples: a seeded class-stratified subsample of this many samples (None: all).
         seed: the subsample's seed.
         batch_size: evaluation batch size.
