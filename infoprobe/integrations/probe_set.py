@@ -145,10 +145,11 @@ class ProbeSet:
         metric = self._metric(weight, device)
         lo, hi = distributed.shard(len(data), self.batch_size)
         starts = range(lo, hi, self.batch_size)
+        dev = metric.device
         for start, x in zip(starts, data.batches(self.batch_size, lo, hi), strict=True):
             z = self.features_fn(model, x.to(device)).reshape(len(x), -1)
             labels = data.labels[start : start + len(x)]
-            metric.update(z, labels.to(z.device), weight.to(z.device), head(z))
+            metric.update(z.to(dev), labels.to(dev), weight.to(dev), head(z).to(dev))
         return metric
 
     def _head(self, model: nn.Module) -> nn.Module | str | None:
