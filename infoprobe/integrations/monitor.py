@@ -2,9 +2,9 @@
 
 Three lines in a loop::
 
-    from infoprobe.integrations import InterplayMonitor
-    monitor = InterplayMonitor(model, "val.safetensors", every=500, writer=SummaryWriter("runs/a"))
-    monitor.step(global_step)  # in the loop, after optimizer.step()
+    from infoprobe.integrations import InterplayMonitor  # at the top
+    monitor = InterplayMonitor(model, "val.safetensors", every=500, writer=writer)  # once
+    monitor.step(global_step)  # in the batch loop, after optimizer.step()
 """
 
 from __future__ import annotations
