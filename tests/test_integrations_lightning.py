@@ -100,11 +100,11 @@ def fit(callbacks, tmp_path: Path, loggers=False, epochs: int = 2, **trainer) ->
     return module
 
 
-def one_shot(state: dict) -> dict:
+def one_shot(state: dict, batch_size: int = 256) -> dict:
     model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
     model.load_state_dict(state)
     data = load_data(TEST, max_samples=PROBE, seed=0)
-    return analysis_row("x", evaluate(model, data, device="cpu"))
+    return analysis_row("x", evaluate(model, data, device="cpu", batch_size=batch_size))
 
 
 @pytest.mark.slow
@@ -260,7 +260,15 @@ def test_under_ddp_each_process_measures_its_share(tmp_path):
     module = fit([callback], tmp_path, loggers=[csv], epochs=1, strategy="ddp_spawn", devices=2)
     logged = pd.read_csv(Path(csv.log_dir) / "metrics.csv").dropna(subset=["interplay/mir"])
     assert len(logged) == 1
-    want = one_shot(module.model.state_dict())  # the final weights, back in this process
+    # the final weights, back in this process, evaluated as the workers did: in batches of
+    # 16 on one thread (Lightning gives each CPU process one), so the float32 features are
+    # the same bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = one_shot(module.model.state_dict(), batch_size=16)
+    finally:
+        torch.set_num_threads(threads)
     for key in KEYS:
         if key != "n_samples":  # not a logged value
             got = float(logged[f"interplay/{key}"].iloc[0])
