@@ -279,6 +279,9 @@ class RunOptions:
         role=Role.OUTPUT, stdout=True, derived=_csv_files, help="Rows as CSV ('-': stdout)")
     json_out: str | None = _option(None, "--json", kind="str", metavar="FILE", panel=OUTPUT,
         role=Role.OUTPUT, stdout=True, help="Rows and metadata as JSON ('-': stdout)")
+    tensorboard: str | None = _option(None, "--tensorboard", kind="str", metavar="DIR",
+        panel=OUTPUT, role=Role.OUTPUT, folder=True, commands=frozenset({"track"}),
+        help="TensorBoard scalars at each step")
     plot: str | None = _option(None, "--plot", kind="str", metavar="FILE.png", panel=OUTPUT,
         role=Role.OUTPUT, help="Plot the rows (matplotlib)")
     resume: bool = _option(False, "--resume", kind="bool", panel=OUTPUT, role=Role.DISPLAY,

@@ -188,6 +188,8 @@ def _check_target(out: PathEntry, folder: bool) -> None:
         if not os.access(out.path, os.W_OK):
             raise InputError(f"{what}: the {kind} exists and is not writable")
     parent = out.path if folder and mode is not None else out.path.parent
+    if folder:  # a folder output is made with its missing parents
+        parent = next(p for p in (parent, *parent.parents) if p.exists())
     if not parent.is_dir():
         raise InputError(f"{what}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -53,6 +53,7 @@ OUTPUTS = {
         "interplay_loss.png",
         ("setting", "seed", "arm", "lambda_mi", "lambda_hdr"),
     ),
+    "07_live_dynamics": ("live_dynamics.csv", "live_dynamics.png", ("source", "step", "epoch")),
     "08_layer_dynamics": (
         "layer_dynamics.csv",
         "layer_dynamics.png",

@@ -82,6 +82,10 @@ def check_options(command: str, opts: RunOptions) -> None:
         from infoprobe.report.plots import check_plot_path
 
         check_plot_path(opts.plot)
+    if opts.tensorboard is not None:
+        from infoprobe.integrations.tensorboard import check_log_dir
+
+        check_log_dir(opts.tensorboard)
     if command == "lmc":
         _check_lmc(opts)
     if command == "prune":

@@ -182,6 +182,11 @@ def write_outputs(
         from infoprobe.report.plots import plot_rows
 
         plot_rows(command, rows, opts.plot, title=title)
+    if opts.tensorboard is not None:
+        from infoprobe.integrations.tensorboard import write_rows
+
+        written = write_rows(rows, opts.tensorboard)
+        say(log, f"wrote {written}" if written else "--tensorboard: no row had values to write")
     for target in (opts.csv, opts.json_out, opts.plot):
         if target not in (None, STDOUT):
             say(log, f"wrote {target}")
