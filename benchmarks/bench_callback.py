@@ -38,6 +38,7 @@ import _common as C  # noqa: E402
 
 from infoprobe import collapse, info  # noqa: E402
 from infoprobe.metrics import InterplayMetrics  # noqa: E402
+from infoprobe.schema import NC_COLUMNS  # noqa: E402
 
 
 def load() -> float:
@@ -202,7 +203,7 @@ def bench_call(n: int, d: int, c: int) -> dict:
     found = collapse.neural_collapse(z, y, head, logits)
     baseline = time.perf_counter() - streamed
     gap = max(abs(row[k] - getattr(one, k)) for k in ("h_z", "h_w", "h_zw", "mir", "hdr"))
-    gap = max(gap, max(abs(row[k] - getattr(found, k)) for k in collapse.NC_COLUMNS))
+    gap = max(gap, max(abs(row[k] - getattr(found, k)) for k in NC_COLUMNS))
     return {
         "load_1min_before_after": [load_before, load()],
         "n": n,

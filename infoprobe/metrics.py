@@ -62,6 +62,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from infoprobe import collapse, info
 from infoprobe.errors import InputError
+from infoprobe.schema import NC_COLUMNS
 
 __all__ = ["InterplayMetrics"]
 
@@ -349,7 +350,7 @@ class InterplayMetrics(Metric):
             **{k: getattr(result, k) for k in ("h_z", "h_w", "h_zw", "mi", "mir", "hdr")},
             "mir_nc": optimum.mir if optimum else math.nan,
             "hdr_nc": optimum.hdr if optimum else math.nan,
-            **{k: getattr(found, k) for k in collapse.NC_COLUMNS},
+            **{k: getattr(found, k) for k in NC_COLUMNS},
             **{k: _nan(getattr(result, k)) for k in ("h_zw_err", "mi_err", "mir_err")},
             "mir_lower": _nan(result.mir_lower),
             "estimate": result.label,

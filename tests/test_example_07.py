@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from infoprobe.rows import COLUMNS
+from infoprobe.schema import COLUMNS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "07_live_dynamics.py"
 

@@ -23,7 +23,8 @@ from torchmetrics import MetricCollection
 from infoprobe import info
 from infoprobe.errors import InputError
 from infoprobe.metrics import InterplayMetrics
-from infoprobe.rows import COLUMNS, analysis_row
+from infoprobe.rows import analysis_row
+from infoprobe.schema import COLUMNS
 
 INFO_KEYS = ("h_z", "h_w", "h_zw", "mi", "mir", "hdr")
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")

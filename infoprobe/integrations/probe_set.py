@@ -36,9 +36,10 @@ from infoprobe.data import (
     validate_labels,
 )
 from infoprobe.errors import InputError
+from infoprobe.heads import find_head, head_weight
 from infoprobe.info import DEFAULT_BATCH_SIZE, Estimate
 from infoprobe.metrics import InterplayMetrics
-from infoprobe.probe import evaluate, find_head, head_weight
+from infoprobe.probe import evaluate
 
 __all__ = ["DEFAULT_PROBE_SAMPLES", "ProbeSet"]
 
@@ -63,7 +64,7 @@ class ProbeSet:
         batch_size: evaluation batch size.
         estimate, max_exact_dim: as for :class:`~infoprobe.metrics.InterplayMetrics`.
         head: the classifier module (or its dotted path in the model). Default: found as
-            ``infoprobe`` finds timm heads (:func:`infoprobe.probe.find_head` on the first
+            ``infoprobe`` finds timm heads (:func:`infoprobe.heads.find_head` on the first
             submodule with ``get_classifier``, else :func:`infoprobe.probe.evaluate`'s
             search, which checks that the head reproduces the model's logits).
         features_fn: ``features_fn(model, inputs) -> features [b, d]`` for a model whose

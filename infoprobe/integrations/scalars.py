@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from infoprobe.collapse import NC_COLUMNS
+from infoprobe.schema import NC_COLUMNS
 
 __all__ = ["SCALAR_COLUMNS", "scalars"]
 
