@@ -62,29 +62,32 @@ def test_two_outputs_of_one_run_are_never_one_file(tmp_path, no_work, outputs, w
     assert list(tmp_path.iterdir()) == []
 
 
-def test_every_derived_output_of_a_toy_output_field_is_checked(tmp_path):
-    """The registry reads the roles, so a new output option is checked with no other change."""
+def test_a_toy_field_is_checked_everywhere_with_no_other_change(tmp_path):
+    """A new option is one field: its flag, API check, path check and resume record follow."""
     import dataclasses
 
     from infoprobe import options as options_module
+    from infoprobe.cli.options import parameters
+    from infoprobe.record import run_record
 
+    option, role = options_module._option, options_module.Role
+    twin = lambda value, opts, ckpts: [("--toy-out's twin", f"{value}.twin")]  # noqa: E731
+    toy_out = option(
+        None,
+        "--toy-out",
+        kind="str",
+        panel="Output",
+        role=role.OUTPUT,
+        help="a toy output",
+        derived=twin,
+        commands=frozenset({"analyze"}),
+    )
+    toy_value = option(
+        3, "--toy-value", kind="int", low=1, panel="Measure", role=role.VALUE, help="a toy value"
+    )
     toy = dataclasses.make_dataclass(
         "ToyOptions",
-        [
-            (
-                "toy_out",
-                str | None,
-                options_module._option(
-                    None,
-                    "--toy-out",
-                    kind="str",
-                    panel="Output",
-                    role=options_module.Role.OUTPUT,
-                    help="a toy output",
-                    derived=lambda v, o, c: [("--toy-out's twin", f"{v}.twin")],
-                ),
-            )
-        ],
+        [("toy_out", str | None, toy_out), ("toy_value", int, toy_value)],
         bases=(RunOptions,),
         frozen=True,
     )
@@ -100,6 +103,15 @@ def test_every_derived_output_of_a_toy_output_field_is_checked(tmp_path):
             PathRegistry.of("analyze", opts, [str(A)]).check()
         with pytest.raises(InputError, match="toy_out"):
             toy.of("analyze", {"toy_out": 3})
+        with pytest.raises(InputError, match="--toy-value 0"):
+            toy.of("lmc", {"toy_value": 0})
+        with pytest.raises(TypeError, match="toy_out"):
+            toy.of("lmc", {"toy_out": "x"})  # analyze's only
+        built = {p.name: p for p in parameters("analyze")}["toy_out"]
+        assert built.annotation.__metadata__[0].param_decls == ("--toy-out",)
+        assert "toy_out" not in {p.name for p in parameters("lmc")}
+        record = run_record("analyze", toy.of("analyze", {"toy_value": 5}), [str(A)])
+        assert record["options"]["toy_value"] == 5 and "toy_out" not in record["options"]
     finally:
         options_module.RunOptions = saved
 
