@@ -97,7 +97,7 @@ def test_readme_first_command_runs_and_prints_the_documented_table():
 def test_usage_examples_use_real_fixture_paths(block):
     for line in block.strip().splitlines():
         words = shlex.split(line)
-        assert words[0] == "infoprobe" and words[1] in ("analyze", "track", "lmc", "prune")
+        assert words[0] == "infoprobe" and words[1] in ("analyze", "track", "lmc", "prune", "plot")
         for word in words:
             if word.startswith("fixtures/") and "*" not in word:
                 assert (ROOT / word).exists(), word
