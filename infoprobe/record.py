@@ -162,8 +162,7 @@ def check_resumed(
         )
     completes_rows = {n for n, s in dict(specs()).items() if s.completes} if completes else set()
     differ = [
-        f"{_flag(name)} {now['path'] if now else 'unset'} is not the {_flag(name)} they were "
-        f"measured on: {_changed(was, now)}"
+        _input_change(_flag(name), was, now)
         for name in sorted(set(recorded["inputs"]) | set(current["inputs"]))
         for was, now in [(recorded["inputs"].get(name), current["inputs"].get(name))]
         if _content(was) != _content(now)
@@ -187,6 +186,16 @@ def check_resumed(
             )
     kept = {n: i for n, i in recorded["checkpoints"].items() if n not in current["checkpoints"]}
     return {**current, "checkpoints": {**kept, **current["checkpoints"]}}
+
+
+def _input_change(flag: str, was: Mapping | None, now: Mapping | None) -> str:
+    if was is None or now is None:
+        return f"{flag} {_path(now)} now, {_path(was)} then"
+    return f"{flag} {now['path']} is not the {flag} they were measured on: {_changed(was, now)}"
+
+
+def _path(entry: Mapping | None) -> str:
+    return "unset" if entry is None else str(entry.get("path"))
 
 
 def _content(entry: Mapping | None) -> tuple | None:

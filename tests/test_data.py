@@ -52,7 +52,7 @@ def test_integral_float_labels_accepted_and_int_inputs_cast(tmp_path):
     p = tmp_path / "d.pt"
     torch.save(
         {
-            "x": torch.arange(12, dtype=torch.uint8).reshape(6, 2),
+            "x": torch.arange(12, dtype=torch.int16).reshape(6, 2),
             "y": torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]),
         },
         p,

@@ -570,21 +570,10 @@ def test_resume_refuses_rows_of_another_finetuning(tmp_path):
     import pandas as pd
 
     assert pd.read_csv(csv)["ratio"].tolist() == [0.0, 0.5]
-    # the library checks the finished rows it is given too
-    rows = pd.read_csv(csv).to_dict("records")
-    with pytest.raises(InputError, match="was fine-tuned; this run does not fine-tune"):
-        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu", done=rows)
-    plain = [{**r, **dict.fromkeys(FT_COLUMNS, math.nan)} for r in rows]
-    with pytest.raises(InputError, match="was not fine-tuned; this run fine-tunes"):
-        api.prune(
-            str(A),
-            str(TEST),
-            ratios=[0, 0.5, 0.7],
-            max_samples=100,
-            device="cpu",
-            done=plain,
-            finetune_data=str(train),
-        )
+    # the library resumes through the same record: without fine-tuning it is another run
+    with pytest.raises(InputError, match="another run \\(--finetune-data unset now"):
+        api.prune(str(A), str(TEST), ratios=[0, 0.5, 0.7], max_samples=100, device="cpu",
+                  csv=str(csv), resume=True)  # fmt: skip
 
 
 def test_finetuning_on_the_evaluation_data_warns():

@@ -177,6 +177,7 @@ def check_inputs(paths: Sequence[str], opts: RunOptions, *, allow_features: bool
                 "--class-map maps image folders; a features file's labels are the "
                 "model's classes already (use --valid-labels for a subset)"
             )
+        _read_label_files(opts)
         return features
     if not paths:
         return features
@@ -189,13 +190,23 @@ def check_inputs(paths: Sequence[str], opts: RunOptions, *, allow_features: bool
         raise InputError(f"--data {opts.data} does not exist; check the path")
     if Path(opts.data).expanduser().is_file():
         _refuse(opts, _IMAGE_OPTIONS + ("split",), f"--data {opts.data} is a tensor file")
+    _read_label_files(opts)
     return features
+
+
+def _read_label_files(opts: RunOptions) -> None:
+    """Read the label files now: a malformed one stops the run before any work."""
+    if opts.class_map is not None:
+        parsing.read_class_map(opts.class_map)
+    if isinstance(opts.valid_labels, str):
+        parsing.read_valid_labels(opts.valid_labels)
 
 
 def _refuse(opts: RunOptions, names: Sequence[str], why: str) -> None:
     given = [opts.spec(n).flag for n in names if opts.given(n)]
     if given:
-        raise InputError(f"{', '.join(given)} do(es) not apply here: {why}; drop it")
+        verb, pronoun = ("does", "it") if len(given) == 1 else ("do", "them")
+        raise InputError(f"{', '.join(given)} {verb} not apply here: {why}; drop {pronoun}")
 
 
 def settled(opts: RunOptions) -> RunOptions:

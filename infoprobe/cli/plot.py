@@ -57,11 +57,11 @@ def _plot(csv: str, out: str, title: str | None) -> None:
     from infoprobe.report.files import read_csv_rows
     from infoprobe.report.plots import check_plot_path, plot_rows
 
-    check_plot_path(out, "--out")
-    registry = PathRegistry()
+    registry = PathRegistry()  # first: writing onto the CSV is the worse mistake
     registry.add_input("FILE.csv", csv)
     registry.add_output("--out", out)
     registry.check()
+    check_plot_path(out, "--out")
     if not Path(csv).expanduser().is_file():
         raise InputError(f"{csv} does not exist or is not a file; check the path")
     header = list(pd.read_csv(Path(csv).expanduser(), nrows=0).columns)
