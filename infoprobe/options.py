@@ -142,7 +142,8 @@ class RunOptions:
     arch: str | None = _option(None, "--arch", "-m", "--model", kind="str", panel=MODEL,
         role=Role.VALUE, completes=True, metavar="NAME",
         help="Architecture: a timm model name, local-dir:FOLDER (a save_for_hf folder's "
-        "config), or path/to/file.py:factory / package.module:factory (your own code). "
+        "config), or path/to/file.py:factory / package.module:factory (your own code: needs "
+        "--trust-code). "
         "Default: the one the checkpoint records.")
     num_classes: int | None = _option(None, "--num-classes", kind="int", low=1, high=_MAX_CLASSES,
         panel=MODEL, role=Role.VALUE, completes=True,
@@ -164,6 +165,11 @@ class RunOptions:
         role=Role.DISPLAY,
         help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, a "
         "recorded file.py:factory). Only for files you trust.")
+    trust_code: bool = _option(False, "--trust-code", kind="bool", panel=MODEL,
+        role=Role.DISPLAY,
+        help="Allow an architecture that imports Python code outside timm's registry "
+        "(file.py:factory, package.module:factory; a recorded one also needs "
+        "--trust-checkpoint). Only for code you would run yourself.")
     head: str | None = _option(None, "--head", kind="str", metavar="MODULE", panel=MODEL,
         role=Role.VALUE,
         help="Dotted name of the classifier layer (its output gives accuracy and loss). "
