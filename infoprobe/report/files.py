@@ -20,11 +20,14 @@ from typing import Any, TextIO
 import pandas as pd
 
 from infoprobe.errors import InputError, unwritable
-from infoprobe.report.text import format_value
+from infoprobe.report.text import format_value, from_spreadsheet_cell, spreadsheet_cell
 from infoprobe.rows import INT_COLUMNS, rows_frame
 
 #: The file name that means standard output for --csv / --json.
 STDOUT = "-"
+#: Columns whose text comes from files (paths, recorded names, class names, notes quoting
+#: them): their CSV cells are kept from spreadsheet formulas (:func:`spreadsheet_cell`).
+UNTRUSTED_TEXT = ("checkpoint", "model", "name", "note", "layer")
 
 
 def check_output(path: str | os.PathLike | None, flag: str) -> None:
@@ -84,8 +87,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell."""
-    return rows_frame(rows, columns).to_csv(index=False, lineterminator="\n")
+    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell,
+    and text from files cannot start a spreadsheet formula (:data:`UNTRUSTED_TEXT`). Lines
+    end in CRLF (RFC 4180), so that a cell holding a bare CR is quoted, not a row break."""
+    frame = rows_frame(rows, columns)
+    for column in frame.columns.intersection(UNTRUSTED_TEXT):
+        frame[column] = [spreadsheet_cell(v) if isinstance(v, str) else v for v in frame[column]]
+    return frame.to_csv(index=False, lineterminator="\r\n")
 
 
 def write_csv(
@@ -130,6 +138,8 @@ def _typed(row: dict) -> dict:
     for column, value in row.items():
         if column in ("note", "checkpoint", "estimate", "model") and value is None:
             value = ""
+        elif column in UNTRUSTED_TEXT and isinstance(value, str):
+            value = from_spreadsheet_cell(value)
         elif value is None:
             value = math.nan
         elif column in INT_COLUMNS and isinstance(value, float) and value.is_integer():
