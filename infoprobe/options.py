@@ -413,5 +413,5 @@ def _check_bounds(number: float, spec: Spec, where: str) -> None:
     low, high = spec.low, spec.high
     if low is not None and (number < low or (spec.above and number == low)):
         raise InputError(f"{where}: must be {'>' if spec.above else '>='} {low:g}")
-    if high is not None and number > high:
-        raise InputError(f"{where}: must be <= {int(high) if high >= 1 else high:g}")
+    if high is not None and number > high:  # integral bounds in full: 2**63 - 1, not 9.2e+18
+        raise InputError(f"{where}: must be <= {int(high) if float(high).is_integer() else high}")
