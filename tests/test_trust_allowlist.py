@@ -168,8 +168,9 @@ def test_trusting_a_checkpoint_never_lets_its_arguments_skip_the_allowlist(
     save_file(make_timm().state_dict(), str(p), metadata=meta)
     create_model_calls.clear()
     for flags in ({}, {"trust_checkpoint": True}, {"trust_checkpoint": True, "trust_code": True}):
-        with pytest.raises(InputError, match="model argument"):
+        with pytest.raises(InputError, match="model argument") as err:
             ck.load_model(p, **flags)
+        assert f"checkpoint {p} model_kwargs" in str(err.value)  # the checkpoint's own check
     assert create_model_calls == []
 
 

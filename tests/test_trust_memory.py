@@ -66,9 +66,10 @@ def test_model_kwargs_num_classes_meets_the_flag_cap(tmp_path, built_on):
     p = tmp_path / "m.safetensors"
     save_file(make_timm().state_dict(), str(p), metadata={"arch": "test_resnet"})
     built_on.clear()
-    with pytest.raises(InputError, match=r"num_classes must be an integer in \[1, 1048576\]"):
+    cap = r"--model-kwargs: {} must be an integer in \[1, {}\], not {}; give it with --{}"
+    with pytest.raises(InputError, match=cap.format("num_classes", 1 << 20, 10**8, "num-classes")):
         ck.load_model(p, model_kwargs={"num_classes": 100_000_000})
-    with pytest.raises(InputError, match=r"in_chans must be an integer in \[1, 4096\]"):
+    with pytest.raises(InputError, match=cap.format("in_chans", 4096, 5000, "in-chans")):
         ck.load_model(p, model_kwargs={"in_chans": 5000})
     with pytest.raises(InputError, match=r"num_classes must be an integer"):
         ck.build_model("test_resnet", num_classes=100_000_000)
