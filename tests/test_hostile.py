@@ -155,6 +155,8 @@ def test_a_resize_past_the_largest_side_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_corrupt_image_with_workers_is_one_error_and_no_worker_traceback(tmp_path, capfd):
+    import multiprocessing
+
     from infoprobe.probe import evaluate
 
     root = make_image_folder(tmp_path / "imgs", {"a": 20, "b": 20})
@@ -162,9 +164,16 @@ def test_a_corrupt_image_with_workers_is_one_error_and_no_worker_traceback(tmp_p
     model = make_timm("test_resnet", num_classes=2, in_chans=3)
     for _ in range(3):  # one data stream per checkpoint: each forks new workers
         stream = load_data(root, model=model, input_size=16, workers=2, stream_above=0, cache=None)
-        with pytest.raises(InputError, match="cannot decode image .*3.png") as err:
+        try:
             evaluate(model, stream, device="cpu", batch_size=4)
-        assert "\n" not in str(err.value)
+        except InputError as e:
+            assert "cannot decode image" in str(e) and "\n" not in str(e)
+            cycle = [e]  # a caller may keep the error in garbage that only gc frees,
+            cycle.append(cycle)  # which may run in the next loader's forked workers
+        else:
+            pytest.fail("a corrupt image must fail the pass")
+        # the failed loader's workers are shut down already, not left to that collection
+        assert multiprocessing.active_children() == []
     stderr = capfd.readouterr().err
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
 

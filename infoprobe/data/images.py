@@ -195,10 +195,10 @@ def _worker_error(err: Exception) -> str:
 def _decoded(loader) -> Iterator[Tensor]:
     """The input batches of ``loader``; failures in worker processes arrive wrapped.
 
-    The loader's iterator is released before an error leaves: kept alive by the error's
-    traceback, it (and its worker processes) would outlive the error until the next
-    loader forks, and each forked worker would then print a traceback of its failed
-    clean-up."""
+    The loader's iterator is released here, in this process, before an error leaves:
+    kept alive by an error (torch's re-raised one sits in a reference cycle with its
+    frames), it would be freed by a garbage collection that may run in the next loader's
+    forked workers, and each of them would print a traceback of its failed clean-up."""
     batches = iter(loader)
     message = None
     try:
@@ -208,6 +208,7 @@ def _decoded(loader) -> Iterator[Tensor]:
         if "Original Traceback" not in str(e):
             raise
         message = _worker_error(e)
+        e.__traceback__ = None  # breaks the cycle: its frames hold the iterator
     finally:
         batches = None  # the last reference: the workers shut down here, in this process
     if message is not None:
