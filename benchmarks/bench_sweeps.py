@@ -55,9 +55,9 @@ from infoprobe.sweeps import (
     finetune,
     lmc,
     lmc_sweep,
+    masks,
     parse_alphas,
     parse_ratios,
-    prunable_parameters,
     prune,
     prune_sweep,
 )
@@ -186,7 +186,7 @@ def bench_finetune(data: LabelledTensors, epochs: int, repeats: int, device: str
     dev = probe.resolve_device(device)
     options = FinetuneOptions(epochs=epochs)
     dense_model, pruned_model = make_model(0).to(dev), make_model(0).to(dev)
-    prune._prune_to(prunable_parameters(pruned_model), 0.5, "global-magnitude", 0)
+    masks.prune_to(masks.prunable_parameters(pruned_model), 0.5, "global-magnitude", 0)
     states = {
         id(m): {k: v.clone() for k, v in m.state_dict().items()}
         for m in (dense_model, pruned_model)

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 #: The columns NC1-NC4 fill in a row (:data:`infoprobe.rows.COLUMNS`).
-NC_COLUMNS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc3", "nc4")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,12 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank: the process group's, else torchrun's ``RANK`` when torchrun
+    started several processes (so that a failure before the group exists, or after it is
+    torn down, is still reported by rank 0 alone)."""
+    if active():
+        return dist.get_rank()
+    return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
 
 
 def world_size() -> int:

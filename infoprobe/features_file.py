@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from infoprobe.data import validate_labels
+from infoprobe.data import stratified_indices, validate_labels
 from infoprobe.errors import InputError, unwritable
 from infoprobe.probe import Evaluation, check_features, scores
 
@@ -55,11 +57,24 @@ def is_features_file(path: str | Path) -> bool:
         return False
 
 
-def load_features(path: str | Path) -> Evaluation:
+def load_features(
+    path: str | Path,
+    *,
+    max_samples: int | None = None,
+    seed: int = 0,
+    valid_labels: Sequence[int] | None = None,
+) -> Evaluation:
     """Read a features file (see :func:`save_features`); any framework can write one.
 
     Validates shapes (features [n,d], head [C,d], labels [n], logits [n,C]), labels in
     [0, C) and finiteness. Loss and accuracy come from the logits, NaN without them.
+
+    The file's labels index its head's rows (model classes). ``valid_labels`` (k class
+    indices) keeps the samples of those classes, relabelled 0..k-1 in the list's order, with
+    the head rows and logit columns restricted to them: the evaluation a checkpoint gives on
+    data of those k classes with ``--valid-labels``. ``max_samples`` then takes the same
+    seeded class-stratified subsample that ``--max-samples`` takes of a dataset with these
+    labels (:func:`~infoprobe.data.stratified_indices`), in the file's order.
     """
     from safetensors import safe_open
 
@@ -97,16 +112,58 @@ def load_features(path: str | Path) -> Evaluation:
     check_features(z, f"features file {path}")
     if not torch.isfinite(w).all():
         raise InputError(f"features file {path}: the head weights contain NaN/Inf")
-    loss = acc = float("nan")
-    note = ""
     if logits is not None:
         if tuple(logits.shape) != (z.shape[0], w.shape[0]):
             raise InputError(
                 f"features file {path}: logits {tuple(logits.shape)} should be "
                 f"[{z.shape[0]}, {w.shape[0]}]"
             )
-        loss, acc, note = scores(logits.float(), labels)
         logits = logits.float()
-    return Evaluation(
-        features=z, logits=logits, labels=labels, head=w, loss=loss, accuracy=acc, note=note
+    if valid_labels is not None:
+        classes = _valid_classes(valid_labels, w.shape[0], path)
+        z, labels, logits = _of_classes(z, labels, logits, classes, path)
+        w = w[classes]
+    if max_samples is not None:
+        keep = stratified_indices(labels, max_samples, seed)
+        z, labels = z[keep], labels[keep]
+        logits = logits[keep] if logits is not None else None
+    evaluation = Evaluation(
+        features=z,
+        logits=logits,
+        labels=labels,
+        head=w,
+        loss=float("nan"),
+        accuracy=float("nan"),
+        note="",
     )
+    return evaluation if logits is None else _scored(evaluation)
+
+
+def _scored(evaluation: Evaluation) -> Evaluation:
+    loss, accuracy, note = scores(evaluation.logits, evaluation.labels)
+    evaluation.loss, evaluation.accuracy, evaluation.note = loss, accuracy, note
+    return evaluation
+
+
+def _valid_classes(valid: Sequence[int], num_classes: int, path: Path) -> Tensor:
+    classes = torch.as_tensor(list(valid), dtype=torch.long)
+    if int(classes.max()) >= num_classes:
+        raise InputError(
+            f"--valid-labels lists class {int(classes.max())}, past the {num_classes} classes "
+            f"of features file {path}'s head"
+        )
+    return classes
+
+
+def _of_classes(
+    z: Tensor, labels: Tensor, logits: Tensor | None, classes: Tensor, path: Path
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The samples whose label is one of ``classes``, relabelled to its position there, and
+    their logits restricted to those classes."""
+    position = torch.full((max(int(labels.max()), int(classes.max())) + 1,), -1)
+    position[classes] = torch.arange(len(classes))
+    keep = position[labels] >= 0
+    if not keep.any():
+        raise InputError(f"features file {path} holds no sample of the --valid-labels classes")
+    restricted = logits[keep][:, classes] if logits is not None else None
+    return z[keep], position[labels[keep]], restricted

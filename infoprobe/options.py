@@ -32,15 +32,14 @@ from enum import Enum
 from typing import Any
 
 from infoprobe import parsing
-from infoprobe.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EXACT_DIM, ESTIMATES, PROBES
+from infoprobe.allowlist import MAX_CLASSES, MAX_IN_CHANS
+from infoprobe.defaults import DEFAULT_BATCH_SIZE, ESTIMATES
 from infoprobe.errors import InputError
 
 __all__ = ["COMMANDS", "Role", "RunOptions", "Spec", "specs"]
 
 COMMANDS = ("analyze", "track", "lmc", "prune")
 _ALL = frozenset(COMMANDS)
-_MAX_CLASSES = 1 << 20  # as infoprobe.allowlist.MAX_CLASSES (which imports nothing heavy)
-_MAX_IN_CHANS = 4096
 _MAX_SEED = (1 << 63) - 1
 _MAX_PROBES = 4096
 
@@ -72,6 +71,7 @@ class Spec:
     ``kind``: ``bool``, ``int``, ``float``, ``str``, ``choice`` (one of ``choices``) or
     ``parsed`` (``parse`` turns the command line's text or an API value into the field's
     value). ``low``/``high`` bound numbers (``above``: ``low`` itself is excluded).
+    ``negatable``: a flag that turns a default-on option off (``--no-dense-metrics``).
     ``several``: ``"numbers"`` takes timm's space-separated values (``--input-size 3 224
     224``) and ``"pairs"`` repeated ``key=value`` items. ``completes``: may be set on
     ``--resume`` where the earlier run left it unset (it only completes failed rows).
@@ -141,187 +141,146 @@ class RunOptions:
     # ---------------------------------------------------------------- model
     arch: str | None = _option(None, "--arch", "-m", "--model", kind="str", panel=MODEL,
         role=Role.VALUE, completes=True, metavar="NAME",
-        help="Architecture: a timm model name, local-dir:FOLDER (a save_for_hf folder's "
-        "config), or path/to/file.py:factory / package.module:factory (your own code: needs "
-        "--trust-code). "
-        "Default: the one the checkpoint records.")
-    num_classes: int | None = _option(None, "--num-classes", kind="int", low=1, high=_MAX_CLASSES,
-        panel=MODEL, role=Role.VALUE, completes=True,
-        help="Classes of the head. Default: recorded, else read off the head weight.")
-    in_chans: int | None = _option(None, "--in-chans", kind="int", low=1, high=_MAX_IN_CHANS,
-        panel=MODEL, role=Role.VALUE, completes=True,
-        help="Input channels. Default: recorded, else read off the first layer.")
+        help="timm name, local-dir:DIR or file.py:fn")
+    num_classes: int | None = _option(None, "--num-classes", kind="int", low=1, high=MAX_CLASSES,
+        panel=MODEL, role=Role.VALUE, completes=True, help="Head classes (default: recorded)")
+    in_chans: int | None = _option(None, "--in-chans", kind="int", low=1, high=MAX_IN_CHANS,
+        panel=MODEL, role=Role.VALUE, completes=True, help="Input channels (default: recorded)")
     model_kwargs: dict | None = _option(None, "--model-kwargs", kind="parsed",
         parse=parsing.model_kwargs, several="pairs", metavar="KEY=VALUE..", panel=MODEL,
-        role=Role.VALUE, completes=True,
-        help="Extra constructor arguments (JSON values): --model-kwargs a=1 b=true.")
+        role=Role.VALUE, completes=True, help="Constructor arguments: a=1 b=true")
     ema: bool = _option(False, "--ema", kind="bool", panel=MODEL, role=Role.VALUE,
-        help="Use the EMA weights of a train checkpoint (state_dict_ema / model_ema).")
+        help="Use the EMA weights")
     strip_prefix: str | None = _option(None, "--strip-prefix", kind="str", metavar="PREFIX",
-        panel=MODEL, role=Role.VALUE, completes=True,
-        help="Key prefix to strip (default: module., _orig_mod., model. when every key has it; "
-        "'' keeps keys as saved).")
+        panel=MODEL, role=Role.VALUE, completes=True, help="Key prefix to strip ('' keeps keys)")
     trust_checkpoint: bool = _option(False, "--trust-checkpoint", kind="bool", panel=MODEL,
-        role=Role.DISPLAY,
-        help="Allow checkpoints that run code when loaded (pickled modules, TorchScript, a "
-        "recorded file.py:factory). Only for files you trust.")
+        role=Role.DISPLAY, help="Allow pickled/TorchScript files")
     trust_code: bool = _option(False, "--trust-code", kind="bool", panel=MODEL,
-        role=Role.DISPLAY,
-        help="Allow an architecture that imports Python code outside timm's registry "
-        "(file.py:factory, package.module:factory; a recorded one also needs "
-        "--trust-checkpoint). Only for code you would run yourself.")
+        role=Role.DISPLAY, help="Allow code outside timm (file.py:fn, module:fn)")
     head: str | None = _option(None, "--head", kind="str", metavar="MODULE", panel=MODEL,
-        role=Role.VALUE,
-        help="Dotted name of the classifier layer (its output gives accuracy and loss). "
-        "Default: timm's get_classifier(), else the last Linear.")
+        role=Role.VALUE, help="Classifier module (default: timm's)")
     # ---------------------------------------------------------------- data
     data: str | None = _option(None, "--data", kind="str", metavar="DATA", panel=DATA,
-        role=Role.INPUT,
-        help="Evaluation data: a tensor file (.safetensors/.pt/.npz with x and y), an image "
-        "folder or a CIFAR folder. Not needed for features files.")
+        role=Role.INPUT, help="Tensor file, image or CIFAR folder")
     split: str | None = _option(None, "--split", kind="str", panel=DATA, role=Role.VALUE,
-        help="Split subfolder of an image dataset --data (e.g. val).")
+        help="Split subfolder of --data")
     max_samples: int | None = _option(None, "--max-samples", kind="int", low=1, high=1 << 40,
-        panel=DATA, role=Role.VALUE, help="Seeded class-stratified subsample of this size.")
+        panel=DATA, role=Role.VALUE, help="Stratified subsample size")
     seed: int = _option(0, "--seed", kind="int", low=0, high=_MAX_SEED, panel=DATA,
-        role=Role.VALUE, help="Seed of the subsample, the estimates and random pruning.")
+        role=Role.VALUE, help="Seed of subsample, estimates, pruning")
     input_size: int | tuple[int, ...] | None = _option(None, "--input-size", kind="parsed",
         parse=parsing.input_size, several="numbers", metavar="N|C H W", panel=DATA,
-        role=Role.VALUE,
-        help="Image size for image folders (N, or C H W as in timm). Default: the model's.")
+        role=Role.VALUE, help="Image size: N or C H W")
     mean: tuple[float, ...] | None = _option(None, "--mean", kind="parsed", parse=parsing.floats,
         several="numbers", metavar="M1 M2 ..", panel=DATA, role=Role.VALUE,
-        help="Normalisation mean per channel. Default: the model's.")
+        help="Normalisation mean per channel")
     std: tuple[float, ...] | None = _option(None, "--std", kind="parsed",
         parse=parsing.positive_floats, several="numbers", metavar="S1 S2 ..", panel=DATA,
-        role=Role.VALUE, help="Normalisation std per channel. Default: the model's.")
+        role=Role.VALUE, help="Normalisation std per channel")
     crop_pct: float | None = _option(None, "--crop-pct", kind="float", low=0.0, above=True,
-        high=1.0, panel=DATA, role=Role.VALUE,
-        help="Center-crop fraction for image folders, in (0, 1].")
+        high=1.0, panel=DATA, role=Role.VALUE, help="Center-crop fraction, in (0, 1]")
     interpolation: str | None = _option(None, "--interpolation", kind="choice", panel=DATA,
         role=Role.VALUE, choices=("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"),
-        help="Resize interpolation for image folders.")
+        metavar="MODE", help="Resize interpolation (bicubic...)")
     workers: int = _option(0, "--workers", "-j", kind="int", low=0, high=256, panel=DATA,
-        role=Role.DISPLAY, help="Processes decoding images.")
+        role=Role.DISPLAY, help="Image decoding processes")
     class_map: str | None = _option(None, "--class-map", kind="str", metavar="FILE.txt",
-        panel=DATA, role=Role.INPUT,
-        help="timm class map for image folders: line i names the folder of model class i.")
+        panel=DATA, role=Role.INPUT, help="timm class map (.txt)")
     valid_labels: str | tuple[int, ...] | None = _option(None, "--valid-labels", kind="parsed",
         parse=parsing.valid_labels, metavar="FILE.txt", panel=DATA, role=Role.INPUT,
-        help="Model class indices, one per line, that labels 0..k-1 stand for (timm).")
+        help="Model classes of labels 0..k-1")
     # ---------------------------------------------------------------- compute
-    device: str = _option("auto", "--device", kind="str", metavar="auto|cpu|cuda[:k]|mps",
-        panel=COMPUTE, role=Role.DISPLAY,
-        help="Where the model runs; auto takes a GPU when there is one.")
+    device: str = _option("auto", "--device", kind="str", metavar="DEVICE",
+        panel=COMPUTE, role=Role.DISPLAY, help="auto, cpu, cuda[:k] or mps")
     batch_size: int = _option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", kind="int", low=1,
-        high=1 << 20, panel=COMPUTE, role=Role.VALUE,
-        help="Evaluation batch size (halved and retried on out-of-memory).")
+        high=1 << 20, panel=COMPUTE, role=Role.VALUE, help="Evaluation batch size")
     amp: bool = _option(False, "--amp", kind="bool", panel=COMPUTE, role=Role.VALUE,
-        help="Mixed precision (autocast; see --amp-dtype).")
+        help="Mixed precision (autocast)")
     amp_dtype: str | None = _option(None, "--amp-dtype", kind="choice", choices=("bf16", "fp16"),
-        panel=COMPUTE, role=Role.VALUE, help="Autocast dtype of --amp.  [default: bf16]")
+        panel=COMPUTE, role=Role.VALUE, metavar="DTYPE", help="bf16 or fp16  [default: bf16]")
     channels_last: bool = _option(False, "--channels-last", kind="bool", panel=COMPUTE,
-        role=Role.VALUE, help="channels_last memory format (CUDA).")
+        role=Role.VALUE, help="channels_last memory format")
     # ---------------------------------------------------------------- measure
     estimate: str = _option("auto", "--estimate", kind="choice", choices=ESTIMATES, panel=MEASURE,
-        role=Role.VALUE,
-        help="auto: exact when the joint solve fits --max-exact-dim, else slq; exact: the "
-        "full-set value; slq: its stochastic estimate with error bars; batch: the mean "
-        "over mini-batches (another quantity).")
+        role=Role.VALUE, metavar="ROUTE", help="auto|exact|slq|batch  [default: auto]")
     probes: int | None = _option(None, "--probes", kind="int", low=4, high=_MAX_PROBES,
-        panel=MEASURE, role=Role.VALUE,
-        help=f"Probe vectors of the slq estimate.  [default: {PROBES}]")
+        panel=MEASURE, role=Role.VALUE, help="slq probe vectors  [default: 24]")
     estimate_batch_size: int | None = _option(None, "--estimate-batch-size", kind="int", low=2,
-        high=1 << 20, panel=MEASURE, role=Role.VALUE,
-        help=f"Mini-batch size of --estimate batch.  [default: {DEFAULT_BATCH_SIZE}]")
+        high=1 << 20, panel=MEASURE, role=Role.VALUE, help="Batch size of --estimate batch")
     drop_zero_rows: bool = _option(False, "--drop-zero-rows", kind="bool", panel=MEASURE,
-        role=Role.VALUE, help="Leave out samples whose features are all zero (else an error).")
+        role=Role.VALUE, help="Drop all-zero feature rows")
     max_exact_dim: int | None = _option(None, "--max-exact-dim", kind="int", low=0, high=1 << 31,
-        panel=MEASURE, role=Role.VALUE,
-        help=f"Largest exact eigen-solve; 0: no limit.  [default: {DEFAULT_MAX_EXACT_DIM} on "
-        "CPU, from the free memory on CUDA]")
+        panel=MEASURE, role=Role.VALUE, help="Largest exact solve (0: no limit)")
     # ---------------------------------------------------------------- sweeps
     steps: int | None = _option(None, "--steps", kind="int", low=2, high=10001, panel=SWEEP,
-        role=Role.POINTS, commands=frozenset({"lmc"}),
-        help="Evenly spaced alphas from 0 to 1.  [default: 11]")
+        role=Role.POINTS, commands=frozenset({"lmc"}), help="Evenly spaced alphas  [default: 11]")
     alphas: tuple[float, ...] | None = _option(None, "--alphas", kind="parsed",
         parse=parsing.alphas, several="numbers", metavar="A1 A2 ..", panel=SWEEP, role=Role.POINTS,
-        commands=frozenset({"lmc"}), help="Explicit alphas in [0, 1].")
+        commands=frozenset({"lmc"}), help="Explicit alphas in [0, 1]")
     reset_bn: bool = _option(False, "--reset-bn", kind="bool", panel=SWEEP, role=Role.VALUE,
-        commands=frozenset({"lmc"}),
-        help="Re-estimate BatchNorm statistics at each alpha from --bn-data (REPAIR-style).")
+        commands=frozenset({"lmc"}), help="Re-estimate BatchNorm at each alpha")
     bn_data: str | None = _option(None, "--bn-data", kind="str", metavar="DATA", panel=SWEEP,
-        role=Role.INPUT, commands=frozenset({"lmc"}),
-        help="Data for --reset-bn, usually the training set.")
+        role=Role.INPUT, commands=frozenset({"lmc"}), help="Data for --reset-bn (training set)")
     bn_split: str | None = _option(None, "--bn-split", kind="str", panel=SWEEP, role=Role.VALUE,
-        commands=frozenset({"lmc"}), help="Split subfolder of an image dataset --bn-data.")
+        commands=frozenset({"lmc"}), help="Split subfolder of --bn-data")
     bn_batches: int | None = _option(None, "--bn-batches", kind="int", low=1, high=1 << 30,
         metavar="K", panel=SWEEP, role=Role.VALUE, commands=frozenset({"lmc"}),
-        help="Batches of --bn-data per reset.  [default: all]")
+        help="Batches per reset  [default: all]")
     bn_on_eval_data: bool = _option(False, "--bn-on-eval-data", kind="bool", panel=SWEEP,
-        role=Role.DISPLAY, commands=frozenset({"lmc"}),
-        help="Allow --bn-data to be the evaluation data (BatchNorm then sees the test set).")
+        role=Role.DISPLAY, commands=frozenset({"lmc"}), help="Allow --bn-data = --data")
     ratios: tuple[float, ...] | None = _option(None, "--ratios", kind="parsed",
         parse=parsing.ratios, several="numbers", metavar="R1 R2 ..", panel=SWEEP, role=Role.POINTS,
-        commands=frozenset({"prune"}),
-        help="Fractions of the prunable weights to zero, each in [0, 1). Required.")
+        commands=frozenset({"prune"}), help="Fractions to prune, each in [0, 1)")
     method: str = _option("global-magnitude", "--method", kind="choice", panel=SWEEP,
         role=Role.VALUE, choices=("global-magnitude", "layer-magnitude", "random"),
-        commands=frozenset({"prune"}),
-        help="One L1 threshold over all layers, one per layer, or random.")
+        commands=frozenset({"prune"}), metavar="METHOD", help="global-magnitude (default), "
+        "layer-magnitude or random")
     include_head: bool = _option(False, "--include-head", kind="bool", panel=SWEEP,
-        role=Role.VALUE, commands=frozenset({"prune"}), help="Prune the classifier head too.")
+        role=Role.VALUE, commands=frozenset({"prune"}), help="Prune the head too")
     iterative: bool = _option(False, "--iterative", kind="bool", panel=SWEEP, role=Role.VALUE,
-        commands=frozenset({"prune"}),
-        help="Prune each ratio on top of the previous one, not from the dense weights.")
-    dense_metrics: bool = _option(True, "--dense-metrics", kind="bool", negatable=True,
+        commands=frozenset({"prune"}), help="Prune on top of the last ratio")
+    dense_metrics: bool = _option(True, "--no-dense-metrics", kind="bool", negatable=True,
         panel=SWEEP, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="mir_dense/hdr_dense: pruned vs dense features (one more eigen-solve per ratio).")
+        help="Skip mir_dense, hdr_dense")
     finetune_data: str | None = _option(None, "--finetune-data", kind="str", metavar="DATA",
         panel=FINETUNE, role=Role.INPUT, commands=frozenset({"prune"}),
-        help="Fine-tune each pruned model on this data (masks fixed), then measure it again "
-        "(the ft_* columns). Use the training set.")
+        help="Fine-tune each ratio on this data")
     finetune_split: str | None = _option(None, "--finetune-split", kind="str", panel=FINETUNE,
-        role=Role.VALUE, commands=frozenset({"prune"}),
-        help="Split subfolder of an image dataset --finetune-data.")
+        role=Role.VALUE, commands=frozenset({"prune"}), help="Split subfolder of --finetune-data")
     finetune_epochs: int | None = _option(None, "--finetune-epochs", kind="int", low=1,
         high=100000, metavar="E", panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="Epochs over --finetune-data per ratio.  [default: 1]")
+        help="Epochs per ratio  [default: 1]")
     lr: float | None = _option(None, "--lr", kind="float", low=0.0, above=True, high=1000000.0,
         panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="Constant learning rate.  [default: 0.01 sgd, 0.001 adamw]")
+        help="Learning rate  [default: 0.01/0.001]")
     finetune_batch_size: int | None = _option(None, "--finetune-batch-size", kind="int", low=1,
         high=1 << 20, metavar="B", panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="Training batch size.  [default: 64]")
+        help="Training batch size  [default: 64]")
     optimizer: str | None = _option(None, "--optimizer", kind="choice", choices=("sgd", "adamw"),
-        panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="sgd (with --momentum) or adamw.  [default: sgd]")
+        panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}), metavar="NAME",
+        help="sgd or adamw  [default: sgd]")
     momentum: float | None = _option(None, "--momentum", kind="float", low=0.0, high=1.0,
         panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="SGD momentum, in [0, 1).  [default: 0.9]")
+        help="SGD momentum  [default: 0.9]")
     weight_decay: float | None = _option(None, "--weight-decay", kind="float", low=0.0,
         high=1000000.0, panel=FINETUNE, role=Role.VALUE, commands=frozenset({"prune"}),
-        help="Weight decay.  [default: 0 sgd, 0.01 adamw]")
+        help="Weight decay  [default: 0/0.01]")
     # ---------------------------------------------------------------- output
     per_class: bool = _option(False, "--per-class", kind="bool", panel=OUTPUT, role=Role.VALUE,
-        commands=frozenset({"analyze"}),
-        help="Add per-class rows: n, accuracy, loss, within-class entropy, cos(mean, head).")
+        commands=frozenset({"analyze"}), help="Per-class rows (FILE.per_class.csv)")
     save_features: str | None = _option(None, "--save-features", kind="str", metavar="FILE",
         panel=OUTPUT, role=Role.OUTPUT, commands=frozenset({"analyze", "track"}),
-        derived=_features_files,
-        help="Save features, labels, head and logits as .safetensors ({name}: the checkpoint's "
-        "file stem).")
+        derived=_features_files, help="Save features ({name}: file stem)")
     csv: str | None = _option(None, "--csv", kind="str", metavar="FILE", panel=OUTPUT,
-        role=Role.OUTPUT, stdout=True, derived=_csv_files, help="Write rows as CSV ('-': stdout).")
+        role=Role.OUTPUT, stdout=True, derived=_csv_files, help="Rows as CSV ('-': stdout)")
     json_out: str | None = _option(None, "--json", kind="str", metavar="FILE", panel=OUTPUT,
-        role=Role.OUTPUT, stdout=True,
-        help="Write rows and run metadata as JSON ('-': stdout).")
+        role=Role.OUTPUT, stdout=True, help="Rows and metadata as JSON ('-': stdout)")
     plot: str | None = _option(None, "--plot", kind="str", metavar="FILE.png", panel=OUTPUT,
-        role=Role.OUTPUT, help="Plot the rows (needs matplotlib).")
+        role=Role.OUTPUT, help="Plot the rows (matplotlib)")
     resume: bool = _option(False, "--resume", kind="bool", panel=OUTPUT, role=Role.DISPLAY,
-        help="Keep the rows already in --csv FILE and compute only the missing ones.")
+        help="Keep rows in --csv, compute the rest")
     debug: bool = _option(False, "--debug", kind="bool", panel=OUTPUT, role=Role.DISPLAY,
-        help="Show tracebacks instead of one-line errors.")
+        help="Tracebacks instead of one-line errors")
     # fmt: on
 
     @classmethod

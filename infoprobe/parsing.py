@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infoprobe.allowlist import MAX_CLASSES
 from infoprobe.errors import InputError
 
 __all__ = [
@@ -41,8 +42,6 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".pth.tar", ".bin", ".ckpt
 #: Values read back from a CSV written with full precision match exactly; the tolerance
 #: absorbs CSVs written with 6 significant digits (1/3 -> 0.333333).
 VALUE_TOL = 1e-6
-#: Largest class index a label list may hold (as infoprobe.allowlist.MAX_CLASSES).
-_MAX_CLASSES = 1 << 20
 #: Largest text file read as a class map or label list (a list of 2**20 names fits).
 _MAX_TEXT_BYTES = 64 << 20
 #: Largest image side and channel count of --input-size.
@@ -106,7 +105,8 @@ def input_size(value: Any, flag: str) -> int | tuple[int, ...]:
     if max(sides) > _MAX_SIDE or (len(sizes) == 3 and sizes[0] > _MAX_CHANS):
         raise InputError(
             f"{flag} {value!r}: image sides are at most {_MAX_SIDE} and channels at most "
-            f"{_MAX_CHANS}")  # fmt: skip
+            f"{_MAX_CHANS}"
+        )
     return sizes[0] if len(sizes) == 1 else tuple(sizes)
 
 
@@ -136,8 +136,8 @@ def _index(item: Any, flag: str, where: str) -> int:
         number = int(str(item).strip()) if not isinstance(item, int) else item
     except ValueError:
         raise InputError(f"{flag}{where}: {str(item)[:40]!r} is not a class index") from None
-    if isinstance(number, bool) or not 0 <= number < _MAX_CLASSES:
-        raise InputError(f"{flag}{where}: class index {number} is outside [0, {_MAX_CLASSES})")
+    if isinstance(number, bool) or not 0 <= number < MAX_CLASSES:
+        raise InputError(f"{flag}{where}: class index {number} is outside [0, {MAX_CLASSES})")
     return number
 
 
@@ -198,7 +198,8 @@ def read_class_map(path: str | os.PathLike, flag: str = "--class-map") -> dict[s
         if name in seen:
             raise InputError(
                 f"{flag} {p}: {name[:60]!r} is on lines {seen[name] + 1} and {i + 1}; "
-                "name each class folder once")  # fmt: skip
+                "name each class folder once"
+            )
         seen[name] = i
     return seen
 
@@ -252,13 +253,15 @@ def features_targets(template: str | None, checkpoints: Sequence[str]) -> dict[s
     if len(checkpoints) > 1 and "{name}" not in template:
         raise InputError(
             f"--save-features {template}: several checkpoints need a {{name}} placeholder, "
-            "e.g. feats-{name}.safetensors")  # fmt: skip
+            "e.g. feats-{name}.safetensors"
+        )
     targets = {c: template.replace("{name}", checkpoint_stem(c)) for c in checkpoints}
     seen: dict[str, str] = {}
     for checkpoint, target in targets.items():
         if target in seen:
             raise InputError(
                 f"--save-features {template}: {seen[target]} and {checkpoint} would both write "
-                f"{target}; give checkpoints with distinct file names")  # fmt: skip
+                f"{target}; give checkpoints with distinct file names"
+            )
         seen[target] = checkpoint
     return targets

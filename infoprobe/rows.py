@@ -15,17 +15,16 @@ on the same samples; ``note`` says why a value is NaN (empty otherwise).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from infoprobe.collapse import NC_COLUMNS, neural_collapse
+from infoprobe.collapse import neural_collapse
 from infoprobe.info import (
     DEFAULT_BATCH_SIZE,
     Estimate,
@@ -34,85 +33,13 @@ from infoprobe.info import (
     interplay,
     nc_optimum,
 )
+from infoprobe.schema import (
+    COLUMNS,
+    MODEL_COLUMNS,
+    NC_COLUMNS,
+    TEXT_COLUMNS,
+)
 from infoprobe.slq import PROBES
-
-COLUMNS: tuple[str, ...] = (
-    "checkpoint",
-    "model",
-    "param_count",
-    "img_size",
-    "n_samples",
-    "n_classes",
-    "classes_present",
-    "accuracy",
-    "accuracy_top5",
-    "top1",
-    "top5",
-    "loss",
-    "h_z",
-    "h_w",
-    "h_zw",
-    "mi",
-    "mir",
-    "hdr",
-    "mir_nc",
-    "hdr_nc",
-    *NC_COLUMNS,
-    "h_zw_err",
-    "mi_err",
-    "mir_err",
-    "mir_lower",
-    "estimate",
-    "n_used",
-    "n_batches",
-    "note",
-)
-
-#: A fine-tuned prune row's values after fine-tuning (NaN when the sweep does not fine-tune).
-FT_COLUMNS: tuple[str, ...] = (
-    "ft_accuracy",
-    "ft_loss",
-    "ft_mir",
-    "ft_hdr",
-    "ft_mir_dense",
-    "ft_hdr_dense",
-)
-
-#: Extra columns each command puts before the shared ones.
-SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
-    "analyze": (),
-    "track": ("step",),
-    "lmc": ("alpha",),
-    "prune": ("ratio", "sparsity", "mir_dense", "hdr_dense", *FT_COLUMNS),
-}
-
-
-#: Columns holding integers (nullable: a row without numbers leaves them empty).
-INT_COLUMNS = frozenset(
-    {
-        "n_samples",
-        "n_classes",
-        "classes_present",
-        "step",
-        "class",
-        "n",
-        "n_used",
-        "n_batches",
-        "img_size",
-    }
-)
-
-
-def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN/NA).
-
-    Integer columns use pandas' nullable ``Int64``, so a missing count stays an empty cell
-    in CSV rather than turning the column into floats.
-    """
-    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
-    for column in INT_COLUMNS.intersection(frame.columns):
-        frame[column] = frame[column].astype("Int64")
-    return frame
 
 
 class Evaluated(Protocol):
@@ -149,11 +76,6 @@ class MeasureOptions:
             f",seed={self.seed})"
         )
         return {"exact": label == "exact", "slq": slq}.get(self.estimate, label == "exact" or slq)
-
-
-#: The columns that describe the model and its input rather than the evaluation; named and
-#: defined as in timm's validate.py results (see :func:`model_columns`).
-MODEL_COLUMNS: tuple[str, ...] = ("model", "param_count", "img_size")
 
 
 def model_columns(
@@ -201,10 +123,6 @@ def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
-
-
-#: Columns holding text: an unknown value is an empty string there, NaN elsewhere.
-TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note"})
 
 
 def error_row(checkpoint: str, error: BaseException) -> dict:
@@ -276,20 +194,6 @@ def analysis_row(
         "note": "; ".join(filter(None, notes)),
     }
     return row
-
-
-#: Columns of the per-class table (``infoprobe analyze --per-class``).
-PER_CLASS_COLUMNS: tuple[str, ...] = (
-    "checkpoint",
-    "class",
-    "name",
-    "n",
-    "accuracy",
-    "loss",
-    "h_z",
-    "h_z_max",
-    "cos_head",
-)
 
 
 def per_class_csv(csv: str) -> str:

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 import infoprobe
 from infoprobe import api, cli
+from infoprobe.api.common import eval_kwargs, measure_options, prepared
 from infoprobe.errors import InputError
-from infoprobe.rows import PER_CLASS_COLUMNS
+from infoprobe.schema import PER_CLASS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"
@@ -80,27 +81,46 @@ def test_prune_frame_equals_the_cli_csv(tmp_path):
     assert frame.attrs["method"] == doc["method"] == "layer-magnitude"
 
 
-def test_on_row_gets_each_row_and_done_rows_are_not_computed_again():
+def test_on_row_gets_each_row_and_resumed_rows_are_not_computed_again(tmp_path):
     seen = []
-    first = infoprobe.lmc(A, B, data=DATA, alphas=[0.0, 1.0], on_row=seen.append, **OPTIONS)
+    csv = tmp_path / "lmc.csv"
+    first = infoprobe.lmc(
+        A, B, data=DATA, alphas=[0.0, 1.0], on_row=seen.append, csv=str(csv), **OPTIONS
+    )
     assert [r["alpha"] for r in seen] == [0.0, 1.0]
     again = []
     resumed = infoprobe.lmc(
-        A, B, data=DATA, alphas=[0.0, 0.5, 1.0], done=seen[:1], on_row=again.append, **OPTIONS
+        A,
+        B,
+        data=DATA,
+        alphas=[0.0, 0.5, 1.0],
+        on_row=again.append,
+        csv=str(csv),
+        resume=True,
+        **OPTIONS,
     )
-    assert [r["alpha"] for r in again] == [0.5, 1.0]
+    assert [r["alpha"] for r in again] == [0.5]
     assert resumed["alpha"].tolist() == [0.0, 0.5, 1.0]
     pd.testing.assert_frame_equal(resumed.iloc[[0, 2]].reset_index(drop=True), first)
 
 
 def test_options_take_the_cli_names_and_forms():
-    text = api.RunOptions.of(dict(mean="0.5,0.5,0.5", input_size="3,8,8", amp=True))
-    values = api.RunOptions.of(dict(mean=(0.5, 0.5, 0.5), input_size=(3, 8, 8), amp=True))
-    assert text.transform_kwargs() == values.transform_kwargs()
-    assert values.transform_kwargs()["input_size"] == (3, 8, 8)
-    assert values.eval_kwargs()["amp"] == "bf16"
-    assert api.RunOptions.of(dict(max_exact_dim=0)).measure().max_exact_dim is None
+    text = prepared("analyze", dict(mean="0.5,0.5,0.5", input_size="3 8 8", amp=True))
+    values = prepared("analyze", dict(mean=(0.5, 0.5, 0.5), input_size=(3, 8, 8), amp=True))
+    assert text == values
+    assert values.input_size == (3, 8, 8) and values.mean == (0.5, 0.5, 0.5)
+    assert eval_kwargs(values)["amp"] == "bf16"
+    assert measure_options(prepared("analyze", dict(max_exact_dim=0))).max_exact_dim is None
     with pytest.raises(TypeError, match="max_sample"):
         infoprobe.analyze(A, data=DATA, max_sample=10)
+    with pytest.raises(TypeError, match="ratios"):  # an option of another command
+        infoprobe.analyze(A, data=DATA, ratios="0,0.5")
     with pytest.raises(InputError, match="--mean"):
         infoprobe.analyze(A, data=DATA, mean="a,b")
+
+
+@pytest.mark.parametrize("flag", ["trust_checkpoint", "resume", "per_class", "amp"])
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, None.__class__])
+def test_api_flags_take_only_true_or_false(flag, value):
+    with pytest.raises(InputError, match="give True or False"):
+        infoprobe.analyze(A, data=DATA, **{flag: value})

@@ -26,7 +26,8 @@ from infoprobe.checkpoints import load_model
 from infoprobe.data import load_data
 from infoprobe.errors import RunFailure
 from infoprobe.probe import evaluate
-from infoprobe.rows import COLUMNS, MODEL_COLUMNS, SWEEP_COLUMNS, analysis_row, per_class_rows
+from infoprobe.rows import analysis_row, per_class_rows
+from infoprobe.schema import COLUMNS, MODEL_COLUMNS, SWEEP_COLUMNS
 from infoprobe.sweeps.lmc import barriers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,7 +368,7 @@ def test_unwritable_output_is_checked_before_any_work(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(probe, "evaluate", lambda *a, **k: calls.append(1))
     result = run("lmc", A, B, *FAST, "--json", tmp_path, code=2)
-    one_line_error(result, "is a directory")
+    one_line_error(result, "is a folder, not a regular file")
     assert calls == []
 
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from infoprobe import cli, distributed
 from infoprobe.errors import InputError
 from infoprobe.report import read_csv_rows
-from infoprobe.rows import COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from infoprobe.rows import COLUMNS
+from infoprobe.schema import COLUMNS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -19,7 +19,8 @@ from infoprobe.checkpoints import load_model
 from infoprobe.data import LabelledTensors, load_data
 from infoprobe.errors import InputError
 from infoprobe.info import interplay_between
-from infoprobe.rows import COLUMNS, FT_COLUMNS, SWEEP_COLUMNS, analysis_row
+from infoprobe.rows import analysis_row
+from infoprobe.schema import COLUMNS, FT_COLUMNS, SWEEP_COLUMNS
 from infoprobe.sweeps import FinetuneOptions, finetune, prunable_parameters, prune_sweep
 from infoprobe.sweeps.finetune import Diverged
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 
-from infoprobe import api, cli, info, probe, rows
+from infoprobe import info, probe, rows
+from infoprobe.api.common import settled
+from infoprobe.defaults import DEFAULT_BATCH_SIZE
+from infoprobe.options import RunOptions
 from infoprobe.sweeps import lmc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +35,9 @@ def test_the_default_batch_size_is_one_constant():
         inspect.signature(info.interplay).parameters["batch_size"].default,
         inspect.signature(lmc.reset_bn_statistics).parameters["batch_size"].default,
         rows.MeasureOptions().batch_size,
-        api.RunOptions().batch_size,
-        api.RunOptions().estimate_batch_size,
-        cli.Options().batch_size,
-        cli.Options().estimate_batch_size,
+        RunOptions().batch_size,
+        settled(RunOptions.of("analyze", {"estimate": "batch"})).estimate_batch_size,
+        DEFAULT_BATCH_SIZE,
     ]
     assert defaults == [info.DEFAULT_BATCH_SIZE] * len(defaults)
     for path in [*ROOT.glob("infoprobe/**/*.py"), *ROOT.glob("benchmarks/bench_*.py")]:

@@ -15,7 +15,8 @@ from infoprobe import probe
 from infoprobe.checkpoints import load_model, read_state_dict
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
-from infoprobe.rows import COLUMNS, analysis_row
+from infoprobe.rows import analysis_row
+from infoprobe.schema import COLUMNS
 from infoprobe.sweeps import lmc
 from infoprobe.sweeps.lmc import (
     barriers,

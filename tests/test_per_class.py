@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infoprobe.rows import PER_CLASS_COLUMNS, per_class_rows
+from infoprobe.rows import per_class_rows
+from infoprobe.schema import PER_CLASS_COLUMNS
 
 
 def evaluation(features, labels, head, logits=None):

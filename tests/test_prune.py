@@ -15,7 +15,8 @@ from infoprobe import probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
 from infoprobe.info import batch_indices, interplay_between
-from infoprobe.rows import COLUMNS, SWEEP_COLUMNS, MeasureOptions, analysis_row
+from infoprobe.rows import MeasureOptions, analysis_row
+from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
 from infoprobe.sweeps.prune import (
     measured_sparsity,
     parse_ratios,

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from infoprobe import report
 from infoprobe.errors import InputError
-from infoprobe.rows import COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
 
 LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
 

@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from test_cli import DATA, FAST, FIX, A, B, one_line_error, run
 
-from infoprobe import api, probe
+from infoprobe import probe
+from infoprobe.options import Role, RunOptions, specs
+from infoprobe.record import identity, run_record
 
 TRAIN = FIX / "digits" / "train.safetensors"
 
@@ -55,11 +57,12 @@ def test_prune_resume_refuses_other_data_and_sample_counts(tmp_path, evaluations
     csv = tmp_path / "prune.csv"
     run("prune", A, *FAST, "--ratios", "0", "--csv", csv)
     other = tmp_path / "copy.safetensors"
-    other.write_bytes(DATA.read_bytes())
+    other.write_bytes(TRAIN.read_bytes())  # other samples under a name of its own
     fast_other = [a if a != str(DATA) else str(other) for a in FAST]
     one_line_error(
         run("prune", A, *fast_other, "--ratios", "0,0.5", "--csv", csv, "--resume", code=2),
         "--data",
+        "is not the --data they were measured on",
     )
     fast_more = [a if a != "150" else "160" for a in FAST]
     one_line_error(
@@ -112,7 +115,8 @@ def test_resume_with_the_same_options_adds_points_and_records_them(tmp_path, eva
     )
     assert len(evaluations) == 2  # the dense reference and ratio 0.3
     recorded = json.loads((tmp_path / "prune.csv.run.json").read_text())
-    assert recorded["method"] == "random" and recorded["data"] == str(DATA.resolve())
+    assert recorded["options"]["method"] == "random"
+    assert recorded["inputs"]["data"]["path"] == str(DATA.resolve())
     assert json.loads(js.read_text())["options"] == recorded
 
 
@@ -142,9 +146,32 @@ def test_a_duplicated_row_is_caught_before_the_sweep(tmp_path, evaluations):
     assert evaluations == []
 
 
-def test_every_option_but_the_neutral_ones_is_recorded():
-    fields = [f for f in api.RunOptions.__dataclass_fields__ if f not in api.RESUME_NEUTRAL]
-    values = {f: f"value-{f}" for f in fields} | {"model_kwargs": ["width=5"]}
-    record = api.run_record("prune", "d", **values, method="random", ratios="0,1", device="cpu")
-    assert set(record) == {"command", "data", "method", *fields}
-    assert record["model_kwargs"] == {"width": 5}
+def test_the_record_holds_every_value_option_and_the_identity_of_every_input(tmp_path):
+    opts = RunOptions.of("prune", {"data": str(DATA), "ratios": "0", "class_map": None})
+    record = run_record("prune", opts, [str(A)])
+    values = {n for n, s in specs("prune") if s.role is Role.VALUE}
+    assert set(record["options"]) == values  # no display, output or points option
+    assert {"seed", "method", "max_samples", "model_kwargs"} <= values
+    assert not {"device", "workers", "csv", "ratios", "resume"} & set(record["options"])
+    assert record["inputs"]["data"]["size"] == DATA.stat().st_size
+    assert set(record["checkpoints"]) == {str(A)}
+
+
+def test_relative_and_absolute_data_are_one_input_and_an_edited_file_is_another(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(DATA.parent)
+    relative = identity(DATA.name)
+    assert relative == identity(DATA)
+    edited = tmp_path / "labels.txt"
+    edited.write_text("0\n1\n")
+    before = identity(edited)
+    edited.write_text("1\n0\n")  # same size, other content
+    assert identity(edited)["sha256"] != before["sha256"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(3 << 20))
+    head = identity(big)
+    with open(big, "r+b") as f:  # a change in the last block is seen
+        f.seek((3 << 20) - 1)
+        f.write(b"x")
+    assert identity(big)["sha256"] != head["sha256"]

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from infoprobe.collapse import NC_COLUMNS, neural_collapse
+from infoprobe.collapse import neural_collapse
 from infoprobe.info import interplay, nc_optimum
-from infoprobe.rows import COLUMNS, MeasureOptions, analysis_row
+from infoprobe.rows import MeasureOptions, analysis_row
+from infoprobe.schema import COLUMNS, NC_COLUMNS
 
 
 def evaluation(num_classes=10, n=200, d=16, seed=0):

@@ -13,7 +13,7 @@ from infoprobe import report
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
 from infoprobe.probe import evaluate
-from infoprobe.rows import COLUMNS
+from infoprobe.schema import COLUMNS
 from infoprobe.sweeps.lmc import barriers
 
 

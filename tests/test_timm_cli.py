@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from infoprobe import cli
 from infoprobe.checkpoints import load_model
-from infoprobe.rows import COLUMNS, PER_CLASS_COLUMNS
+from infoprobe.schema import COLUMNS, PER_CLASS_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 # 25 steps into training (21% test accuracy, top-5 91%): neither is 0 or 100

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from infoprobe import report
 from infoprobe.report.text import from_spreadsheet_cell, spreadsheet_cell
-from infoprobe.rows import COLUMNS, PER_CLASS_COLUMNS
+from infoprobe.schema import COLUMNS, PER_CLASS_COLUMNS
 
 HOSTILE = [
     '=HYPERLINK("http://evil.example","x")',

@@ -12,7 +12,7 @@ from rich.console import Console
 from test_cli import FAST, A, run
 
 from infoprobe import report
-from infoprobe.rows import PER_CLASS_COLUMNS
+from infoprobe.schema import PER_CLASS_COLUMNS
 
 ESC = "\x1b]0;owned\x07\x1b[2J"
 

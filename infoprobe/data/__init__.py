@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from infoprobe.data import images, tensors
-from infoprobe.data.images import STREAM_ABOVE, Dataset, ImageStream, read_class_map
+from infoprobe.data.images import STREAM_ABOVE, Dataset, ImageStream
 from infoprobe.data.tensors import (
     TENSOR_SUFFIXES,
     LabelledTensors,
@@ -40,6 +40,7 @@ from infoprobe.data.tensors import (
 )
 from infoprobe.data.transforms import model_in_chans, resolve_transform_config, transform_record
 from infoprobe.errors import InputError
+from infoprobe.parsing import read_class_map
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -128,36 +129,12 @@ def load_data(
             f"data {path} does not exist; give a tensor file "
             f"({', '.join(TENSOR_SUFFIXES)}) or an image folder"
         )
-    resolved = path.resolve()
-    mapping = read_class_map(class_map) if class_map is not None else None
     if path.is_file():
-        if mapping is not None:
+        if class_map is not None:
             raise InputError(
                 "--class-map applies to image folders; a tensor file's labels are used as they are"
             )
-        if path.suffix.lower() not in TENSOR_SUFFIXES:
-            raise InputError(
-                f"data file {path}: unknown type '{path.suffix}'; use "
-                f"{', '.join(TENSOR_SUFFIXES)} or an image folder"
-            )
-        stat = path.stat()
-        key: Hashable = (
-            "tensors",
-            str(resolved),
-            stat.st_mtime_ns,
-            stat.st_size,
-            max_samples,
-            seed,
-        )
-
-        def load() -> LabelledTensors:
-            full = tensors.load_tensor_file(path)
-            idx = stratified_indices(full.labels, max_samples, seed)
-            if len(idx) == len(full):
-                return full
-            return LabelledTensors(
-                full.inputs[idx], full.labels[idx], full.source, full.classes, full.transform
-            )
+        key, load = _tensor_file(path, max_samples, seed)
     else:
         cfg = resolve_transform_config(
             model,
@@ -167,10 +144,11 @@ def load_data(
             crop_pct=crop_pct,
             interpolation=interpolation,
         )
+        mapping = read_class_map(class_map) if class_map is not None else None
         limit = STREAM_ABOVE if stream_above is None else stream_above
         key = (
             "images",
-            str(resolved),
+            str(path.resolve()),
             split,
             tuple(sorted((k, str(v)) for k, v in cfg.items())),
             max_samples,
@@ -188,3 +166,27 @@ def load_data(
     if cache is None:
         return load()
     return cache.get_or_load(key, load)
+
+
+def _tensor_file(
+    path: Path, max_samples: int | None, seed: int
+) -> tuple[Hashable, Callable[[], LabelledTensors]]:
+    """The cache key of a tensor file's subsample, and how to load it."""
+    if path.suffix.lower() not in TENSOR_SUFFIXES:
+        raise InputError(
+            f"data file {path}: unknown type '{path.suffix}'; use "
+            f"{', '.join(TENSOR_SUFFIXES)} or an image folder"
+        )
+    stat = path.stat()
+    key = ("tensors", str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_samples, seed)
+
+    def load() -> LabelledTensors:
+        full = tensors.load_tensor_file(path)
+        idx = stratified_indices(full.labels, max_samples, seed)
+        if len(idx) == len(full):
+            return full
+        return LabelledTensors(
+            full.inputs[idx], full.labels[idx], full.source, full.classes, full.transform
+        )
+
+    return key, load

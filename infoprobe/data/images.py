@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from infoprobe import parsing
 from infoprobe.allowlist import MAX_SIDE
 from infoprobe.data.tensors import LabelledTensors, stratified_indices
 from infoprobe.data.transforms import transform_record
@@ -84,13 +83,6 @@ def _class_map(folder: Path) -> dict[str, int]:
     _, found = find_images_and_targets(str(folder))
     names = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
     return {c: i for i, c in enumerate(sorted(names | set(found), key=natural_key))}
-
-
-def read_class_map(path: str | Path) -> dict[str, int]:
-    """timm's ``--class-map`` text file: line i names the folder of model class i
-    (:func:`infoprobe.parsing.read_class_map`: a .txt file of UTF-8 text; timm's pickled
-    class maps are refused, never loaded)."""
-    return parsing.read_class_map(path)
 
 
 def _open_image_dataset(root: Path, split: str | None, class_map: dict | None = None):

@@ -1,70 +1,56 @@
 """Rendering: progress on stderr; rows -> rich tables, CSV, JSON and plots.
 
-This package is the only formatting code; only it and the command line import rich.
+The only formatting code. ``tables`` and ``progress`` draw with rich (for the command
+line); ``files`` (CSV, JSON), ``plots`` (matplotlib) and ``text`` import neither rich nor
+typer, so the library writes its files through them. The names below
+load their module on first use, so ``import infoprobe.report.files`` does not load rich.
 """
 
-from infoprobe.report.files import (
-    STDOUT,
-    SweepCsv,
-    atomic_write,
-    atomic_write_text,
-    check_output,
-    csv_text,
-    json_text,
-    jsonable,
-    read_csv_rows,
-    run_payload,
-    write_csv,
-    write_json,
-)
-from infoprobe.report.plots import (
-    check_plot_path,
-    lmc_figure,
-    plot_lmc,
-    plot_prune,
-    plot_track,
-    prune_figure,
-    require_matplotlib,
-    track_figure,
-)
-from infoprobe.report.progress import RichProgress
-from infoprobe.report.tables import render_barriers, render_rows, row_notes
-from infoprobe.report.text import (
-    format_value,
-    plot_text,
-    printable,
-    short_names,
-    transform_caption,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "STDOUT",
-    "RichProgress",
-    "SweepCsv",
-    "atomic_write",
-    "atomic_write_text",
-    "check_output",
-    "check_plot_path",
-    "csv_text",
-    "format_value",
-    "json_text",
-    "jsonable",
-    "lmc_figure",
-    "plot_lmc",
-    "plot_prune",
-    "plot_text",
-    "plot_track",
-    "printable",
-    "prune_figure",
-    "read_csv_rows",
-    "render_barriers",
-    "render_rows",
-    "require_matplotlib",
-    "row_notes",
-    "run_payload",
-    "short_names",
-    "track_figure",
-    "transform_caption",
-    "write_csv",
-    "write_json",
-]
+_LAZY = {
+    "RichProgress": "progress",
+    "STDOUT": "files",
+    "SweepCsv": "files",
+    "atomic_write": "files",
+    "atomic_write_text": "files",
+    "check_output": "files",
+    "check_plot_path": "plots",
+    "csv_text": "files",
+    "format_value": "text",
+    "json_text": "files",
+    "jsonable": "files",
+    "lmc_figure": "plots",
+    "plot_lmc": "plots",
+    "plot_prune": "plots",
+    "plot_text": "text",
+    "plot_track": "plots",
+    "printable": "text",
+    "prune_figure": "plots",
+    "read_csv_rows": "files",
+    "render_barriers": "tables",
+    "render_rows": "tables",
+    "require_matplotlib": "plots",
+    "row_notes": "tables",
+    "run_payload": "files",
+    "short_names": "text",
+    "track_figure": "plots",
+    "transform_caption": "text",
+    "write_csv": "files",
+    "write_json": "files",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f"infoprobe.report.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'infoprobe.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

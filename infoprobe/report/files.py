@@ -1,8 +1,7 @@
-"""Rows to files: CSV and JSON, written atomically, and a sweep's CSV kept row by row.
+"""Rows to files: CSV and JSON, written atomically, and read back.
 
 Output files are written atomically (a temporary file in the same folder, then
-``os.replace``); '-' means standard output. A sweep's CSV is rewritten after every finished
-row (:class:`SweepCsv`), so an interrupted sweep keeps its rows and ``--resume`` can skip them.
+``os.replace``); '-' means standard output.
 """
 
 from __future__ import annotations
@@ -20,33 +19,11 @@ from typing import Any, TextIO
 import pandas as pd
 
 from infoprobe.errors import InputError, unwritable
-from infoprobe.report.text import format_value, from_spreadsheet_cell, spreadsheet_cell
-from infoprobe.rows import INT_COLUMNS, rows_frame
+from infoprobe.report.text import from_spreadsheet_cell, spreadsheet_cell
+from infoprobe.schema import INT_COLUMNS, TEXT_COLUMNS
 
 #: The file name that means standard output for --csv / --json.
 STDOUT = "-"
-#: Columns whose text comes from files (paths, recorded names, class names, notes quoting
-#: them): their CSV cells are kept from spreadsheet formulas (:func:`spreadsheet_cell`).
-UNTRUSTED_TEXT = ("checkpoint", "model", "name", "note", "layer")
-
-
-def check_output(path: str | os.PathLike | None, flag: str) -> None:
-    """Raise :class:`InputError` unless ``path`` can be written ('-' and None pass).
-
-    Called before any computation, so that a typo in an output path costs nothing.
-    """
-    if path is None or str(path) == STDOUT:
-        return
-    p = Path(path).expanduser()
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise InputError(f"{flag} {p}: is a directory; give a file name")
-    if not parent.is_dir():
-        raise InputError(f"{flag} {p}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {p}: folder {parent} is not writable")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise InputError(f"{flag} {p}: the file exists and is not writable")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -57,7 +34,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     An output that became unwritable during the run (folder removed, permissions, disk
     full) raises :class:`RunFailure` naming the file, at the write that failed.
     """
-    p = Path(path).expanduser()
+    # a symbolic link to a regular file is written through; anything else is refused
+    p = Path(path).expanduser().resolve()
+    if p.exists() and not p.is_file():
+        raise unwritable(p, OSError(0, "it is not a regular file any more"))
     tmp: Path | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
@@ -86,12 +66,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly ``columns``, in order (missing values are NaN/NA).
+
+    Integer columns use pandas' nullable ``Int64``, so a missing count stays an empty cell
+    in CSV rather than turning the column into floats.
+    """
+    frame = pd.DataFrame.from_records(list(rows), columns=list(columns))
+    for column in INT_COLUMNS.intersection(frame.columns):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell,
-    and text from files cannot start a spreadsheet formula (:data:`UNTRUSTED_TEXT`). Lines
-    end in CRLF (RFC 4180), so that a cell holding a bare CR is quoted, not a row break."""
+    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell.
+    Text (names from files) cannot start a spreadsheet formula (:func:`spreadsheet_cell`),
+    and lines end in CRLF (RFC 4180), so that a cell holding a CR is quoted, not a row break."""
     frame = rows_frame(rows, columns)
-    for column in frame.columns.intersection(UNTRUSTED_TEXT):
+    for column in frame.columns.intersection(TEXT_COLUMNS):
         frame[column] = [spreadsheet_cell(v) if isinstance(v, str) else v for v in frame[column]]
     return frame.to_csv(index=False, lineterminator="\r\n")
 
@@ -113,12 +105,17 @@ def write_csv(
 def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]:
     """Rows of a CSV written by :func:`write_csv` with the same ``columns``.
 
-    Raises :class:`InputError` when the file has other columns (another command's output,
-    or not infoprobe's). Empty notes come back as '' and integer columns as ints.
+    Text columns (:data:`~infoprobe.rows.TEXT_COLUMNS`) come back as the strings written,
+    whatever they hold (a checkpoint named ``NA`` or ``nan`` stays that name, ``'=x`` is
+    ``=x`` again: :func:`from_spreadsheet_cell`); other cells are
+    numbers, empty ones NaN, integer columns ints. InputError for another command's CSV or
+    a cell that is not a number where one belongs (an edited file).
     """
     p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"--resume: {p} is not a regular file; write to another --csv")
     try:
-        frame = pd.read_csv(p, keep_default_na=True)
+        frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         return []
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -129,143 +126,26 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]
             f"{list(columns)[:6]}...: it was written by another command; remove it or drop "
             "--resume"
         )
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return [_typed(row) for row in records]
+    return [_typed(row, i + 2, p) for i, row in enumerate(frame.to_dict("records"))]
 
 
-def _typed(row: dict) -> dict:
-    out = {}
-    for column, value in row.items():
-        if column in ("note", "checkpoint", "estimate", "model") and value is None:
-            value = ""
-        elif column in UNTRUSTED_TEXT and isinstance(value, str):
-            value = from_spreadsheet_cell(value)
-        elif value is None:
-            value = math.nan
-        elif column in INT_COLUMNS and isinstance(value, float) and value.is_integer():
+def _typed(row: dict, line: int, path: Path) -> dict:
+    out: dict[str, Any] = {}
+    for column, text in row.items():
+        if column in TEXT_COLUMNS:
+            out[column] = from_spreadsheet_cell(text)
+            continue
+        try:
+            value = float(text) if text != "" else math.nan
+        except ValueError:
+            raise InputError(
+                f"--resume: {path} line {line}: {column} is {text[:40]!r}, not a number: the "
+                "file was edited; remove it or write to another --csv"
+            ) from None
+        if column in INT_COLUMNS and value.is_integer():
             value = int(value)
         out[column] = value
     return out
-
-
-class SweepCsv:
-    """The CSV of a sweep, rewritten atomically after every finished row.
-
-    An interrupted sweep thus keeps its finished rows, and ``resume=True`` starts from the
-    rows already in the file: :attr:`done` holds their ``key`` values (alpha, ratio) so
-    the sweep can skip them. ``path=None`` or '-' keeps the rows in memory only.
-
-    ``run`` is what decides the rows' numbers (:func:`infoprobe.api.run_record`). It is
-    written beside the CSV as ``FILE.run.json`` with the first row, and a resumed CSV is
-    accepted only when that file holds the same record, so rows of another run (another
-    method, seed, data...) are never merged. A resumed CSV that holds one point twice is
-    refused before any work.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike | None,
-        columns: Sequence[str],
-        key: str,
-        *,
-        resume: bool = False,
-        run: dict | None = None,
-    ) -> None:
-        self.path = None if path is None or str(path) == STDOUT else Path(path).expanduser()
-        self.columns = tuple(columns)
-        self.key = key
-        self.run = run
-        self.rows: list[dict] = []
-        self._recorded = False
-        if resume and self.path is not None and self.path.exists():
-            self.rows = read_csv_rows(self.path, self.columns)
-            _check_unique(self.rows, key, self.path)
-            if self.rows and run is not None:
-                _check_same_run(self.run_path, run, self.path)
-                self._recorded = True
-
-    @property
-    def run_path(self) -> Path | None:
-        """``FILE.run.json``, the record of the options that wrote ``FILE``."""
-        return None if self.path is None else self.path.with_name(self.path.name + ".run.json")
-
-    @property
-    def done(self) -> tuple[float, ...]:
-        """The key values of the finished rows."""
-        return tuple(float(row[self.key]) for row in self.rows)
-
-    def add(self, row: dict) -> None:
-        """Record one finished row and rewrite the file (the run record first, once). A row
-        for a key already present replaces it (a resumed run measuring a failed one again)."""
-        self.rows = [r for r in self.rows if r[self.key] != row[self.key]]
-        self.rows.append({c: row.get(c) for c in self.columns})
-        if self.path is None:
-            return
-        if self.run is not None and not self._recorded:
-            atomic_write_text(self.run_path, json_text(self.run))
-            self._recorded = True
-        write_csv(self.path, self.rows, self.columns)
-
-    def sorted_rows(self) -> list[dict]:
-        """The rows ordered by their key (resumed rows interleave with new ones)."""
-        return sorted(self.rows, key=lambda row: float(row[self.key]))
-
-
-def _check_unique(rows: Sequence[dict], key: str, path: Path) -> None:
-    """InputError when two rows hold one point (numbers within VALUE_TOL are one point)."""
-    from infoprobe.sweeps import VALUE_TOL
-
-    values = [row[key] for row in rows]
-    if all(isinstance(v, (int, float)) for v in values):
-        ordered = sorted(float(v) for v in values)
-        twice = [b for a, b in zip(ordered, ordered[1:], strict=False) if b - a <= VALUE_TOL]
-    else:
-        twice = [v for i, v in enumerate(values) if v in values[:i]]
-    if twice:
-        raise InputError(
-            f"--resume: {path} holds {key} {format_value(key, twice[0])} twice: it was edited "
-            "or merged from two runs; keep one row per point or write to another --csv"
-        )
-
-
-def _check_same_run(record_path: Path, run: dict, path: Path) -> None:
-    """InputError unless ``record_path`` holds ``run``, naming the options that differ."""
-    try:
-        recorded = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(
-            f"--resume: {record_path.name}, which records the options of the run that wrote "
-            f"{path}, is missing, so its rows cannot be checked; remove {path} or write to "
-            "another --csv"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(
-            f"--resume: cannot read {record_path} ({e}); remove it and "
-            f"{path}, or write to another --csv"
-        ) from None
-    want = jsonable(run)
-    if not isinstance(recorded, dict):
-        recorded = {}
-    differ = [k for k in sorted(set(want) | set(recorded)) if want.get(k) != recorded.get(k)]
-    if differ:
-        shown = "; ".join(
-            f"{_flag(k)} {_option_text(want.get(k))} now, "
-            f"{_option_text(recorded.get(k))} in {path.name}"
-            for k in differ[:4]
-        )
-        raise InputError(
-            f"--resume: the rows in {path} come from another run, with other options ({shown}); "
-            "rerun with the same options, or write to another --csv"
-        )
-
-
-def _flag(key: str) -> str:
-    positional = ("command", "a", "b", "checkpoint", "checkpoints", "paths")
-    return key if key in positional else "--" + key.replace("_", "-")
-
-
-def _option_text(value: Any) -> str:
-    return "unset" if value is None else json.dumps(value)
 
 
 def jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from infoprobe.errors import InputError
-from infoprobe.report.files import atomic_write, check_output
+from infoprobe.report.files import atomic_write
 from infoprobe.report.text import is_nan, plot_text
 
 
@@ -22,7 +22,8 @@ def require_matplotlib(flag: str = "--plot") -> None:
 
 
 def check_plot_path(path: str | os.PathLike, flag: str = "--plot") -> None:
-    """Check matplotlib, the file type and the folder before any computation."""
+    """Check matplotlib and the file type before any computation (the path registry checks
+    where the file goes)."""
     require_matplotlib(flag)
     from matplotlib.figure import Figure
 
@@ -33,7 +34,6 @@ def check_plot_path(path: str | os.PathLike, flag: str = "--plot") -> None:
             f"{flag} {path}: unknown image type '.{suffix}'; use one of "
             f"{', '.join('.' + k for k in sorted(kinds))}"
         )
-    check_output(path, flag)
 
 
 def _save_figure(figure: Any, path: str | os.PathLike) -> Path:
@@ -201,3 +201,45 @@ def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
 def plot_prune(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
     """:func:`prune_figure` saved to ``path``."""
     return _save_figure(prune_figure(rows, title), path)
+
+
+def analyze_figure(rows: Sequence[dict], title: str = "") -> Any:
+    """MIR, HDR and accuracy of each checkpoint side by side, with the NC optimum."""
+    from matplotlib.figure import Figure
+
+    from infoprobe.report.text import short_names
+
+    names = short_names([str(row["checkpoint"]) for row in rows])
+    fig = Figure(figsize=(max(5.0, 1.2 * len(rows) + 3), 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    x = list(range(len(rows)))
+    for column, style in (("mir", "o"), ("hdr", "s"), ("accuracy", "^")):
+        ax.plot(
+            x,
+            [row[column] for row in rows],
+            style,
+            label=column.upper() if column != "accuracy" else "accuracy",
+        )
+    _nc_reference(ax, rows)
+    ax.set_xticks(x, [plot_text(n) for n in names], rotation=30 if len(rows) > 4 else 0)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("MIR, HDR, accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    _title(fig, title, "information interplay per checkpoint")
+    return fig
+
+
+#: The figure of each command's rows.
+FIGURES = {
+    "analyze": analyze_figure,
+    "track": track_figure,
+    "lmc": lmc_figure,
+    "prune": prune_figure,
+}
+
+
+def plot_rows(command: str, rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """``command``'s figure of ``rows`` saved to ``path`` (its suffix picks the format)."""
+    return _save_figure(FIGURES[command](rows, title), path)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from infoprobe.report.text import format_value, is_nan, printable, short_names
-from infoprobe.rows import FT_COLUMNS
+from infoprobe.schema import FT_COLUMNS
 
 #: Columns that move from the table into its caption when every row holds the same value.
 _CAPTION_COLUMNS = (
@@ -40,9 +40,25 @@ _HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower
 _TEXT_COLUMNS = frozenset({"checkpoint", "name", "model"})
 
 
-#: Columns a table keeps however narrow the console.
+#: Columns a table keeps however narrow the console: the names, the sweep's point, and the
+#: values a command exists for (accuracy, MIR, HDR; after fine-tuning; NC4 of the NC table).
 _KEPT_COLUMNS = frozenset(
-    {"checkpoint", "model", "alpha", "ratio", "step", "class", "name", "accuracy", "mir", "hdr"}
+    {
+        "checkpoint",
+        "model",
+        "alpha",
+        "ratio",
+        "step",
+        "class",
+        "name",
+        "accuracy",
+        "mir",
+        "hdr",
+        "ft_accuracy",
+        "ft_mir",
+        "ft_hdr",
+        "nc4",
+    }
 )
 
 

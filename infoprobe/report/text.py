@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infoprobe.rows import INT_COLUMNS
+from infoprobe.schema import INT_COLUMNS
 
 #: Columns shown with four decimals in tables (CSV keeps full precision).
 

@@ -16,7 +16,7 @@ holds point values already done (resume); they are not evaluated. ``progress`` (
 Their shared helpers live in :mod:`infoprobe.sweeps.common`.
 """
 
-from infoprobe.sweeps.common import VALUE_TOL
+from infoprobe.parsing import VALUE_TOL
 from infoprobe.sweeps.finetune import FinetuneOptions, finetune
 from infoprobe.sweeps.lmc import (
     barriers,

@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,40 @@ class FinetuneOptions:
     def record(self) -> dict:
         """The options as plain values (for JSON and for checking a resumed run)."""
         return asdict(self)
+
+
+def options_of(opts: Any) -> FinetuneOptions | None:
+    """prune's fine-tuning options (``--finetune-*``, ``--lr``, ``--optimizer``,
+    ``--momentum``, ``--weight-decay`` of a :class:`~infoprobe.options.RunOptions`; None
+    fields take the defaults), None without ``--finetune-data``."""
+    if opts.finetune_data is None:
+        return None
+    given = {
+        "epochs": opts.finetune_epochs,
+        "lr": opts.lr,
+        "batch_size": opts.finetune_batch_size,
+        "optimizer": opts.optimizer,
+        "momentum": opts.momentum,
+        "weight_decay": opts.weight_decay,
+    }
+    return FinetuneOptions(seed=opts.seed, **{k: v for k, v in given.items() if v is not None})
+
+
+def finetune_settings(opts: Any) -> dict[str, Any]:
+    """The fine-tuning options with their defaults filled in (``momentum`` None with AdamW),
+    as :class:`~infoprobe.options.RunOptions` fields: what a run record holds, so that a
+    default and the same value given explicitly are one run."""
+    tune = options_of(opts)
+    if tune is None:
+        return {}
+    return {
+        "finetune_epochs": tune.epochs,
+        "lr": tune.lr,
+        "finetune_batch_size": tune.batch_size,
+        "optimizer": tune.optimizer,
+        "momentum": tune.momentum if tune.optimizer == "sgd" else None,
+        "weight_decay": tune.weight_decay,
+    }
 
 
 def _check(ok: bool, message: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from infoprobe import probe
+from infoprobe import parsing, probe
 from infoprobe.checkpoints import compare_states
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, RunFailure, short_list
@@ -31,7 +31,6 @@ from infoprobe.sweeps.common import (
     DEFAULT_MEASURE,
     evaluate_row,
     is_done,
-    parse_values,
     pending,
     sweep_progress,
 )
@@ -242,9 +241,7 @@ def parse_alphas(
     if steps is not None and alphas is not None:
         raise InputError("conflicting options --steps and --alphas: give one of them")
     if alphas is not None:
-        return parse_values(
-            alphas, flag="--alphas", what="alpha", closed=True, example="0,0.25,0.5,0.75,1"
-        )
+        return list(parsing.alphas(alphas, "--alphas"))
     steps = DEFAULT_STEPS if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InputError(f"--steps {steps!r}: give an integer >= 2 (the endpoints count)")
@@ -306,7 +303,7 @@ def lmc_sweep(
     Raises :class:`InputError` for incompatible states, bad alphas, or ``bn_data`` with a
     model that has no BatchNorm; the checks run before the first evaluation.
     """
-    alphas = parse_values(alphas, flag="--alphas", what="alpha", closed=True, example="0,0.5,1")
+    alphas = list(parsing.alphas(alphas, "--alphas"))
     check_compatible(state_a, state_b)
     _check_fits(model, state_a)
     eval_kwargs = dict(eval_kwargs or {})

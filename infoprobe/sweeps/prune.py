@@ -30,42 +30,36 @@ import atexit
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from infoprobe import heads, probe
+from infoprobe import parsing, probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, NonFiniteFeatures
 from infoprobe.info import Interplay, interplay_between
-from infoprobe.rows import FT_COLUMNS, MeasureOptions
+from infoprobe.rows import MeasureOptions
+from infoprobe.schema import FT_COLUMNS
 from infoprobe.sweeps.common import (
     DEFAULT_MEASURE,
     evaluate_row,
     is_done,
-    parse_values,
     pending,
     sweep_progress,
 )
 from infoprobe.sweeps.finetune import Diverged, FinetuneOptions, finetune
-
-__all__ = [
-    "FT_COLUMNS",
-    "METHODS",
-    "FinetuneOptions",
-    "measured_sparsity",
-    "parse_ratios",
-    "prunable_parameters",
-    "prune_sweep",
-]
-
-METHODS: tuple[str, ...] = ("global-magnitude", "layer-magnitude", "random")
-_PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-Target = tuple[nn.Module, str]
+from infoprobe.sweeps.masks import (
+    METHODS,
+    DenseState,
+    Target,
+    apply_masks,
+    cut_layers,
+    masked_count,
+    measured_sparsity,
+    prunable_parameters,
+    prune_to,
+)
 
 
 def parse_ratios(text: str | Iterable[float]) -> list[float]:
@@ -74,124 +68,7 @@ def parse_ratios(text: str | Iterable[float]) -> list[float]:
     Each must be a finite number in [0, 1) (1 would remove every weight), given once.
     Raises :class:`InputError` naming the bad value.
     """
-    return parse_values(
-        text, flag="--ratios", what="ratio", closed=False, example="0,0.1,0.3,0.5,0.7,0.9"
-    )
-
-
-def prunable_parameters(
-    model: nn.Module, *, include_head: bool = False, head: nn.Module | str | None = None
-) -> list[Target]:
-    """``(module, "weight")`` for every Conv1d/2d/3d and Linear layer, in module order.
-
-    The classifier heads (``head``: the module or its dotted path; default every head of
-    :func:`infoprobe.heads.find_heads`) are excluded unless ``include_head``. Raises
-    :class:`InputError` "model has no prunable layers" when nothing is left, and for a
-    weight tensor shared by two layers (tied weights).
-    """
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, _PRUNABLE) and isinstance(getattr(m, "weight", None), Tensor)
-    ]
-    if not layers:
-        raise InputError(
-            "model has no prunable layers (no Conv1d/2d/3d or Linear weights); "
-            "pruning sweeps need at least one"
-        )
-    if not include_head:
-        excluded = (
-            [head]
-            if isinstance(head, nn.Module)
-            else [m for _, m in heads.find_heads(model, head_path=head)]
-        )
-        # a NormLinear head (LeViT) holds its Linear: that Linear is the head too
-        inside = {id(x) for m in excluded for x in m.modules()}
-        layers = [m for m in layers if id(m) not in inside]
-        if not layers:
-            raise InputError(
-                "model has no prunable layers besides the classifier head; "
-                "pass --include-head to prune the head"
-            )
-    _check_untied(model, layers)
-    return [(m, "weight") for m in layers]
-
-
-def _check_untied(model: nn.Module, layers: list[nn.Module]) -> None:
-    """Refuse weights shared by two layers: a mask would apply to only one of them."""
-    owner: dict[int, nn.Module] = {}
-    for m in layers:
-        other = owner.setdefault(id(m.weight), m)
-        if other is not m:
-            names = {id(x): n for n, x in model.named_modules()}
-            raise InputError(
-                f"layers {names[id(other)]} and {names[id(m)]} share one weight "
-                "tensor (tied weights), which unstructured pruning cannot mask "
-                "consistently; untie them before pruning"
-            )
-
-
-def measured_sparsity(targets: list[Target]) -> float:
-    """Fraction of exact zeros over the targets' weights as the model uses them (masked)."""
-    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in targets)
-    return zeros / sum(getattr(m, n).numel() for m, n in targets)
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def _masked(module: nn.Module, name: str) -> int:
-    mask = getattr(module, name + "_mask", None)
-    return 0 if mask is None else int((mask == 0).sum())
-
-
-def _scores(targets: list[Target]) -> dict[Target, Tensor]:
-    """Contiguous importance scores (the weights as masked now) for each target.
-
-    torch's pruning flattens tensors with ``.view(-1)``, which fails on channels_last
-    weights (``evaluate(channels_last=True)`` on CUDA): masks and originals are made
-    contiguous too. Values are unchanged.
-    """
-    for module, _ in targets:
-        module.to(memory_format=torch.contiguous_format)
-    return {(m, n): getattr(m, n).detach().contiguous() for m, n in targets}
-
-
-@contextmanager
-def _seeded(seed: int, targets: list[Target]) -> Iterator[None]:
-    """``torch.manual_seed(seed)`` inside a forked RNG (CPU and the targets' CUDA devices)."""
-    devices = sorted({getattr(m, n).get_device() for m, n in targets} - {-1})
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _prune_to(targets: list[Target], ratio: float, method: str, seed: int) -> None:
-    """Mask more weights so that round(ratio * size) are masked, over all targets (global
-    methods) or per layer. Amounts are counts relative to the weights still unmasked, so
-    on an already pruned model the masks nest and the total is exact."""
-    scores = _scores(targets)
-    if method == "layer-magnitude":
-        for module, name in targets:
-            k = round(ratio * getattr(module, name).numel()) - _masked(module, name)
-            if k > 0:
-                prune.l1_unstructured(
-                    module, name, amount=k, importance_scores=scores[(module, name)]
-                )
-        return
-    total = sum(getattr(m, n).numel() for m, n in targets)
-    k = round(ratio * total) - sum(_masked(m, n) for m, n in targets)
-    if k <= 0:
-        return
-    if method == "random":
-        with _seeded(seed, targets):
-            prune.global_unstructured(
-                targets, pruning_method=prune.RandomUnstructured, amount=k, importance_scores=scores
-            )
-    else:
-        prune.global_unstructured(
-            targets, pruning_method=prune.L1Unstructured, amount=k, importance_scores=scores
-        )
+    return list(parsing.ratios(text, "--ratios"))
 
 
 @dataclass(frozen=True)
@@ -207,7 +84,7 @@ class _Tuning:
 
     def train(self) -> None:
         finetune(self.model, self.data, self.options, **self.kwargs)
-        _apply_masks(self.targets)
+        apply_masks(self.targets)
 
     def tune(
         self, measure: Callable[[], tuple[probe.Evaluation, dict]]
@@ -227,61 +104,6 @@ class _Tuning:
             return str(e)
 
 
-def _apply_masks(targets: list[Target]) -> None:
-    """Recompute ``weight = weight_orig * mask`` after training.
-
-    ``prune``'s forward pre-hook sets ``weight`` at each forward pass, so after the last
-    optimizer step it still holds the weights of one step before; the next ratio's
-    magnitudes and the sparsity count must see the trained ones.
-    """
-    with torch.no_grad():
-        for module, name in targets:
-            if hasattr(module, name + "_mask"):
-                setattr(
-                    module, name, getattr(module, name + "_orig") * getattr(module, name + "_mask")
-                )
-
-
-class _DenseState:
-    """Copies of what a ratio changes, restored between ratios and when the sweep ends.
-
-    Pruning changes only the prunable weights, so only they are copied (not the model);
-    fine-tuning changes every parameter and buffer (biases, norm affines, BatchNorm running
-    statistics and ``num_batches_tracked``), so ``everything`` copies them all. ``restore``
-    removes the masks with ``prune.remove``, restores each module's parameter order
-    (``prune`` re-registers ``weight`` last) and puts the copies back into the same
-    Parameter objects, with their memory layout (a channels_last model stays channels_last),
-    so ``state_dict()`` is as before, keys in order.
-    """
-
-    def __init__(self, model: nn.Module, targets: list[Target], everything: bool) -> None:
-        self.targets = targets
-        self.orders = [list(m._parameters) for m, _ in targets]
-        if everything:
-            self.saved = [
-                (m, k, t.detach().clone())
-                for m in model.modules()
-                for k, t in (*m._parameters.items(), *m._buffers.items())
-                if t is not None
-            ]
-        else:
-            self.saved = [(m, n, getattr(m, n).detach().clone()) for m, n in targets]
-
-    def restore(self) -> None:
-        for (module, name), order in zip(self.targets, self.orders, strict=True):
-            if hasattr(module, name + "_mask"):
-                prune.remove(module, name)
-                params = module._parameters
-                for key in order:
-                    params[key] = params.pop(key)
-        with torch.no_grad():
-            for module, key, saved in self.saved:
-                if key in module._parameters:  # .data keeps the Parameter object
-                    module._parameters[key].data = saved.clone()
-                else:
-                    module._buffers[key] = saved.clone()
-
-
 # Sweeps left half-consumed are closed (their finally restores the dense model) before the
 # interpreter tears torch down: cleaning up a pruned model during teardown aborts (exit 134).
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -291,9 +113,6 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def _close_live_sweeps() -> None:
     for sweep in list(_LIVE):
         sweep.close()
-
-
-# --------------------------------------------------------------------------- rows
 
 
 def _dense_interplay(dense: Tensor, pruned: Tensor, options: MeasureOptions) -> Interplay:
@@ -324,15 +143,6 @@ def _vs_dense(
     return between.mir, between.hdr, between.note
 
 
-def _cut_layers(targets: list[Target], names: dict[nn.Module, str]) -> str:
-    """A note naming the layers whose every weight is masked (nothing flows through them)."""
-    cut = [names[m] for m, n in targets if _masked(m, n) == getattr(m, n).numel()]
-    if not cut:
-        return ""
-    shown = ", ".join(cut[:3]) + (", ..." if len(cut) > 3 else "")
-    return f"{len(cut)} layer(s) pruned entirely ({shown})"
-
-
 def _prune_row(
     ratio: float,
     sparsity: float,
@@ -349,7 +159,7 @@ def _prune_row(
     ``tuned``: the evaluation and analysis row after fine-tuning, or why there are none
     (a failed fine-tuning); the ft columns are NaN without them. ``sparsity`` is measured
     before fine-tuning (a diverged run leaves NaN weights, and NaN * 0 is NaN); ``cut``:
-    layers pruned entirely (see :func:`_cut_layers`).
+    layers pruned entirely (see :func:`cut_layers`).
     """
     mir, hdr, why = _vs_dense(dense, evaluation, options, dense_metrics)
     notes = [cut, row["note"], why and f"vs dense: {why}"]
@@ -381,6 +191,50 @@ def _prune_row(
     }
 
 
+@dataclass
+class _Sweep:
+    """One pruning sweep's settings (see :func:`prune_sweep`)."""
+
+    model: nn.Module
+    data: LabelledTensors
+    ratios: list[float]
+    method: str
+    include_head: bool
+    seed: int
+    iterative: bool
+    dense_metrics: bool
+    name: str
+    eval_kwargs: dict
+    measure: MeasureOptions
+    finetune_data: LabelledTensors | None
+    finetune_options: FinetuneOptions | None
+    skip: list[float]
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.finetune_options is not None and self.finetune_data is None:
+            raise InputError("fine-tuning options need fine-tuning data (--finetune-data)")
+        if prune.is_pruned(self.model):
+            raise InputError(
+                "the model already carries torch.nn.utils.prune masks; apply them "
+                "with torch.nn.utils.prune.remove before a pruning sweep"
+            )
+
+    def evaluate(self) -> tuple[probe.Evaluation, dict]:
+        return evaluate_row(self.model, self.data, self.name, self.eval_kwargs, self.measure)
+
+    def tuning(self, targets: list[Target]) -> _Tuning | None:
+        if self.finetune_data is None:
+            return None
+        where = {
+            k: v for k, v in self.eval_kwargs.items() if k in ("device", "amp", "channels_last")
+        }
+        return _Tuning(
+            self.model, self.finetune_data, self.finetune_options, targets, self.iterative, where
+        )
+
+
 def prune_sweep(
     model: nn.Module,
     data: LabelledTensors,
@@ -401,39 +255,23 @@ def prune_sweep(
 ) -> Iterator[dict]:
     """Prune ``model`` at each ratio, optionally fine-tune; yield one row per ratio.
 
-    Row: ``{"ratio", "sparsity", "mir_dense", "hdr_dense", *FT_COLUMNS,
-    **analysis_row(name, ...)}``. The dense model is evaluated once first (the reference
-    for ``mir_dense``); a ratio that masks nothing (0) reuses that evaluation, so the
-    ratio-0 row is the analysis of the dense model. Ratios are validated like ``--ratios``
-    and run ascending; those in ``skip`` (resume) are not evaluated, and when all are,
-    nothing is.
-
-    With ``finetune_data``, each ratio's masked model is then trained on it
-    (:func:`infoprobe.sweeps.finetune.finetune` with ``finetune_options``, default
-    :class:`FinetuneOptions`, on the device, amp and channels_last of ``eval_kwargs``; the
-    masks stay fixed) and measured on ``data`` again: the ``ft_*`` columns, while the
-    other columns keep the values before fine-tuning. Ratio 0 is fine-tuned too (the dense
-    baseline of the same training). Without it the ``ft_*`` columns are NaN.
-
-    Each ratio starts from the dense model: every weight, and with fine-tuning every
-    parameter and buffer, is restored from a copy between ratios and when the sweep ends,
-    fails or is closed early (also at interpreter exit). With ``iterative`` each ratio
-    prunes the previous ratio's model further, up to the new total: the masks nest, and a
-    fine-tuned model carries its trained weights to the next ratio (iterative magnitude
-    pruning). Skipped ratios are then still pruned and fine-tuned, so a resumed sweep
-    reaches the same weights. Masks are applied to ``model`` in place; while a row is
-    being consumed the model holds that ratio's masks (and fine-tuned weights).
-    ``dense_metrics=False`` skips ``mir_dense``/``hdr_dense`` and their ``ft_`` twins
-    (NaN, with a note): each costs one more exact eigen-solve, an n x n one when
-    n <= d^2, which can cost more than the evaluation itself. ``eval_kwargs`` go to
+    Row: ``{"ratio", "sparsity", "mir_dense", "hdr_dense", *FT_COLUMNS, **analysis_row}``.
+    The dense model is evaluated once first (the reference of ``mir_dense``; a ratio that
+    masks nothing reuses it). Ratios run ascending; those in ``skip`` (resume) are not
+    evaluated. With ``finetune_data`` each masked model is trained with its masks fixed
+    (``finetune_options``, on the device, amp and channels_last of ``eval_kwargs``) and
+    measured again: the ``ft_*`` columns. Each ratio starts from the dense model, restored
+    between ratios and when the sweep ends, fails or is closed early; with ``iterative``
+    each ratio prunes (and fine-tunes) the previous ratio's model further, skipped ratios
+    included, so a resumed sweep reaches the same weights. ``dense_metrics=False`` leaves
+    ``mir_dense``/``hdr_dense`` empty, with a note. ``eval_kwargs`` go to
     :func:`infoprobe.probe.evaluate`; its ``head`` also names the head to exclude.
-    ``progress`` gets one step per row.
 
     Raises :class:`InputError` for bad ratios or method, a model without prunable layers,
-    a model that already carries ``torch.nn.utils.prune`` masks, or ``finetune_options``
+    one that already carries ``torch.nn.utils.prune`` masks, or ``finetune_options``
     without ``finetune_data``.
     """
-    sweep = _prune_sweep(
+    settings = _Sweep(
         model,
         data,
         parse_ratios(ratios),
@@ -448,88 +286,47 @@ def prune_sweep(
         finetune_data,
         finetune_options,
         [float(s) for s in skip],
-        progress,
     )
+    sweep = _rows(settings, progress)
     _LIVE.add(sweep)
     return sweep
 
 
-def _prune_sweep(
-    model,
-    data,
-    ratios,
-    method,
-    include_head,
-    seed,
-    iterative,
-    dense_metrics,
-    name,
-    eval_kwargs,
-    measure,
-    finetune_data,
-    finetune_options,
-    skip,
-    progress,
-) -> Iterator[dict]:
-    """The body of :func:`prune_sweep` (a generator: nothing runs before the first row)."""
-    if method not in METHODS:
-        raise InputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    if finetune_options is not None and finetune_data is None:
-        raise InputError("fine-tuning options need fine-tuning data (--finetune-data)")
-    if prune.is_pruned(model):
-        raise InputError(
-            "the model already carries torch.nn.utils.prune masks; apply them "
-            "with torch.nn.utils.prune.remove before a pruning sweep"
-        )
-    targets = prunable_parameters(model, include_head=include_head, head=eval_kwargs.get("head"))
-    todo = pending(ratios, skip)
+def _rows(s: _Sweep, progress: probe.ProgressSink | None) -> Iterator[dict]:
+    """The sweep's rows (a generator: nothing runs before the first row)."""
+    s.check()
+    targets = prunable_parameters(
+        s.model, include_head=s.include_head, head=s.eval_kwargs.get("head")
+    )
+    todo = pending(s.ratios, s.skip)
     if not todo:
         return
-
-    names = {m: n for n, m in model.named_modules()}
-    tuning = (
-        None
-        if finetune_data is None
-        else _Tuning(
-            model,
-            finetune_data,
-            finetune_options,
-            targets,
-            iterative,
-            {k: eval_kwargs[k] for k in ("device", "amp", "channels_last") if k in eval_kwargs},
-        )
-    )
-
-    with sweep_progress(progress, len(todo), f"prune {name}") as step:
-        dense, dense_row = evaluate_row(model, data, name, eval_kwargs, measure)
+    names = {m: n for n, m in s.model.named_modules()}
+    tuning = s.tuning(targets)
+    with sweep_progress(progress, len(todo), f"prune {s.name}") as step:
+        dense, dense_row = s.evaluate()
         # after evaluate, which moves the model to its device
-        saved = _DenseState(model, targets, everything=finetune_data is not None)
+        saved = DenseState(s.model, targets, everything=tuning is not None)
         changed = False  # iterative + fine-tuning: the weights are no longer the dense ones
         try:
             # iterative: skipped ratios are still pruned (and tuned), so later masks match
-            for ratio in ratios if iterative else todo:
-                _prune_to(targets, ratio, method, seed)
-                if is_done(ratio, skip):
+            for ratio in s.ratios if s.iterative else todo:
+                prune_to(targets, ratio, s.method, s.seed)
+                if is_done(ratio, s.skip):
                     if tuning is not None:
                         tuning.train()
                         changed = True
                     continue
-                sparsity, cut = measured_sparsity(targets), _cut_layers(targets, names)
-                if changed or any(_masked(m, n) for m, n in targets):
-                    evaluation, row = evaluate_row(model, data, name, eval_kwargs, measure)
-                else:
-                    evaluation, row = dense, dense_row
-                tuned = None
-                if tuning is not None:
-                    tuned = tuning.tune(
-                        lambda: evaluate_row(model, data, name, eval_kwargs, measure)
-                    )
-                    changed = True
+                sparsity, cut = measured_sparsity(targets), cut_layers(targets, names)
+                pruned = changed or any(masked_count(m, n) for m, n in targets)
+                evaluation, row = s.evaluate() if pruned else (dense, dense_row)
+                tuned = tuning.tune(s.evaluate) if tuning is not None else None
+                changed = tuning is not None
                 step()
                 yield _prune_row(
-                    ratio, sparsity, dense, evaluation, row, measure, dense_metrics, tuned, cut
+                    ratio, sparsity, dense, evaluation, row, s.measure, s.dense_metrics, tuned, cut
                 )
-                if not iterative:
+                if not s.iterative:
                     saved.restore()
                     changed = False
         finally:
