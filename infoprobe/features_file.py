@@ -76,9 +76,26 @@ def load_features(
     seeded class-stratified subsample that ``--max-samples`` takes of a dataset with these
     labels (:func:`~infoprobe.data.stratified_indices`), in the file's order.
     """
+    path = Path(path).expanduser()
+    z, labels, w, logits = _read_checked(path)
+    if valid_labels is not None:
+        classes = _valid_classes(valid_labels, w.shape[0], path)
+        z, labels, logits = _of_classes(z, labels, logits, classes, path)
+        w = w[classes]
+    if max_samples is not None:
+        keep = stratified_indices(labels, max_samples, seed)
+        z, labels = z[keep], labels[keep]
+        logits = logits[keep] if logits is not None else None
+    nan = float("nan")
+    evaluation = Evaluation(z, logits, labels, w, loss=nan, accuracy=nan, note="")
+    return evaluation if logits is None else _scored(evaluation)
+
+
+def _read_checked(path: Path) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(features float32 [n, d], labels int64 [n], head float32 [C, d], logits float32
+    [n, C] or None) of a features file, every shape, label and value checked."""
     from safetensors import safe_open
 
-    path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"features file {path} does not exist; check the path")
     try:
@@ -119,24 +136,7 @@ def load_features(
                 f"[{z.shape[0]}, {w.shape[0]}]"
             )
         logits = logits.float()
-    if valid_labels is not None:
-        classes = _valid_classes(valid_labels, w.shape[0], path)
-        z, labels, logits = _of_classes(z, labels, logits, classes, path)
-        w = w[classes]
-    if max_samples is not None:
-        keep = stratified_indices(labels, max_samples, seed)
-        z, labels = z[keep], labels[keep]
-        logits = logits[keep] if logits is not None else None
-    evaluation = Evaluation(
-        features=z,
-        logits=logits,
-        labels=labels,
-        head=w,
-        loss=float("nan"),
-        accuracy=float("nan"),
-        note="",
-    )
-    return evaluation if logits is None else _scored(evaluation)
+    return z, labels, w, logits
 
 
 def _scored(evaluation: Evaluation) -> Evaluation:

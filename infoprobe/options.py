@@ -76,7 +76,8 @@ class Spec:
     224``) and ``"pairs"`` repeated ``key=value`` items. ``completes``: may be set on
     ``--resume`` where the earlier run left it unset (it only completes failed rows).
     ``derived``: an output's further files, as ``(label, path)`` pairs, given the options
-    and the run's checkpoints. ``stdout``: ``-`` writes to standard output.
+    and the run's checkpoints; ``template``: the value names no file itself, only its
+    derived files are written. ``stdout``: ``-`` writes to standard output.
     """
 
     flags: tuple[str, ...]
@@ -97,6 +98,7 @@ class Spec:
     derived: Callable[[Any, RunOptions, Sequence[str]], list[tuple[str, str]]] | None = None
     stdout: bool = False
     folder: bool = False
+    template: bool = False
 
     @property
     def flag(self) -> str:
@@ -190,8 +192,8 @@ class RunOptions:
         parse=parsing.valid_labels, metavar="FILE.txt", panel=DATA, role=Role.INPUT,
         help="Model classes of labels 0..k-1")
     # ---------------------------------------------------------------- compute
-    device: str = _option("auto", "--device", kind="str", metavar="DEVICE",
-        panel=COMPUTE, role=Role.DISPLAY, help="auto, cpu, cuda[:k] or mps")
+    device: str = _option("auto", "--device", kind="str", metavar="DEVICE", panel=COMPUTE,
+        role=Role.DISPLAY, help="auto, cpu, cuda[:k] or mps")
     batch_size: int = _option(DEFAULT_BATCH_SIZE, "--batch-size", "-b", kind="int", low=1,
         high=1 << 20, panel=COMPUTE, role=Role.VALUE, help="Evaluation batch size")
     amp: bool = _option(False, "--amp", kind="bool", panel=COMPUTE, role=Role.VALUE,
@@ -211,6 +213,10 @@ class RunOptions:
         role=Role.VALUE, help="Drop all-zero feature rows")
     max_exact_dim: int | None = _option(None, "--max-exact-dim", kind="int", low=0, high=1 << 31,
         panel=MEASURE, role=Role.VALUE, help="Largest exact solve (0: no limit)")
+    layers: str | tuple[str | int, ...] | None = _option(None, "--layers", kind="parsed",
+        parse=parsing.layers, metavar="stages|all|NAMES", panel=MEASURE, role=Role.VALUE,
+        commands=frozenset({"analyze", "track"}),
+        help="A row per layer: stages (timm's taps), all, or names/indices a,b")
     # ---------------------------------------------------------------- sweeps
     steps: int | None = _option(None, "--steps", kind="int", low=2, high=10001, panel=SWEEP,
         role=Role.POINTS, commands=frozenset({"lmc"}), help="Evenly spaced alphas  [default: 11]")
@@ -233,8 +239,8 @@ class RunOptions:
         commands=frozenset({"prune"}), help="Fractions to prune, each in [0, 1)")
     method: str = _option("global-magnitude", "--method", kind="choice", panel=SWEEP,
         role=Role.VALUE, choices=("global-magnitude", "layer-magnitude", "random"),
-        commands=frozenset({"prune"}), metavar="METHOD", help="global-magnitude (default), "
-        "layer-magnitude or random")
+        commands=frozenset({"prune"}), metavar="METHOD",
+        help="global-magnitude (default), layer-magnitude or random")
     include_head: bool = _option(False, "--include-head", kind="bool", panel=SWEEP,
         role=Role.VALUE, commands=frozenset({"prune"}), help="Prune the head too")
     iterative: bool = _option(False, "--iterative", kind="bool", panel=SWEEP, role=Role.VALUE,
@@ -270,7 +276,7 @@ class RunOptions:
         commands=frozenset({"analyze"}), help="Per-class rows (FILE.per_class.csv)")
     save_features: str | None = _option(None, "--save-features", kind="str", metavar="FILE",
         panel=OUTPUT, role=Role.OUTPUT, commands=frozenset({"analyze", "track"}),
-        derived=_features_files, help="Save features ({name}: file stem)")
+        derived=_features_files, template=True, help="Save features ({name}: file stem)")
     csv: str | None = _option(None, "--csv", kind="str", metavar="FILE", panel=OUTPUT,
         role=Role.OUTPUT, stdout=True, derived=_csv_files, help="Rows as CSV ('-': stdout)")
     json_out: str | None = _option(None, "--json", kind="str", metavar="FILE", panel=OUTPUT,
@@ -332,7 +338,7 @@ def _checked(name: str, spec: Spec, value: Any) -> Any:
     """``value`` checked against ``spec`` (None passes: the default)."""
     if value is None:
         return None
-    where = f"{name}={value!r} ({spec.flag})"
+    where = f"{spec.flag} {value!r} ({name})"
     if isinstance(value, Enum):
         value = value.value
     if spec.kind == "bool":

@@ -26,6 +26,7 @@ __all__ = [
     "features_targets",
     "floats",
     "input_size",
+    "layers",
     "model_kwargs",
     "per_class_csv",
     "points",
@@ -265,3 +266,39 @@ def features_targets(template: str | None, checkpoints: Sequence[str]) -> dict[s
             )
         seen[target] = checkpoint
     return targets
+
+
+#: A module name of ``--layers``: dotted Python identifiers or indices (``layer1``,
+#: ``stages.0``, ``blocks.11.mlp``).
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+_LAYER_INDEX = re.compile(r"-?[0-9]+")
+
+
+def layers(value: Any, flag: str) -> str | tuple[str | int, ...] | None:
+    """``--layers``: ``stages`` or ``all`` as they are; otherwise layer names and timm tap
+    indices (``"layer1,layer3"``, ``"0 -1"``, or a sequence), indices as ints, none twice.
+    ``True`` is ``stages`` and ``False`` (like None) no layers."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "stages"
+    if isinstance(value, str) and value.strip().lower() in ("stages", "all"):
+        return value.strip().lower()
+    out: list[str | int] = []
+    for item in _items(value, flag, "layer names or indices"):
+        if isinstance(item, int) and not isinstance(item, bool):
+            out.append(item)
+            continue
+        text = str(item).strip()
+        if _LAYER_INDEX.fullmatch(text):
+            out.append(int(text))
+        elif _MODULE_NAME.fullmatch(text) and text.lower() not in ("stages", "all"):
+            out.append(text)
+        else:
+            raise InputError(
+                f"{flag}: {text[:40]!r} is not a layer; give stages, all, or module names "
+                "(layer3, blocks.11) and tap indices (0, -1) separated by commas"
+            )
+    if len(set(out)) != len(out):
+        raise InputError(f"{flag} lists a layer twice; list each layer once")
+    return tuple(out)

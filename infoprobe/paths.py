@@ -91,11 +91,13 @@ class PathRegistry:
         self._folders: set[str] = set()
 
     @classmethod
-    def of(cls, command: str, opts: RunOptions, checkpoints: Sequence[str]) -> PathRegistry:
-        """The registry of ``command`` run with ``opts`` on ``checkpoints`` (as given, and
-        every file a folder of checkpoints expands to)."""
+    def of(
+        cls, command: str, opts: RunOptions, checkpoints: Sequence[str], given: Sequence[str] = ()
+    ) -> PathRegistry:
+        """The registry of ``command`` run with ``opts`` on ``checkpoints`` (the files the
+        rows measure) given as ``given`` (folders among them, when they differ)."""
         registry = cls()
-        for checkpoint in checkpoints:
+        for checkpoint in dict.fromkeys([*given, *checkpoints]):
             registry.add_input("checkpoint", checkpoint)
             config = _hf_config(checkpoint)
             if config is not None:
@@ -115,7 +117,8 @@ class PathRegistry:
             value = getattr(opts, name)
             if value is None or (spec.stdout and value == STDOUT):
                 continue
-            registry.add_output(spec.flag, value, folder=spec.folder)
+            if not spec.template:
+                registry.add_output(spec.flag, value, folder=spec.folder)
             for label, path in spec.derived(value, opts, checkpoints) if spec.derived else []:
                 registry.add_output(label, path)
         return registry
@@ -167,8 +170,8 @@ def _check_target(out: PathEntry, folder: bool) -> None:
     what = out.describe()
     if any(len(os.fsencode(part)) > _NAME_MAX for part in out.path.parts):
         raise InputError(f"{what}: a name in this path is over {_NAME_MAX} bytes; shorten it")
-    try:
-        mode = out.path.stat().st_mode
+    try:  # the name as given, followed by the kernel: /dev/stdout -> /proc/self/fd/1 -> a pipe
+        mode = os.stat(Path(out.given).expanduser()).st_mode
     except FileNotFoundError:
         mode = None
     except OSError as e:

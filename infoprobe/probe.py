@@ -2,7 +2,8 @@
 
 The features are the flattened input of the classifier head, captured by a forward pre-hook
 in the same forward pass that gives the logits, so all of them describe the same weights
-and samples. Head weights are W [C, d], bias excluded.
+and samples. Head weights are W [C, d], bias excluded. With ``layers``, the same pass also
+keeps the pooled features of each layer (:mod:`infoprobe.layers`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from torch import Tensor, nn
 
 from infoprobe import distributed
 from infoprobe.data import Dataset, model_in_chans
-from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure
+from infoprobe.errors import InfoprobeError, InputError, NonFiniteFeatures, RunFailure
 from infoprobe.heads import Classifier, find_heads
 from infoprobe.info import DEFAULT_BATCH_SIZE
+from infoprobe.layers import (
+    PRE_LOGITS,
+    LayerFeatures,
+    LayerPass,
+    close_outputs,
+    select_layers,
+)
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -50,7 +58,8 @@ class Evaluation:
     ``features`` float32 [n, d]; ``logits`` float32 [n, C] (None only when loaded from a
     features file without logits); ``labels`` int64 [n]; ``head`` float32 [C, d];
     ``loss`` mean cross-entropy (nats) and ``accuracy`` in [0, 1], NaN without logits or
-    when a logit is not finite; ``note`` says why they are NaN (empty otherwise).
+    when a logit is not finite; ``note`` says why they are NaN (empty otherwise);
+    ``layers`` the pooled features of the layers asked for, in depth order (empty without).
     """
 
     features: Tensor
@@ -60,6 +69,7 @@ class Evaluation:
     loss: float
     accuracy: float
     note: str = ""
+    layers: tuple[LayerFeatures, ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -236,8 +246,9 @@ def _reporting(progress: ProgressSink | None, total: int, description: str):
 
 
 class _Outputs:
-    """cpu buffers for features [n, d] and logits [n, C], written batch by batch; the
-    features buffer is made at the first batch, which settles d.
+    """cpu buffers for features [n, d], logits [n, C] and each layer's features [n, d_l],
+    written batch by batch; the feature buffers are made at the first batch, which settles
+    their widths.
 
     On CUDA they are pinned, so the copies queue behind the compute instead of one large
     pageable transfer at the end; ``finite`` stays on the device (no sync per batch).
@@ -247,14 +258,20 @@ class _Outputs:
         self.pin = dev.type == "cuda"
         self.dev = dev
         self.features: Tensor | None = None
+        self.layers: list[Tensor] = []
         self.logits = torch.empty(n, num_classes, pin_memory=self.pin)
         self.finite = torch.ones((), dtype=torch.bool, device=dev)
 
-    def put(self, start: int, z: Tensor, logits: Tensor) -> None:
+    def _buffer(self, width: int) -> Tensor:
+        return torch.empty(len(self.logits), width, pin_memory=self.pin)
+
+    def put(self, start: int, z: Tensor, logits: Tensor, pooled: Sequence[Tensor] = ()) -> None:
         if self.features is None:
-            self.features = torch.empty(len(self.logits), z.shape[1], pin_memory=self.pin)
-        self.finite &= torch.isfinite(z).all()
-        self.features[start : start + len(z)].copy_(z, non_blocking=self.pin)
+            self.features = self._buffer(z.shape[1])
+            self.layers = [self._buffer(p.shape[1]) for p in pooled]
+        for buffer, part in zip((self.features, *self.layers), (z, *pooled), strict=True):
+            self.finite &= torch.isfinite(part).all()
+            buffer[start : start + len(z)].copy_(part, non_blocking=self.pin)
         self.logits[start : start + len(z)].copy_(logits, non_blocking=self.pin)
 
     def done(self) -> None:
@@ -262,17 +279,42 @@ class _Outputs:
             torch.cuda.current_stream(self.dev).synchronize()
 
 
-def _forward(model: nn.Module, x: Tensor, heads: Classifier, start: int) -> tuple[Tensor, Tensor]:
-    """(features [b, d], logits [b, C]) of one batch; out-of-memory errors pass through."""
+def _forward(
+    model: nn.Module, x: Tensor, heads: Classifier, start: int, taps: LayerPass | None = None
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """(features [b, d], logits [b, C], each layer's features [b, d_l]) of one batch;
+    out-of-memory errors pass through."""
     heads.clear()
     try:
-        logits = _logits_of(model(x))
+        output, pooled = (model(x), []) if taps is None else taps.run(x)
+        logits = _logits_of(output)
     except _OOM:
         heads.clear()
         raise
+    except InfoprobeError:
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
         raise _rejected(model, x, e, start) from None
-    return heads.batch(x, logits)
+    z, logits = heads.batch(x, logits)
+    if taps is not None and taps.uses_taps and not taps.verified:
+        _verify_taps(model, x, output, heads, taps)
+    return z, logits, pooled
+
+
+def _verify_taps(
+    model: nn.Module, x: Tensor, output: Tensor, heads: Classifier, taps: LayerPass
+) -> None:
+    """On the first batch: ``forward_head(forward_intermediates(x))`` gives what the model's
+    own forward does (on two samples), else the taps are not the model's layers."""
+    want = _logits_of(model(x[:2]))
+    heads.clear()
+    got = _logits_of(output)[:2]
+    if not close_outputs(got, want, taps.low_precision):
+        raise RunFailure(
+            f"{type(model).__name__}'s forward_head(forward_intermediates(x)) does not give "
+            "its forward's output; name the modules to hook with --layers NAME,NAME"
+        )
+    taps.verified = True
 
 
 def _run_pass(
@@ -283,6 +325,7 @@ def _run_pass(
     batch_size: int,
     memory_format,
     progress: ProgressSink | None,
+    taps: LayerPass | None = None,
 ) -> None:
     """Fill ``out`` with every sample of ``batches`` (in order), ``batch_size`` at a time; a
     batch that runs out of memory is retried at half the size (like timm's validate.py),
@@ -295,7 +338,7 @@ def _run_pass(
             if memory_format is not None and x.ndim == 4:
                 x = x.contiguous(memory_format=memory_format)
             try:
-                z, logits = _forward(model, x, heads, start)
+                z, logits, pooled = _forward(model, x, heads, start, taps)
             except _OOM:
                 if bs == 1:
                     raise RunFailure(
@@ -307,7 +350,7 @@ def _run_pass(
                 if out.dev.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            out.put(start, z, logits)
+            out.put(start, z, logits, pooled)
             start, done = start + len(x), done + len(x)
             if progress is not None:
                 progress.advance(len(x))
@@ -325,6 +368,7 @@ def evaluate(
     channels_last: bool = False,
     valid_labels: Sequence[int] | None = None,
     progress: ProgressSink | None = None,
+    layers: str | Sequence[str | int] | None = None,
 ) -> Evaluation:
     """Run ``model`` over ``data`` once, capturing the heads' inputs with pre-hooks.
 
@@ -344,6 +388,11 @@ def evaluate(
     ``channels_last`` applies on CUDA. A batch that runs out of memory is retried at half
     the size. Raises :class:`InputError` for labels outside [0, C), inputs of a shape the
     model rejects and NaN/Inf features.
+
+    ``layers``: also keep the pooled features of these layers, from the same forward pass
+    (:func:`infoprobe.layers.select_layers`: ``"stages"``, ``"all"``, or names and tap
+    indices), followed by the head's input as layer ``pre_logits``; they fill
+    ``Evaluation.layers``. Memory: ``4 n sum_l d_l`` bytes more for the n samples.
     """
     n = len(data)
     if n == 0:
@@ -359,11 +408,15 @@ def evaluate(
         torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
+    taps = None
+    if layers is not None:
+        taps = LayerPass(model, select_layers(model, layers), low_precision=dtype is not None)
     lo, hi = distributed.shard(n, batch_size)  # (0, n) in one process
     out = _Outputs(hi - lo, classifier.num_classes, dev)
     with distributed.agreed():
         with (
             classifier.hooked(),
+            taps.hooked() if taps is not None else contextlib.nullcontext(),
             _eval_mode(model, dev, memory_format),
             _reporting(progress, hi - lo, "evaluating"),
             torch.no_grad(),
@@ -377,8 +430,11 @@ def evaluate(
                 batch_size,
                 memory_format,
                 progress,
+                taps,
             )
-        if not bool(out.finite):
+        if not bool(out.finite):  # named at the first layer that has them
+            for layer, kept in zip(taps.layers if taps else (), out.layers, strict=True):
+                check_features(kept, f"{data.source} at layer {layer.name}", offset=lo)
             check_features(out.features, data.source, offset=lo)
     features = distributed.gather_rows(out.features, n, batch_size)
     logits = distributed.gather_rows(out.logits, n, batch_size)
@@ -391,12 +447,28 @@ def evaluate(
         loss=loss,
         accuracy=accuracy,
         note=note,
+        layers=_layer_features(taps, out, features, n, batch_size),
     )
     return (
         evaluation
         if valid_labels is None
         else restrict_classes(evaluation, valid_labels, data.source)
     )
+
+
+def _layer_features(
+    taps: LayerPass | None, out: _Outputs, features: Tensor, n: int, batch_size: int
+) -> tuple[LayerFeatures, ...]:
+    """Each layer's gathered features, then the head's input as ``pre_logits``."""
+    if taps is None:
+        return ()
+    kept = [
+        LayerFeatures(
+            layer.name, taps.pooled_as[layer.name], distributed.gather_rows(part, n, batch_size)
+        )
+        for layer, part in zip(taps.layers, out.layers, strict=True)
+    ]
+    return (*kept, LayerFeatures(PRE_LOGITS, "head", features))
 
 
 def scores(logits: Tensor, labels: Tensor) -> tuple[float, float, str]:
@@ -460,6 +532,7 @@ def restrict_classes(
         loss=loss,
         accuracy=acc,
         note=note,
+        layers=evaluation.layers,
     )
 
 

@@ -162,17 +162,17 @@ def check_resumed(
         )
     completes_rows = {n for n, s in dict(specs()).items() if s.completes} if completes else set()
     differ = [
-        f"{_flag(name)} {_text(now)} now, {_text(was)} then"
-        for name in sorted(set(recorded["options"]) | set(current["options"]))
-        for was, now in [(recorded["options"].get(name), current["options"].get(name))]
-        if was != now and not (name in completes_rows and was is None)
-    ]
-    differ += [
         f"{_flag(name)} {now['path'] if now else 'unset'} is not the {_flag(name)} they were "
         f"measured on: {_changed(was, now)}"
         for name in sorted(set(recorded["inputs"]) | set(current["inputs"]))
         for was, now in [(recorded["inputs"].get(name), current["inputs"].get(name))]
         if _content(was) != _content(now)
+    ]
+    differ += [
+        f"{_flag(name)} {_text(now)} now, {_text(was)} then"
+        for name in sorted(set(recorded["options"]) | set(current["options"]))
+        for was, now in [(recorded["options"].get(name), current["options"].get(name))]
+        if was != now and not (name in completes_rows and was is None)
     ]
     if differ:
         raise InputError(

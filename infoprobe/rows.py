@@ -15,7 +15,7 @@ on the same samples; ``note`` says why a value is NaN (empty otherwise).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from infoprobe.collapse import neural_collapse
+from infoprobe.collapse import NeuralCollapse, neural_collapse
+from infoprobe.errors import InputError
 from infoprobe.info import (
     DEFAULT_BATCH_SIZE,
     Estimate,
@@ -33,8 +34,11 @@ from infoprobe.info import (
     interplay,
     nc_optimum,
 )
+from infoprobe.label_info import label_information, matched_widths
+from infoprobe.layers import LayerFeatures
 from infoprobe.schema import (
     COLUMNS,
+    LAYER_COLUMNS,
     MODEL_COLUMNS,
     NC_COLUMNS,
     TEXT_COLUMNS,
@@ -90,6 +94,14 @@ def model_columns(
     return {"model": arch, "param_count": count, "img_size": size}
 
 
+def percent(fraction: float, n: int) -> float:
+    """``fraction`` (k / n of n samples) in percent as the double nearest to 100 k / n: 3.5,
+    where ``100 * 0.035`` gives 3.5000000000000004. NaN stays NaN."""
+    if math.isnan(fraction) or n <= 0:
+        return math.nan
+    return 100.0 * round(fraction * n) / n
+
+
 def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 5) -> float:
     """Fraction of samples whose label is among the ``min(k, C)`` largest logits (timm's
     ``accuracy``: with C <= k classes every label is, so the value is 1)."""
@@ -107,10 +119,14 @@ def _or_missing(column: str, value):
 
 def measure(evaluation: Evaluated, options: MeasureOptions = MeasureOptions()) -> Interplay:
     """The interplay between an evaluation's features and its head."""
+    return _interplay(evaluation.features, evaluation.labels, evaluation.head, options)
+
+
+def _interplay(features: Tensor, labels: Tensor, head: Tensor, options: MeasureOptions):
     return interplay(
-        evaluation.features,
-        evaluation.labels,
-        evaluation.head,
+        features,
+        labels,
+        head,
         estimate=options.estimate,
         batch_size=options.batch_size,
         seed=options.seed,
@@ -156,12 +172,26 @@ def analysis_row(
     floats; NaN marks an undefined ratio.
     """
     result = measure(evaluation, options)
+    logits = getattr(evaluation, "logits", None)
+    collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
+    return _row(checkpoint, evaluation, result, collapse, model)
+
+
+def _row(
+    checkpoint: str,
+    evaluation: Evaluated,
+    result: Interplay,
+    collapse: NeuralCollapse,
+    model: dict | None,
+    notes: Sequence[str] = (),
+) -> dict:
+    """:data:`COLUMNS` of an evaluation, its interplay and neural collapse (``notes`` join
+    the row's note)."""
     optimum = nc_optimum(result.n_classes) if result.n_classes >= 2 else None
     nan = math.nan
     logits = getattr(evaluation, "logits", None)
     top5 = topk_accuracy(logits, evaluation.labels) if logits is not None else nan
-    collapse = neural_collapse(evaluation.features, evaluation.labels, evaluation.head, logits)
-    notes = [getattr(evaluation, "note", ""), result.note]
+    notes = [getattr(evaluation, "note", ""), result.note, *notes]
     if logits is None:
         notes.append("nc4 needs the model's logits, which this features file does not hold")
     row = {
@@ -172,8 +202,8 @@ def analysis_row(
         "classes_present": int(evaluation.labels.unique().numel()),
         "accuracy": float(evaluation.accuracy),
         "accuracy_top5": top5,
-        "top1": 100.0 * float(evaluation.accuracy),
-        "top5": 100.0 * top5,
+        "top1": percent(float(evaluation.accuracy), len(evaluation.labels)),
+        "top5": percent(top5, len(evaluation.labels)),
         "loss": float(evaluation.loss),
         "h_z": result.h_z,
         "h_w": result.h_w,
@@ -194,6 +224,69 @@ def analysis_row(
         "note": "; ".join(filter(None, notes)),
     }
     return row
+
+
+class LayerEvaluated(Evaluated, Protocol):
+    """An evaluation with layers (``infoprobe.probe.Evaluation`` of ``evaluate(layers=)``)."""
+
+    logits: Tensor | None
+    layers: tuple[LayerFeatures, ...]
+
+
+def layer_rows(
+    checkpoint: str,
+    evaluation: LayerEvaluated,
+    options: MeasureOptions = MeasureOptions(),
+    model: dict | None = None,
+) -> list[dict]:
+    """One row with :data:`LAYER_COLUMNS` per layer of ``evaluation.layers``, in order.
+
+    Each row measures the layer's pooled features z [n, d_l] as :func:`analysis_row`
+    measures the penultimate ones: ``h_z``, ``mi``, ``mir``, ``hdr`` against the head's
+    K_W (which depends on the labels and the head only, so it is the same for every layer:
+    :func:`infoprobe.label_info.matched_widths`), exact or estimated as ``options`` say;
+    NC1, NC2 and NC4 of the layer's class means (NC4 against the model's predictions); NC3
+    only where d_l equals the head's width (NaN with a note otherwise); ``h_y = H(K_Y)``
+    and ``mi_y = I(K_Z; K_Y)`` (:func:`infoprobe.label_info.label_information`, batch means
+    under the batch estimate). Accuracy and loss are the model's. The last layer,
+    ``pre_logits``, is the head's input: its row is the :func:`analysis_row`.
+    """
+    rows = []
+    for layer in evaluation.layers:
+        try:
+            rows.append(_layer_row(checkpoint, evaluation, layer, options, model))
+        except InputError as e:
+            raise type(e)(f"layer {layer.name}: {e}") from None
+    return rows
+
+
+def _layer_row(
+    checkpoint: str,
+    evaluation: LayerEvaluated,
+    layer: LayerFeatures,
+    options: MeasureOptions,
+    model: dict | None,
+) -> dict:
+    z, labels, head = layer.features, evaluation.labels, evaluation.head
+    features, matched = matched_widths(z, head)
+    result = _interplay(features, labels, matched, options)
+    same = layer.dim == head.shape[1]
+    collapse = neural_collapse(z, labels, head if same else None, evaluation.logits)
+    notes = []
+    if not same:
+        notes.append(f"nc3 is undefined where layer_dim differs from the head's {head.shape[1]}")
+    batch = options.estimate == "batch"
+    info = label_information(
+        z,
+        labels,
+        drop_zero_rows=options.drop_zero_rows,
+        batch_size=options.batch_size if batch else None,
+        seed=options.seed,
+    )
+    row = _row(checkpoint, evaluation, result, collapse, model, notes)
+    row.update(layer=layer.name, layer_dim=layer.dim, pooling=layer.pooling)
+    row.update(h_y=info.h_y, mi_y=info.mi_y)
+    return {column: row[column] for column in LAYER_COLUMNS}
 
 
 def per_class_csv(csv: str) -> str:

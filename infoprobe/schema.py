@@ -77,6 +77,7 @@ INT_COLUMNS = frozenset(
         "n_used",
         "n_batches",
         "img_size",
+        "layer_dim",
     }
 )
 
@@ -87,7 +88,22 @@ MODEL_COLUMNS: tuple[str, ...] = ("model", "param_count", "img_size")
 
 
 #: Columns holding text: an unknown value is an empty string there, NaN elsewhere.
-TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note", "name"})
+TEXT_COLUMNS = frozenset({"checkpoint", "model", "estimate", "note", "name", "layer", "pooling"})
+
+
+#: A layer row's columns (``--layers``): :data:`COLUMNS` with the layer (its name, width and
+#: the pooling of its output) after ``checkpoint``, and its label information ``h_y``,
+#: ``mi_y`` after ``mi``.
+LAYER_COLUMNS: tuple[str, ...] = (
+    "checkpoint",
+    "layer",
+    "layer_dim",
+    "pooling",
+    *COLUMNS[1 : COLUMNS.index("mi") + 1],
+    "h_y",
+    "mi_y",
+    *COLUMNS[COLUMNS.index("mi") + 1 :],
+)
 
 
 #: Columns of the per-class table (``infoprobe analyze --per-class``).

@@ -53,6 +53,11 @@ OUTPUTS = {
         "interplay_loss.png",
         ("setting", "seed", "arm", "lambda_mi", "lambda_hdr"),
     ),
+    "08_layer_dynamics": (
+        "layer_dynamics.csv",
+        "layer_dynamics.png",
+        ("seed", "step", "layer", "layer_dim", "pooling", "h_y", "mi_y"),
+    ),
 }
 
 

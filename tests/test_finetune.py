@@ -501,8 +501,8 @@ def test_prune_finetune_command_matches_the_library(tmp_path):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--lr", "0.1"], "--lr only apply with --finetune-data"),
-        (["--optimizer", "adamw", "--momentum", "0.5"], "--optimizer, --momentum only apply"),
+        (["--lr", "0.1"], "--lr applies only with --finetune-data"),
+        (["--optimizer", "adamw", "--momentum", "0.5"], "--optimizer applies only with"),
         (
             ["--finetune-data", TRAIN, "--optimizer", "adamw", "--momentum", "0.5"],
             "--momentum applies to --optimizer sgd only",
@@ -511,10 +511,10 @@ def test_prune_finetune_command_matches_the_library(tmp_path):
             ["--finetune-data", "missing.safetensors"],
             "--finetune-data missing.safetensors does not",
         ),
-        (["--finetune-data", TRAIN, "--lr", "-1"], "--lr -1.0: give a positive number"),
+        (["--finetune-data", TRAIN, "--lr", "-1"], "--lr -1.0 (lr): must be > 0"),
         (
             ["--finetune-data", TRAIN, "--finetune-epochs", "0"],
-            "Invalid value for '--finetune-epochs'",
+            "--finetune-epochs 0 (finetune_epochs): must be >= 1",
         ),
     ],
 )

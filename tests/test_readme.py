@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -54,11 +55,13 @@ def test_quick_start_comes_first_and_installs_the_package():
     assert install_and_test == "python3 -m pip install -e '.[dev]' && python3 -m pytest"
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+def test_ci_runs_ruff_and_exactly_the_readme_test_command():
     script = (ROOT / ".ci" / "run").read_text()
     assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script
     commands = [line for line in script.splitlines() if line and not line.startswith("#")]
-    assert commands[-1] == quick_start()[1]
+    install, test = quick_start()[1].split(" && ")
+    lint = ["python3 -m ruff check .", "python3 -m ruff format --check ."]
+    assert commands[commands.index(install) :] == [install, *lint, test]
 
 
 def test_readme_first_command_runs_and_prints_the_documented_table():
@@ -69,12 +72,15 @@ def test_readme_first_command_runs_and_prints_the_documented_table():
         if path.startswith("fixtures/"):
             assert (ROOT / path).is_file(), f"README names a missing fixture {path}"
     # the package's own entry point: the same program as the installed `infoprobe` script
+    # a pipe without COLUMNS gets the wide table the README shows (pytest sets COLUMNS=80)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     out = subprocess.run(
         [sys.executable, "-m", "infoprobe", *args[1:]],
         cwd=ROOT,
         text=True,
         capture_output=True,
         timeout=600,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     got = table_rows(out.stdout)

@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from infoprobe import report
+from infoprobe import paths, report
+from infoprobe.api.outputs import RowsLog, by_point
 from infoprobe.errors import InputError
+from infoprobe.options import RunOptions
+from infoprobe.paths import PathRegistry
 from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
 
 LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
@@ -151,33 +154,39 @@ def test_barriers_line():
 # ----------------------------------------------------------------------------- output paths
 
 
-def test_check_output_accepts_stdout_none_and_writable_paths(tmp_path):
+def _check_output(target, flag="--csv"):
+    registry = PathRegistry()
+    registry.add_output(flag, target)
+    registry.check()
+
+
+def test_output_check_accepts_writable_paths_and_changes_nothing(tmp_path):
     existing = tmp_path / "old.csv"
     existing.write_text("keep me")
-    for target in (None, "-", tmp_path / "new.csv", existing):
-        assert report.check_output(target, "--csv") is None
+    for target in (tmp_path / "new.csv", existing):
+        assert _check_output(target) is None
     # the check only looks: it creates nothing and leaves an existing file as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"]
     assert existing.read_text() == "keep me"
 
 
-def test_check_output_rejects_bad_paths(tmp_path):
+def test_output_check_rejects_bad_paths(tmp_path):
     with pytest.raises(InputError, match="--csv .*folder .* does not exist"):
-        report.check_output(tmp_path / "missing" / "out.csv", "--csv")
-    with pytest.raises(InputError, match="--json .*is a directory"):
-        report.check_output(tmp_path, "--json")
+        _check_output(tmp_path / "missing" / "out.csv")
+    with pytest.raises(InputError, match="--json .*is a folder, not a regular file"):
+        _check_output(tmp_path, "--json")
 
 
-def test_check_output_rejects_read_only_folder_and_file(tmp_path, monkeypatch):
+def test_output_check_rejects_read_only_folder_and_file(tmp_path, monkeypatch):
     # os.access stands in for permissions: as root (CI) a chmod would not deny anything
     existing = tmp_path / "old.csv"
     existing.write_text("x")
-    monkeypatch.setattr(report.files.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(InputError, match="folder .* is not writable"):
-        report.check_output(tmp_path / "out.csv", "--csv")
-    monkeypatch.setattr(report.files.os, "access", lambda path, mode: Path(path) != existing)
+        _check_output(tmp_path / "out.csv")
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: Path(path) != existing)
     with pytest.raises(InputError, match="exists and is not writable"):
-        report.check_output(existing, "--csv")
+        _check_output(existing)
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary_file(tmp_path):
@@ -240,23 +249,40 @@ def test_read_csv_rows_rejects_other_columns(tmp_path):
         report.read_csv_rows(path, LMC_COLUMNS)
 
 
-def test_sweep_csv_writes_every_row_and_resumes(tmp_path):
+def _rows_log(path, resume=False):
+    opts = RunOptions.of("lmc", {"csv": str(path), "resume": resume})
+    return RowsLog(
+        opts,
+        LMC_COLUMNS,
+        by_point("alpha"),
+        "alpha",
+        {"command": "lmc", "options": {}, "inputs": {}, "checkpoints": {}},
+        lambda row: ["a", "b"],
+        None,
+    )
+
+
+def test_rows_log_writes_every_row_and_resumes(tmp_path, monkeypatch):
+    import infoprobe.api.outputs as outputs
+
     path = tmp_path / "sweep.csv"
-    log = report.SweepCsv(path, LMC_COLUMNS, "alpha")
+    log = _rows_log(path)
     log.add(row(1.0))
     assert len(pd.read_csv(path)) == 1  # on disk after the first row
+    assert json.loads((tmp_path / "sweep.csv.run.json").read_text())["command"] == "lmc"
     log.add(row(0.0))
-    resumed = report.SweepCsv(path, LMC_COLUMNS, "alpha", resume=True)
-    assert resumed.done == (1.0, 0.0)
+    monkeypatch.setattr(outputs, "check_resumed", lambda recorded, *a, **k: recorded)
+    resumed = _rows_log(path, resume=True)
+    assert sorted(resumed.finished()) == [0, round(1.0 / 1e-6)]
     resumed.add(row(0.5))
-    assert [r["alpha"] for r in resumed.sorted_rows()] == [0.0, 0.5, 1.0]
+    assert sorted(r["alpha"] for r in resumed.rows) == [0.0, 0.5, 1.0]
     assert len(pd.read_csv(path)) == 3
-    fresh = report.SweepCsv(path, LMC_COLUMNS, "alpha")  # no --resume: start over
-    assert fresh.rows == [] and fresh.done == ()
+    fresh = _rows_log(path)  # no --resume: start over
+    assert fresh.rows == [] and fresh.finished() == {}
 
 
-def test_sweep_csv_in_memory_for_stdout():
-    log = report.SweepCsv("-", LMC_COLUMNS, "alpha", resume=True)
+def test_rows_log_in_memory_for_stdout():
+    log = _rows_log("-")
     log.add(row())
     assert log.path is None and len(log.rows) == 1
 
@@ -390,8 +416,8 @@ def test_table_fits_80_columns_and_keeps_names_and_arch():
 def test_plot_path_checks(tmp_path):
     with pytest.raises(InputError, match="unknown image type '.txt'"):
         report.check_plot_path(tmp_path / "plot.txt")
-    with pytest.raises(InputError, match="does not exist"):
-        report.check_plot_path(tmp_path / "no" / "plot.png")
+    with pytest.raises(InputError, match="does not exist"):  # the registry checks the folder
+        _check_output(tmp_path / "no" / "plot.png", "--plot")
 
 
 def test_missing_matplotlib_is_a_clear_error(monkeypatch):

@@ -271,7 +271,7 @@ def test_valid_labels_bad_input(tmp_path, hf_model, pngs):
     assert "--valid-labels lists 2 classes" in result.stderr
     labels.write_text("1\nx\n")
     result = run("analyze", hf_model, "--data", pngs, "--valid-labels", labels, code=2)
-    assert "one class index per line" in result.stderr
+    assert "is not a class index" in result.stderr
 
 
 def test_per_class_rows_go_to_a_second_csv(tmp_path, hf_model, pngs):

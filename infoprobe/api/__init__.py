@@ -7,9 +7,10 @@ keyword arguments, with the command line's names in snake_case (``--max-samples`
 :meth:`~infoprobe.options.RunOptions.of` (a wrong type or value is an
 :class:`~infoprobe.errors.InputError`; a name the command does not take, a TypeError).
 They return one row per checkpoint, step, alpha or ratio in the column schema of
-:mod:`infoprobe.rows`, and write the files the options ask for (``csv``, ``json_out``,
-``plot``, ``save_features``; ``resume`` continues a CSV), exactly as the command line,
-which calls these functions and only renders what they return.
+:mod:`infoprobe.rows` (``analyze`` and ``track`` with ``layers``: one row per checkpoint and
+layer, :data:`~infoprobe.schema.LAYER_COLUMNS`), and write the files the options ask for
+(``csv``, ``json_out``, ``plot``, ``save_features``; ``resume`` continues a CSV), exactly as
+the command line, which calls these functions and only renders what they return.
 
 Every function also takes
 

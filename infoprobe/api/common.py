@@ -21,7 +21,7 @@ from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.options import RunOptions
 from infoprobe.report.files import rows_frame
 from infoprobe.rows import MeasureOptions, error_row
-from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import COLUMNS, LAYER_COLUMNS, SWEEP_COLUMNS
 
 Log = Callable[[str], None]
 OnRow = Callable[[dict], None]
@@ -43,9 +43,9 @@ _MODEL_OPTIONS = (
 _IMAGE_OPTIONS = ("input_size", "crop_pct", "interpolation")
 
 
-def columns(command: str) -> tuple[str, ...]:
-    """The columns of ``command``'s rows, in order."""
-    return SWEEP_COLUMNS[command] + COLUMNS
+def columns(command: str, layers: bool = False) -> tuple[str, ...]:
+    """The columns of ``command``'s rows, in order (``layers``: one row per layer)."""
+    return SWEEP_COLUMNS[command] + (LAYER_COLUMNS if layers else COLUMNS)
 
 
 def records(frame: pd.DataFrame) -> list[dict]:
@@ -158,6 +158,12 @@ def check_inputs(paths: Sequence[str], opts: RunOptions, *, allow_features: bool
     if any(features) and not allow_features:
         first = paths[features.index(True)]
         raise InputError(f"{first} is a features file; this command needs checkpoints")
+    if any(features) and opts.layers is not None:
+        first = paths[features.index(True)]
+        raise InputError(
+            f"--layers needs checkpoints: {first} is a features file, which holds the "
+            "penultimate features only; drop --layers or give the checkpoint"
+        )
     if paths and all(features):
         _refuse(
             opts,
@@ -249,6 +255,7 @@ def eval_kwargs(opts: RunOptions) -> dict[str, Any]:
         batch_size=opts.batch_size,
         amp=(opts.amp_dtype or "bf16") if opts.amp else False,
         channels_last=opts.channels_last,
+        layers=opts.layers,
     )
 
 
@@ -279,7 +286,34 @@ def load_data(
         interpolation=opts.interpolation,
     )
     _report_missing_classes(loaded, log)
+    _report_tensor_inputs(loaded, model, log)
     return loaded
+
+
+def _report_tensor_inputs(data: datasets.Dataset, model: Any, log: Log | None) -> None:
+    """Say how tensor inputs were scaled, and warn about float images far outside the range
+    the model's normalisation gives [0, 1] pixels."""
+    record = data.transform or {}
+    if record.get("kind") == "tensor":
+        scale = "scaled by 1/255, then " if record["scale"] != 1 else ""
+        say(
+            log,
+            f"{data.source}: inputs {scale}normalised with mean {_short(record['mean'])} "
+            f"and std {_short(record['std'])}",
+        )
+    elif record == {} and isinstance(data, datasets.LabelledTensors):
+        seen = datasets.looks_unnormalised(data.inputs, model)
+        if seen is not None:
+            say(
+                log,
+                f"warning: {data.source}: inputs range over [{seen[0]:.4g}, {seen[1]:.4g}], "
+                "far outside what the model's normalisation gives images; store uint8 pixels "
+                "(scaled as timm scales images) or pass --mean/--std",
+            )
+
+
+def _short(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _report_missing_classes(data: datasets.Dataset, log: Log | None) -> None:
@@ -335,8 +369,8 @@ def transform_of(datasets_by_path: Mapping[str, datasets.Dataset | None]) -> Any
     return values[0] if all(t == values[0] for t in found.values()) else found
 
 
-def frame(command: str, rows: Sequence[dict], **attrs: Any) -> pd.DataFrame:
-    out = rows_frame(rows, columns(command))
+def frame(command: str, rows: Sequence[dict], layers: bool = False, **attrs: Any) -> pd.DataFrame:
+    out = rows_frame(rows, columns(command, layers))
     out.attrs.update(command=command, **attrs)
     return out
 

@@ -24,13 +24,20 @@ from infoprobe.api.common import (
     say,
     transform_of,
 )
-from infoprobe.api.outputs import PerClassLog, RowsLog, by_checkpoint, plot_title, write_outputs
+from infoprobe.api.outputs import (
+    PerClassLog,
+    RowsLog,
+    by_checkpoint,
+    by_checkpoint_and_layer,
+    plot_title,
+    write_outputs,
+)
 from infoprobe.errors import InfoprobeError
 from infoprobe.options import RunOptions
 from infoprobe.paths import PathRegistry, resolved
 from infoprobe.record import run_record
 from infoprobe.report.files import rows_frame
-from infoprobe.rows import analysis_row, per_class_rows
+from infoprobe.rows import analysis_row, layer_rows, per_class_rows
 from infoprobe.schema import PER_CLASS_COLUMNS
 
 __all__ = ["analyze", "track"]
@@ -57,8 +64,9 @@ def _once(paths: list[str], log: Log | None) -> list[str]:
 
 
 class _Measured:
-    """The loop both commands share: each checkpoint evaluated and measured into a row,
-    finished rows of a resumed run kept, failures noted, every row logged as it ends."""
+    """The loop both commands share: each checkpoint evaluated and measured into a row
+    (with ``layers``, one row per layer), finished rows of a resumed run kept, failures
+    noted, every row logged as it ends."""
 
     def __init__(
         self,
@@ -74,26 +82,30 @@ class _Measured:
     ) -> None:
         self.command, self.opts, self.paths = command, opts, paths
         self.features = check_inputs(paths, opts, allow_features=True)
-        PathRegistry.of(command, opts, [*given, *paths]).check()
+        PathRegistry.of(command, opts, paths, given).check()
         self.targets = parsing.features_targets(opts.save_features, paths)
         record = run_record(command, opts, paths) if opts.csv not in (None, "-") else {}
+        self.layered = opts.layers is not None
         self.log_rows = RowsLog(
             opts,
-            columns(command),
-            by_checkpoint,
+            columns(command, self.layered),
+            by_checkpoint_and_layer if self.layered else by_checkpoint,
             "checkpoint",
             record,
             lambda row: [str(row["checkpoint"])],
             log,
         )
-        self.finished = self.log_rows.finished()
+        self.finished: dict[str, list[dict]] = {}
+        for row in self.log_rows.finished().values():
+            self.finished.setdefault(str(row["checkpoint"]), []).append(row)
         self.per_class = PerClassLog(opts, list(self.finished))
         self.failures = Failures(errors, total, log)
         self.measure = measure_options(opts)
         self.progress, self.log, self.on_row = progress, log, on_row
         self.used: dict[str, Any] = {}
 
-    def row(self, path: str, is_features: bool, position: str, extra: dict) -> dict:
+    def rows(self, path: str, is_features: bool, position: str, extra: dict) -> list[dict]:
+        """The checkpoint's row, or with ``layers`` its rows in depth order."""
         if path in self.finished:
             return self.finished[path]
         say(self.log, f"{position} {path}")
@@ -102,20 +114,26 @@ class _Measured:
                 path, is_features, self.opts, self.progress, self.log
             )
             self._save_features(path, evaluation)
-            row = {**extra, **analysis_row(path, evaluation, self.measure, model)}
+            measured = (
+                layer_rows(path, evaluation, self.measure, model)
+                if self.layered
+                else [analysis_row(path, evaluation, self.measure, model)]
+            )
+            rows = [{**extra, **row} for row in measured]
         except InfoprobeError as e:
-            row = {**extra, **self.failures.row(path, e)}
+            rows = [{**extra, **self.failures.row(path, e)}]
         else:
             if self.opts.per_class:
                 data = self.used[path]
                 self.per_class.add(per_class_rows(path, evaluation, data.classes if data else None))
-        return self.done(row)
+        return self.done(*rows)
 
-    def done(self, row: dict) -> dict:
-        self.log_rows.add(row)
+    def done(self, *rows: dict) -> list[dict]:
+        self.log_rows.add(*rows)
         if self.on_row is not None:
-            self.on_row(row)
-        return row
+            for row in rows:
+                self.on_row(row)
+        return list(rows)
 
     def _save_features(self, path: str, evaluation: probe.Evaluation) -> None:
         if path in self.targets and distributed.is_main():  # under torchrun rank 0 writes
@@ -125,7 +143,7 @@ class _Measured:
     def finish(self, rows: list[dict], what: str, **attrs: Any) -> pd.DataFrame:
         self.failures.warn(len(rows))
         self.log_rows.rewrite(rows)
-        cols = columns(self.command)
+        cols = columns(self.command, self.layered)
         extra = {"data": self.opts.data, "transform": transform_of(self.used), **attrs}
         if self.opts.per_class:
             extra["per_class"] = self.per_class.rows
@@ -142,7 +160,7 @@ class _Measured:
         )
         if self.opts.per_class:
             extra["per_class"] = rows_frame(self.per_class.rows, PER_CLASS_COLUMNS)
-        return frame(self.command, rows, failed=self.failures.failed, **extra)
+        return frame(self.command, rows, self.layered, failed=self.failures.failed, **extra)
 
 
 def analyze(
@@ -165,7 +183,11 @@ def analyze(
     checkpoint: the error propagates); ``attrs["failed"]`` lists them. With ``per_class``,
     ``attrs["per_class"]`` holds the per-class rows. ``csv``, ``json_out``, ``plot``,
     ``save_features`` write files as the command line does; with ``resume``, finished rows
-    of ``csv`` are kept and their checkpoints not measured again.
+    of ``csv`` are kept and their checkpoints not measured again. With ``layers``
+    (``"stages"``, ``"all"``, or names and tap indices: :func:`infoprobe.layers.select_layers`)
+    each checkpoint gives one row per layer from the same forward pass, in depth order and
+    ending with the head's input ``pre_logits`` (:func:`infoprobe.rows.layer_rows`); the pass
+    keeps ``4 n sum_l d_l`` bytes of pooled features (``max_samples`` bounds n).
     """
     given = _as_list(checkpoints)
     opts = prepared("analyze", {"data": data, **options})
@@ -173,8 +195,9 @@ def analyze(
     paths = _once([str(p) for p in ckpts.checkpoint_files(given)], log)
     run = _Measured("analyze", opts, paths, given, errors, len(paths), progress, log, on_row)
     rows = [
-        run.row(path, is_features, f"[{i + 1}/{len(paths)}]", {})
+        row
         for i, (path, is_features) in enumerate(zip(paths, run.features, strict=True))
+        for row in run.rows(path, is_features, f"[{i + 1}/{len(paths)}]", {})
     ]
     return run.finish(rows, "checkpoints")
 
@@ -193,8 +216,8 @@ def track(
 
     ``paths`` are checkpoints of one run or folders holding them; steps are read as
     :func:`infoprobe.checkpoints.series_plan` reads them (aliases of a step left out).
-    Failures, outputs and ``resume`` as for :func:`analyze`; a checkpoint whose step
-    cannot be read comes last, with the number in its file name as its step (if any).
+    Failures, outputs, ``layers`` and ``resume`` as for :func:`analyze`; a checkpoint whose
+    step cannot be read comes last, with the number in its file name as its step (if any).
     """
     given = _as_list(paths)
     opts = prepared("track", {"data": data, **options})
@@ -217,10 +240,13 @@ def track(
         on_row,
     )
     rows = [
-        run.row(path, is_features, f"[{i + 1}/{len(series)}] step {step}:", {"step": step})
+        row
         for i, ((path, step), is_features) in enumerate(zip(series, run.features, strict=True))
+        for row in run.rows(
+            path, is_features, f"[{i + 1}/{len(series)}] step {step}:", {"step": step}
+        )
     ]
     for path, error in unreadable:
         step = ckpts.name_number(Path(path))
-        rows.append(run.done({"step": step, **run.failures.row(path, error)}))
+        rows += run.done({"step": step, **run.failures.row(path, error)})
     return run.finish(rows, "training run")

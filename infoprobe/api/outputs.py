@@ -32,6 +32,12 @@ def by_checkpoint(row: Mapping) -> Any:
     return str(row["checkpoint"])
 
 
+def by_checkpoint_and_layer(row: Mapping) -> Any:
+    """Layer rows: one per checkpoint and layer (a failed checkpoint's row has none)."""
+    layer = row.get("layer")
+    return str(row["checkpoint"]), "" if layer is None or layer != layer else str(layer)
+
+
 def by_point(column: str) -> Key:
     """Rows of a sweep are one point when their ``column`` values are within VALUE_TOL."""
     return lambda row: round(float(row[column]) / VALUE_TOL)
@@ -71,7 +77,11 @@ class RowsLog:
             if self.rows:
                 recorded = read_record(self.record_path)
                 self.record = check_resumed(
-                    recorded, record, finished, str(csv), completes=key is by_checkpoint
+                    recorded,
+                    record,
+                    finished,
+                    str(csv),
+                    completes=key in (by_checkpoint, by_checkpoint_and_layer),
                 )
             if self.finished():
                 say(log, f"resuming: {len(self.finished())} finished rows in {csv}")
@@ -86,12 +96,12 @@ class RowsLog:
         """The rows that hold numbers, by key (error rows are measured again)."""
         return {self.key(r): r for r in self.rows if is_measured(r)}
 
-    def add(self, row: dict) -> None:
-        """Record one finished row (replacing an earlier one with its key) and rewrite the
-        file, the run record first."""
-        key = self.key(row)
-        self.rows = [r for r in self.rows if self.key(r) != key]
-        self.rows.append({c: row.get(c) for c in self.columns})
+    def add(self, *rows: dict) -> None:
+        """Record finished rows (each replacing an earlier one with its key) and rewrite the
+        file once, the run record first: a checkpoint's layer rows are written together."""
+        keys = {self.key(row) for row in rows}
+        self.rows = [r for r in self.rows if self.key(r) not in keys]
+        self.rows += [{c: row.get(c) for c in self.columns} for row in rows]
         if self.path is None:
             return
         if not self._recorded:

@@ -15,10 +15,13 @@ ANALYZE = _examples(
     f"infoprobe analyze fixtures/label_smoothing/*.safetensors {_DIGITS} --csv ls.csv",
     "infoprobe analyze model.pth --arch resnet18 --num-classes 10 --data cifar/ --per-class",
     "infoprobe analyze features.safetensors --json -",
+    f"infoprobe analyze fixtures/label_smoothing/ls0.0.safetensors {_DIGITS} --layers stages "
+    "--plot layers.png",
 )
 TRACK = _examples(
     f"infoprobe track fixtures/series {_DIGITS} --plot series.png",
     "infoprobe track run/ep*.pth --arch resnet18 --data val/ --csv dynamics.csv",
+    f"infoprobe track fixtures/series {_DIGITS} --layers stages --plot layers.png",
 )
 LMC = _examples(
     f"infoprobe lmc {_A} {_B} {_DIGITS} --steps 5",

@@ -8,6 +8,7 @@ The values reach the command as the API's keyword arguments, so the API checks t
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,9 +20,9 @@ import typer
 
 from infoprobe.cli.app import app
 from infoprobe.cli.errors import failures
-from infoprobe.options import RunOptions, Spec, specs
+from infoprobe.options import Spec, specs
 
-__all__ = ["argument", "command"]
+__all__ = ["argument", "command", "parameters"]
 
 _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "parsed": str}
 
@@ -71,16 +72,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def parameters(command: str) -> list[inspect.Parameter]:
+    """One typer option per :class:`RunOptions` field that ``command`` takes."""
+    from infoprobe import options
+
+    defaults = {f.name: f.default for f in dataclasses.fields(options.RunOptions)}
+    return [_parameter(n, s, defaults[n]) for n, s in specs(command)]
+
+
 def command(name: str, *, arguments: list[inspect.Parameter], epilog: str) -> Callable:
     """Register ``body(*arguments, options)`` as command ``name``, taking every option of
     :class:`RunOptions` that ``name`` takes; ``options`` is a dict of their values, as the
     API takes them. The body runs under :func:`~infoprobe.cli.errors.failures` (inside the
     torchrun process group, so that a failure is reported once)."""
-    defaults = {f.name: f.default for f in RunOptions.__dataclass_fields__.values()}
 
     def register(body: Callable[..., None]) -> Callable[..., None]:
-        options = [_parameter(n, s, defaults[n]) for n, s in specs(name)]
-
         def run(**kwargs: Any) -> None:
             positional = {p.name: kwargs.pop(p.name) for p in arguments}
             values = {n: _plain(v) for n, v in kwargs.items()}
@@ -91,7 +97,7 @@ def command(name: str, *, arguments: list[inspect.Parameter], epilog: str) -> Ca
                 stack.enter_context(failures(debug, resumable))
                 body(**positional, options=values)
 
-        run.__signature__ = inspect.Signature([*arguments, *options])  # type: ignore[attr-defined]
+        run.__signature__ = inspect.Signature([*arguments, *parameters(name)])  # type: ignore[attr-defined]
         run.__doc__ = body.__doc__
         app.command(name, epilog=epilog)(run)
         return body

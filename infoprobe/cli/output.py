@@ -14,7 +14,7 @@ from infoprobe.errors import InputError, RunFailure
 from infoprobe.report.progress import RichProgress
 from infoprobe.report.tables import render_rows
 from infoprobe.report.text import printable, transform_caption
-from infoprobe.schema import COLUMNS, NC_COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import NC_COLUMNS, SWEEP_COLUMNS
 
 __all__ = ["check_failed", "log", "progress", "show"]
 
@@ -66,7 +66,7 @@ def show(
         return
     command = frame.attrs["command"]
     rows = frame.to_dict("records")
-    columns = SWEEP_COLUMNS[command] + COLUMNS
+    columns = list(frame.columns)  # the command's, with the layer columns under --layers
     console = stdout()
     caption = transform_caption(frame.attrs.get("transform"))
     render_rows(
@@ -78,10 +78,11 @@ def show(
         caption=caption,
     )
     point = list(SWEEP_COLUMNS[command][:1])
+    layer = ["layer"] if "layer" in columns else []
     render_rows(
         console,
         [{**r, "note": ""} for r in rows],
-        [*point, "checkpoint", *NC_COLUMNS],
+        [*point, "checkpoint", *layer, *NC_COLUMNS],
         title="neural collapse",
         key=key,
     )

@@ -12,13 +12,13 @@ from infoprobe.cli.app import app
 from infoprobe.cli.errors import failures
 from infoprobe.cli.output import log
 from infoprobe.errors import InputError
-from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import COLUMNS, LAYER_COLUMNS, SWEEP_COLUMNS
 
 
 def command_of(header: list[str], path: str) -> str:
-    """The command whose CSV has this header."""
+    """The command whose CSV has this header (its layer rows' header too)."""
     for command, extra in SWEEP_COLUMNS.items():
-        if header == [*extra, *COLUMNS]:
+        if header in ([*extra, *COLUMNS], [*extra, *LAYER_COLUMNS]):
             return command
     raise InputError(
         f"{path} is not a CSV written by infoprobe analyze, track, lmc or prune "

@@ -38,7 +38,13 @@ from infoprobe.data.tensors import (
     stratified_indices,
     validate_labels,
 )
-from infoprobe.data.transforms import model_in_chans, resolve_transform_config, transform_record
+from infoprobe.data.transforms import (
+    looks_unnormalised,
+    model_in_chans,
+    resolve_transform_config,
+    tensor_transform,
+    transform_record,
+)
 from infoprobe.errors import InputError
 from infoprobe.parsing import read_class_map
 
@@ -51,6 +57,7 @@ __all__ = [
     "ImageStream",
     "LabelledTensors",
     "load_data",
+    "looks_unnormalised",
     "model_in_chans",
     "read_class_map",
     "resolve_transform_config",
@@ -134,7 +141,7 @@ def load_data(
             raise InputError(
                 "--class-map applies to image folders; a tensor file's labels are used as they are"
             )
-        key, load = _tensor_file(path, max_samples, seed)
+        key, load = _tensor_file(path, max_samples, seed, model, mean, std)
     else:
         cfg = resolve_transform_config(
             model,
@@ -169,24 +176,34 @@ def load_data(
 
 
 def _tensor_file(
-    path: Path, max_samples: int | None, seed: int
+    path: Path,
+    max_samples: int | None,
+    seed: int,
+    model: nn.Module | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
 ) -> tuple[Hashable, Callable[[], LabelledTensors]]:
-    """The cache key of a tensor file's subsample, and how to load it."""
+    """The cache key of a tensor file's subsample, and how to load it (inputs prepared by
+    :func:`~infoprobe.data.transforms.tensor_transform`)."""
     if path.suffix.lower() not in TENSOR_SUFFIXES:
         raise InputError(
             f"data file {path}: unknown type '{path.suffix}'; use "
             f"{', '.join(TENSOR_SUFFIXES)} or an image folder"
         )
     stat = path.stat()
-    key = ("tensors", str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_samples, seed)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    norm = (tuple(mean or ()), tuple(std or ()), str(cfg.get("mean")), str(cfg.get("std")))
+    key = ("tensors", str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_samples, seed, norm)
 
     def load() -> LabelledTensors:
         full = tensors.load_tensor_file(path)
         idx = stratified_indices(full.labels, max_samples, seed)
-        if len(idx) == len(full):
-            return full
-        return LabelledTensors(
-            full.inputs[idx], full.labels[idx], full.source, full.classes, full.transform
+        inputs, labels = (
+            (full.inputs, full.labels)
+            if len(idx) == len(full)
+            else (full.inputs[idx], full.labels[idx])
         )
+        inputs, record = tensor_transform(inputs, model, mean, std)
+        return LabelledTensors(inputs, labels, full.source, full.classes, record)
 
     return key, load

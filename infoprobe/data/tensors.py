@@ -139,8 +139,8 @@ def _class_names(raw: str | None) -> list[str] | None:
 # item size; str, bytes, datetime64, timedelta64, object and structured arrays are no tensors
 _NUMPY_KINDS = {"b": 1, "i": 8, "u": 8, "f": 8, "c": 16}
 # dtypes that load_tensor_file keeps as they are (others get a float32 copy)
-_KEPT_NUMPY = ("float32", "int32", "int64")
-_KEPT_SAFETENSORS = ("F32", "I32", "I64")
+_KEPT_NUMPY = ("float32", "int32", "int64", "uint8")
+_KEPT_SAFETENSORS = ("F32", "I32", "I64", "U8")
 
 
 def _npz_bytes(path: Path) -> int:
@@ -294,8 +294,9 @@ def load_tensor_file(path: Path) -> LabelledTensors:
     labels = validate_labels(y, int(x.shape[0]), f"data file {path}")
     if x.is_complex():
         raise InputError(f"data file {path}: inputs have dtype {x.dtype}; store real inputs")
-    if x.dtype not in _INDEX_DTYPES:
-        x = x.float()  # the model's weights are float32; int32/int64 token ids stay as they are
+    if x.dtype not in (*_INDEX_DTYPES, torch.uint8):
+        # the model's weights are float32; token ids and uint8 pixels are converted later
+        x = x.float()
     if x.is_floating_point() and not torch.isfinite(x).all():
         raise InputError(f"data file {path}: inputs contain NaN/Inf; clean the data")
     return LabelledTensors(inputs=x, labels=labels, source=str(path), classes=classes)

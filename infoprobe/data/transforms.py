@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from infoprobe.errors import InputError
 
@@ -91,3 +92,67 @@ def transform_record(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
     }
+
+
+#: How far past the normalised range of [0, 1] pixels a float input may reach before
+#: infoprobe says the data look unnormalised (raw 0..255 floats reach about 100 times it).
+RANGE_FACTOR = 8.0
+
+
+def tensor_transform(
+    inputs: Tensor,
+    model: nn.Module | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[Tensor, dict[str, Any] | None]:
+    """Tensor inputs as the model takes them, and the record of what was done (None: as
+    stored).
+
+    uint8 inputs are images, [n, C, H, W] or [n, H, W]: scaled as timm scales decoded images,
+    x / 255, then ``(x - mean) / std`` per channel with the model's mean and std (timm's eval
+    config; ``mean``/``std`` override them). Float inputs pass as stored unless ``mean`` or
+    ``std`` is given, then ``(x - mean) / std`` per channel (dim 1). int32/int64 inputs are
+    token ids and pass as stored. The record is ``{"kind": "tensor", "scale", "mean", "std"}``.
+    """
+    if inputs.dtype in (torch.int32, torch.int64):
+        if mean is not None or std is not None:
+            raise InputError("--mean/--std apply to images and float inputs; these are token ids")
+        return inputs, None
+    scale = 1.0
+    if inputs.dtype == torch.uint8:
+        if inputs.ndim not in (3, 4):
+            raise InputError(
+                f"uint8 inputs of shape {tuple(inputs.shape)}: uint8 means images, [n, C, H, W] "
+                "or [n, H, W]; store other inputs as float"
+            )
+        inputs, scale = (inputs[:, None] if inputs.ndim == 3 else inputs), 1.0 / 255.0
+    elif mean is None and std is None:
+        return inputs, None
+    if inputs.ndim < 2:
+        raise InputError("--mean/--std need inputs with a channel axis ([n, C, ...])")
+    chans = int(inputs.shape[1])
+    size = (chans, *(int(s) for s in inputs.shape[2:4]))
+    cfg = resolve_transform_config(
+        model, input_size=size if len(size) == 3 else None, mean=mean, std=std
+    )
+    m = torch.tensor(_fit_channels(cfg["mean"], chans, "--mean"))
+    s = torch.tensor(_fit_channels(cfg["std"], chans, "--std"))
+    shape = (1, chans, *([1] * (inputs.ndim - 2)))
+    out = (inputs.float() * scale - m.view(shape)) / s.view(shape)
+    record = {"kind": "tensor", "scale": scale, "mean": m.tolist(), "std": s.tolist()}
+    return out, record
+
+
+def looks_unnormalised(inputs: Tensor, model: nn.Module | None) -> tuple[float, float] | None:
+    """``(min, max)`` of float image inputs [n, C, H, W] that reach far past the range that
+    [0, 1] pixels take after the model's normalisation (see :data:`RANGE_FACTOR`); None when
+    they do not, or are not float images."""
+    if not inputs.is_floating_point() or inputs.ndim != 4:
+        return None
+    cfg = resolve_transform_config(model, input_size=tuple(inputs.shape[1:]))
+    bound = max(
+        max(abs((0 - m) / s), abs((1 - m) / s))
+        for m, s in zip(cfg["mean"], cfg["std"], strict=True)
+    )
+    low, high = float(inputs.min()), float(inputs.max())
+    return (low, high) if max(abs(low), abs(high)) > RANGE_FACTOR * bound else None

@@ -241,5 +241,10 @@ FIGURES = {
 
 
 def plot_rows(command: str, rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """``command``'s figure of ``rows`` saved to ``path`` (its suffix picks the format)."""
+    """``command``'s figure of ``rows`` saved to ``path`` (its suffix picks the format);
+    layer rows (``--layers``) get the figures of :mod:`infoprobe.report.layer_plots`."""
+    if rows and "layer" in rows[0]:
+        from infoprobe.report.layer_plots import LAYER_FIGURES
+
+        return _save_figure(LAYER_FIGURES[command](rows, title), path)
     return _save_figure(FIGURES[command](rows, title), path)

@@ -28,6 +28,7 @@ _CAPTION_COLUMNS = (
     "n_batches",
     "mir_nc",
     "hdr_nc",
+    "h_y",
 )
 
 
@@ -37,7 +38,7 @@ _CAPTION_COLUMNS = (
 _HIDDEN_COLUMNS = frozenset({"note", "h_zw_err", "mi_err", "mir_err", "mir_lower", "top1", "top5"})
 
 
-_TEXT_COLUMNS = frozenset({"checkpoint", "name", "model"})
+_TEXT_COLUMNS = frozenset({"checkpoint", "name", "model", "layer", "pooling"})
 
 
 #: Columns a table keeps however narrow the console: the names, the sweep's point, and the
@@ -51,6 +52,7 @@ _KEPT_COLUMNS = frozenset(
         "step",
         "class",
         "name",
+        "layer",
         "accuracy",
         "mir",
         "hdr",
@@ -64,6 +66,7 @@ _KEPT_COLUMNS = frozenset(
 
 #: Columns left out first, in this order, while a table is wider than the console.
 _DROP_ORDER = (
+    "pooling",
     "param_count",
     "img_size",
     "accuracy_top5",
@@ -83,22 +86,53 @@ _DROP_ORDER = (
     "loss",
     "h_z_max",
     "n_samples",
+    "layer_dim",
+    "h_y",
 )
 
 
+def _checkpoint_names(rows: Sequence[dict]) -> list[str]:
+    """Each row's checkpoint by its shortest distinct name (a checkpoint's layer rows share
+    one)."""
+    paths = [str(r.get("checkpoint")) for r in rows]
+    distinct = list(dict.fromkeys(paths))
+    short = dict(zip(distinct, short_names(distinct), strict=True))
+    return [short[p] for p in paths]
+
+
 def row_notes(rows: Sequence[dict], label: str = "checkpoint") -> list[str]:
-    """One line per distinct non-empty ``note``, naming the rows it applies to."""
-    by_note: dict[str, list[str]] = {}
+    """One line per distinct non-empty ``note``, naming the rows it applies to (layer rows:
+    the layers, once for all checkpoints when the note holds for that layer in each)."""
+    by_note: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        note = row.get("note") or ""
+        if isinstance(note, str) and note:
+            by_note.setdefault(note, []).append(i)
     names = (
-        short_names([str(r.get(label)) for r in rows])
+        _checkpoint_names(rows)
         if label == "checkpoint"
         else [f"{label} {format_value(label, r.get(label))}" for r in rows]
     )
-    for row, name in zip(rows, names, strict=True):
-        note = row.get("note") or ""
-        if isinstance(note, str) and note:
-            by_note.setdefault(note, []).append(name)
-    return [f"{', '.join(where)}: {note}" for note, where in by_note.items()]
+    layered = bool(rows) and all("layer" in r for r in rows)
+    lines = []
+    for note, where in by_note.items():
+        named = _layer_names(rows, where, names) if layered else ", ".join(names[i] for i in where)
+        lines.append(f"{named}: {note}")
+    return lines
+
+
+def _layer_names(rows: Sequence[dict], where: list[int], names: list[str]) -> str:
+    """The layers of rows ``where``, without the checkpoint when every checkpoint has the
+    note at that layer; a row without a layer (a checkpoint that failed) by its checkpoint."""
+    layer = [r.get("layer") for r in rows]
+    named = [i for i in where if isinstance(layer[i], str) and layer[i]]
+    checkpoints = {str(r.get("checkpoint")) for r in rows}
+    found: dict[str, set[str]] = {}
+    for i in named:
+        found.setdefault(layer[i], set()).add(str(rows[i].get("checkpoint")))
+    if named and len(named) == len(where) and all(c == checkpoints for c in found.values()):
+        return ", ".join(found)
+    return ", ".join(f"{names[i]} {layer[i]}" if i in named else names[i] for i in where)
 
 
 def _constant(rows: Sequence[dict], column: str) -> bool:
@@ -125,25 +159,13 @@ def render_rows(
     console, the columns of :data:`_DROP_ORDER` are left out one by one (a note names them)
     rather than folding the checkpoint names; the CSV and JSON keep every column in full.
     ``key`` names the sweep column (alpha, ratio), which labels the notes. ``caption`` is a
-    further caption line (the evaluation transform).
+    further caption line (the evaluation transform). Layer rows (a ``layer`` column) are
+    grouped by checkpoint: its name on the first of its rows, a line between checkpoints.
     """
-    constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
-    if all(r.get("classes_present") == r.get("n_classes") for r in rows):
-        constant = [c for c in constant if c != "classes_present"]  # nothing to report
-        columns = [c for c in columns if c != "classes_present"]
-    hidden = set(constant) | _HIDDEN_COLUMNS
-    # a prune sweep without fine-tuning: its ft_* columns are empty, not worth a column each
-    hidden |= {c for c in FT_COLUMNS if all(is_nan(r.get(c, math.nan)) for r in rows)}
-    if "checkpoint" in constant:
-        constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
-        if key is None and len(rows) == 1:
-            hidden.discard("checkpoint")  # a one-row table keeps its checkpoint in view
-    shown = [c for c in columns if c not in hidden]
-    if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
-        shown.remove("name")  # class names that are just the indices
+    shown, constant = _layout(rows, columns, key)
     shared = ", ".join(f"{c}={format_value(c, rows[0][c])}" for c in constant)
     caption = "\n".join(printable(line) for line in filter(None, [shared, caption]))
-    labels = [printable(label) for label in short_names([str(r.get("checkpoint")) for r in rows])]
+    labels = [printable(label) for label in _checkpoint_names(rows)]
     dropped = []
     table = _table(rows, shown, labels, title, caption)
     # then any other column, right to left, but the names and the paper's two ratios
@@ -169,6 +191,27 @@ def render_rows(
         console.print(f"note: {printable(line)}", style="yellow", highlight=False, markup=False)
 
 
+def _layout(
+    rows: Sequence[dict], columns: Sequence[str], key: str | None
+) -> tuple[list[str], list[str]]:
+    """(the columns a table shows, the columns every row shares, for its caption)."""
+    constant = [c for c in _CAPTION_COLUMNS if c in columns and _constant(rows, c)]
+    if all(r.get("classes_present") == r.get("n_classes") for r in rows):
+        constant = [c for c in constant if c != "classes_present"]  # nothing to report
+        columns = [c for c in columns if c != "classes_present"]
+    hidden = set(constant) | _HIDDEN_COLUMNS
+    # a prune sweep without fine-tuning: its ft_* columns are empty, not worth a column each
+    hidden |= {c for c in FT_COLUMNS if all(is_nan(r.get(c, math.nan)) for r in rows)}
+    if "checkpoint" in constant:
+        constant.remove("checkpoint")  # the title names the one checkpoint of a sweep
+        if key is None and len(rows) == 1:
+            hidden.discard("checkpoint")  # a one-row table keeps its checkpoint in view
+    shown = [c for c in columns if c not in hidden]
+    if "name" in shown and all(str(r.get("name")) == str(r.get("class")) for r in rows):
+        shown.remove("name")  # class names that are just the indices
+    return shown, constant
+
+
 def _table(
     rows: Sequence[dict],
     shown: Sequence[str],
@@ -192,9 +235,14 @@ def _table(
             no_wrap=True,
             min_width=None if text else len(column),
         )
-    for row, label in zip(rows, labels, strict=True):
+    grouped = "layer" in shown
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        first = i == 0 or rows[i - 1].get("checkpoint") != row.get("checkpoint")
+        last = i + 1 == len(rows) or rows[i + 1].get("checkpoint") != row.get("checkpoint")
+        name = Text(label if first or not grouped else "")
         table.add_row(
-            *(Text(label) if c == "checkpoint" else _cell(c, row.get(c), row) for c in shown)
+            *(name if c == "checkpoint" else _cell(c, row.get(c), row) for c in shown),
+            end_section=grouped and last,
         )
     return table
 

@@ -95,13 +95,16 @@ def transform_caption(transform: dict | None) -> str | None:
         def numbers(values: Sequence[float]) -> str:
             return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
+        if t.get("kind") == "tensor":  # tensor inputs (data.transforms.tensor_transform)
+            scaled = "x / 255, " if t["scale"] != 1 else ""
+            return f"tensor inputs, {scaled}mean={numbers(t['mean'])}, std={numbers(t['std'])}"
         return (
             f"{'x'.join(str(v) for v in t['input_size'])}, crop_pct={t['crop_pct']:g} "
             f"({t['crop_mode']}), {t['interpolation']}, mean={numbers(t['mean'])}, "
             f"std={numbers(t['std'])}"
         )
 
-    if "input_size" in transform:
+    if "input_size" in transform or transform.get("kind") == "tensor":
         return f"transform: {line(transform)}"
     return "\n".join(
         f"transform of {path}: {line(t)}" for path, t in transform.items() if t is not None
