@@ -65,12 +65,13 @@ def installed(package: str) -> str | None:
         return None
 
 
-def check_dependencies(version_of: Callable[[str], str | None] = installed) -> None:
+def check_dependencies(version_of: Callable[[str], str | None] | None = None) -> None:
     """Raise :class:`UnsafeDependency` naming the advisory when an installed torch or timm
-    is older than its floor in :data:`FLOORS`. A package that is not installed passes
-    (its import fails later, with its own message)."""
+    is older than its floor in :data:`FLOORS`. ``version_of`` gives a package's version
+    (default :func:`installed`); a package that is not installed passes (its import fails
+    later, with its own message)."""
     for floor in FLOORS:
-        version = version_of(floor.package)
+        version = (version_of or installed)(floor.package)
         if version is None or release(version) >= floor.minimum:
             continue
         need = ".".join(map(str, floor.minimum))

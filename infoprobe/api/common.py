@@ -70,6 +70,8 @@ def prepared(command: str, options: Mapping[str, Any]) -> RunOptions:
 def check_options(command: str, opts: RunOptions) -> None:
     """Every check across options that needs no model or data (InputError, before work)."""
     probe.resolve_device(opts.device)
+    if opts.arch and ckpts.is_custom_arch(opts.arch) and not opts.trust_code:
+        raise ckpts.code_refusal(opts.arch)
     if opts.csv == "-" and opts.json_out == "-":
         raise InputError("--csv - and --json - both write to stdout; send one to a file")
     if opts.resume and opts.csv in (None, "-"):
