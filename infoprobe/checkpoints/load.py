@@ -190,42 +190,26 @@ def load_model(
 ) -> LoadedModel:
     """Load a checkpoint into its architecture, strictly; eval mode, cpu, float32.
 
-    ``path`` is a file or a ``save_for_hf`` folder. ``arch`` defaults to the one the
-    checkpoint records (a folder's config.json, safetensors metadata, timm's 'arch', a timm
-    name among Lightning's ``hyper_parameters``); ``local-dir:FOLDER`` takes it, with its
-    arguments and data config, from that folder's config.json, as a recorded one. A custom
-    ``file.py:factory`` / ``module:factory`` is code: it needs ``trust_code``, and a recorded
-    one also ``trust_checkpoint`` (it is looked for in the recording folder only). Recorded
-    constructor arguments pass :func:`~infoprobe.allowlist.recorded_model_kwargs` (all of
-    them, unchecked, only for a custom factory of a trusted checkpoint); ``model_kwargs``
-    (the user's) win over them, and their ``num_classes`` / ``in_chans`` count as given
-    directly. ``num_classes`` and ``in_chans`` default to the recorded values, then to the
-    head weight and the weight of the model's first layer. A trusted pickled module or
-    TorchScript is used as it is unless ``arch`` is given, then only its weights are loaded
-    into ``arch``. ``trust_checkpoint`` and ``trust_code`` take only True or False.
-
-    The model is built on the ``meta`` device first: a checkpoint that does not fit it, or
-    a model larger than the memory available, is refused before anything is allocated.
-    """
+    ``path``: a file or a ``save_for_hf`` folder. ``arch`` defaults to the recorded one
+    (config.json, safetensors metadata, timm's 'arch', a timm name in Lightning's
+    ``hyper_parameters``); ``local-dir:FOLDER`` takes it, its arguments and data config from
+    that folder's config.json. A custom ``file.py:factory`` / ``module:factory`` needs
+    ``trust_code``, a recorded one also ``trust_checkpoint`` (and is looked for beside the
+    recording file only). Recorded constructor arguments pass the allowlist (unchecked only
+    for a custom factory of a trusted checkpoint); ``model_kwargs`` win over them, and their
+    ``num_classes`` / ``in_chans`` count as given. Sizes default to the recorded ones, then
+    to the head weight and the model's first layer. A trusted pickled module or TorchScript
+    is used as it is unless ``arch`` is given. Trust flags take only True or False."""
     _check_flags(trust_checkpoint=trust_checkpoint, trust_code=trust_code)
     p = Path(path).expanduser()
     sd, meta, module = read_checkpoint(
         p, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint
     )
-    local = None
-    if arch is not None and arch.startswith("local-dir:"):
-        # as in timm: the folder's config.json gives the architecture, its arguments and
-        # its data config (all recorded, so untrusted); the weights are the checkpoint's
-        local = Path(arch.removeprefix("local-dir:")).expanduser()
-        meta = {**meta, **read_hf_config(local)}
-        arch = None
+    arch, meta, local = _local_dir(arch, meta)
     num_classes, in_chans, typed_kwargs = _typed_sizes(num_classes, in_chans, model_kwargs)
-    if module is not None and arch is None and local is None:
-        model = module.float().eval()
+    if module is not None and arch is None and local is None:  # used as it is
         n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
-        return LoadedModel(
-            model=model, arch=meta.get("arch"), num_classes=int(n), path=p, meta=meta
-        )
+        return LoadedModel(module.float().eval(), meta.get("arch"), int(n), p, meta)
     # a recorded custom arch is looked for beside what recorded it, only
     recorder = local or (p if p.is_dir() else p.parent)
     base = None if arch else recorder
@@ -236,33 +220,61 @@ def load_model(
         if v is None and k not in meta
     )
     num_classes = num_classes or meta.get("num_classes") or infer_num_classes(sd, arch)
-    # the user's arguments replace recorded ones, which are then not checked
-    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in typed_kwargs}
-    if not (trust_checkpoint and is_custom_arch(arch)):  # a trusted custom factory takes them all
-        recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {p} model_kwargs")
     build = functools.partial(
         build_model,
         arch,
         num_classes=num_classes,
-        model_kwargs={**recorded, **typed_kwargs},
+        model_kwargs=_constructor_kwargs(meta, typed_kwargs, arch, p, trust_checkpoint),
         inferred=guessed,
         base=base,
         trust_code=trust_code,
     )
     in_chans = in_chans or meta.get("in_chans") or infer_in_chans(sd, arch)
-    shell = build(in_chans=in_chans, device="meta")
-    if in_chans is None:  # read it off the weight the model's first layer takes
-        found = infer_in_chans(sd, arch, shell)
-        if found is not None and found != infer_in_chans(shell.state_dict(), arch, shell):
-            in_chans, shell = found, build(in_chans=found, device="meta")
-    check_fits(shell, sd, p, arch, num_classes)
-    check_memory(shell, f"checkpoint {p} (model '{arch}')")
-    model = materialise(shell, sd, functools.partial(build, in_chans=in_chans)).float().eval()
+    model = _built(build, sd, p, num_classes, in_chans).float().eval()
     if meta.get("pretrained_cfg"):  # the folder's data config drives the eval transform
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["pretrained_cfg"]}
     if num_classes is None:
         num_classes = infer_num_classes(model.state_dict()) or 0
     return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
+
+
+def _local_dir(arch: str | None, meta: dict) -> tuple[str | None, dict, Path | None]:
+    """For ``arch="local-dir:FOLDER"``, as in timm: the folder's config.json gives the
+    architecture, its arguments and data config (all recorded, so untrusted; the weights are
+    the checkpoint's). Returns the arch left to give (None), the metadata and the folder."""
+    if arch is None or not arch.startswith("local-dir:"):
+        return arch, meta, None
+    local = Path(arch.removeprefix("local-dir:")).expanduser()
+    return None, {**meta, **read_hf_config(local)}, local
+
+
+def _constructor_kwargs(
+    meta: dict, typed: dict, arch: str, path: Path, trust_checkpoint: bool
+) -> dict[str, Any]:
+    """The recorded constructor arguments, checked (unchecked only for a custom factory of
+    a trusted checkpoint), with the user's ``typed`` ones replacing them."""
+    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in typed}
+    if not (trust_checkpoint and is_custom_arch(arch)):
+        recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {path} model_kwargs")
+    return {**recorded, **typed}
+
+
+def _built(
+    build: functools.partial, sd: dict[str, Tensor], path: Path, num_classes, in_chans
+) -> nn.Module:
+    """The model ``build`` (:func:`build_model` but for ``in_chans`` and ``device``) makes,
+    holding ``sd``: built on ``meta``, its input channels read off the checkpoint's weight
+    of the model's first layer when not given, compared with ``sd`` and sized against the
+    memory available, then materialised."""
+    arch = build.args[0]
+    shell = build(in_chans=in_chans, device="meta")
+    if in_chans is None:
+        found = infer_in_chans(sd, arch, shell)
+        if found is not None and found != infer_in_chans(shell.state_dict(), arch, shell):
+            in_chans, shell = found, build(in_chans=found, device="meta")
+    check_fits(shell, sd, path, arch, num_classes)
+    check_memory(shell, f"checkpoint {path} (model '{arch}')")
+    return materialise(shell, sd, functools.partial(build, in_chans=in_chans))
 
 
 def _check_flags(**flags: Any) -> None:
