@@ -12,7 +12,7 @@ accuracy first reaches 99%, or at ``--max-steps``. Checkpoints (log-spaced early
 ``--every`` steps) are measured on both splits, with the exact entropies and with the paper's
 mini-batch estimate:
 
-    infoprobe track OUT/checkpoints --arch examples/grokking_model.py:factory \
+    infoprobe track OUT/checkpoints --arch examples/grokking_model.py:factory --trust-code \
         --model-kwargs d_model=128 --model-kwargs n_heads=4 --model-kwargs d_head=32 \
         --model-kwargs d_mlp=512 --data OUT/data/test.safetensors --max-samples 3830 \
         [--estimate batch] --csv ...
@@ -186,8 +186,9 @@ def measure(args, ckpt_dir: Path, paths: dict[str, Path], n_train: int, model_kw
     import pandas as pd
 
     # The custom architecture and its arguments are passed explicitly (absolute path: works
-    # from any directory); a checkpoint's recorded file.py:factory is only imported with
-    # --trust-checkpoint, and its recorded arguments reach a factory only when given or trusted.
+    # from any directory), with --trust-code: it is code outside timm. A checkpoint's recorded
+    # file.py:factory is imported only with --trust-checkpoint as well, and its recorded
+    # arguments reach a factory only when given or trusted.
     arch = f"{MODEL_FILE}:factory"
     given = [a for k, v in model_kwargs.items() for a in ("--model-kwargs", f"{k}={v}")]
     frames = []
@@ -201,6 +202,7 @@ def measure(args, ckpt_dir: Path, paths: dict[str, Path], n_train: int, model_kw
                 ckpt_dir,
                 "--arch",
                 arch,
+                "--trust-code",
                 *given,
                 "--data",
                 path,

@@ -1,8 +1,9 @@
 """The paper's grokking transformer for modular addition, loadable by infoprobe as a custom
 architecture.
 
-Give it to infoprobe as ``--arch examples/grokking_model.py:factory`` (a relative path is looked
-for in the working directory, then beside a checkpoint that records it). infoprobe calls
+Give it to infoprobe as ``--arch examples/grokking_model.py:factory --trust-code`` (a relative
+path is looked for in the working directory; a recorded one, with ``--trust-checkpoint`` as well,
+beside the checkpoint that records it). infoprobe calls
 ``factory(num_classes=..., **model_kwargs)`` with what the checkpoint records.
 
 Task (Song et al. 2024, §5.5, after Nanda et al. 2023): the input is the token sequence

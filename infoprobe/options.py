@@ -157,6 +157,8 @@ class RunOptions:
         panel=MODEL, role=Role.VALUE, completes=True, help="Key prefix to strip ('' keeps keys)")
     trust_checkpoint: bool = _option(False, "--trust-checkpoint", kind="bool", panel=MODEL,
         role=Role.DISPLAY, help="Allow pickled/TorchScript files")
+    trust_code: bool = _option(False, "--trust-code", kind="bool", panel=MODEL,
+        role=Role.DISPLAY, help="Allow code outside timm (file.py:fn, module:fn)")
     head: str | None = _option(None, "--head", kind="str", metavar="MODULE", panel=MODEL,
         role=Role.VALUE, help="Classifier module (default: timm's)")
     # ---------------------------------------------------------------- data
@@ -379,5 +381,5 @@ def _check_bounds(number: float, spec: Spec, where: str) -> None:
     low, high = spec.low, spec.high
     if low is not None and (number < low or (spec.above and number == low)):
         raise InputError(f"{where}: must be {'>' if spec.above else '>='} {low:g}")
-    if high is not None and number > high:
-        raise InputError(f"{where}: must be <= {int(high) if high >= 1 else high:g}")
+    if high is not None and number > high:  # integral bounds in full: 2**63 - 1, not 9.2e+18
+        raise InputError(f"{where}: must be <= {int(high) if float(high).is_integer() else high}")

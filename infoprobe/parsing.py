@@ -118,6 +118,8 @@ def model_kwargs(value: Any, flag: str) -> dict[str, Any]:
         if not all(isinstance(k, str) and k for k in value):
             raise InputError(f"{flag}: every key must be a non-empty string")
         return dict(value)
+    if not isinstance(value, (str, Iterable)):
+        raise InputError(f"{flag}: give key=value items, not {type(value).__name__}")
     out: dict[str, Any] = {}
     for item in [value] if isinstance(value, str) else list(value):
         key, sep, raw = str(item).partition("=")

@@ -148,10 +148,13 @@ def test_custom_file_factory_and_inferred_sizes(tmp_path):
     model_file = write_custom_model(tmp_path)
     arch = f"{model_file}:factory"
     torch.manual_seed(0)
-    ref = randomize_buffers(ck.build_model(arch, num_classes=7, in_chans=2)).eval()
+    ref = randomize_buffers(ck.build_model(arch, num_classes=7, in_chans=2, trust_code=True))
+    ref.eval()
     p = tmp_path / "custom.pt"
     torch.save(ref.state_dict(), p)
-    loaded = ck.load_model(p, arch=arch)  # num_classes from the head weight
+    with pytest.raises(InputError, match="--trust-code"):
+        ck.load_model(p, arch=arch)
+    loaded = ck.load_model(p, arch=arch, trust_code=True)  # num_classes from the head weight
     assert loaded.num_classes == 7
     x = torch.randn(3, 2, 8, 8)
     assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
@@ -161,15 +164,16 @@ def test_recorded_relative_factory_is_found_beside_the_checkpoint(tmp_path, monk
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     write_custom_model(run_dir)  # run/model.py
-    ref = ck.build_model(f"{run_dir / 'model.py'}:factory", num_classes=3, in_chans=1).eval()
+    arch = f"{run_dir / 'model.py'}:factory"
+    ref = ck.build_model(arch, num_classes=3, in_chans=1, trust_code=True).eval()
     p = run_dir / "w.safetensors"
     save_file(ref.state_dict(), str(p), metadata={"arch": "model.py:factory"})
     monkeypatch.chdir(tmp_path)  # model.py is not in the working directory
-    loaded = ck.load_model(p, trust_checkpoint=True)
+    loaded = ck.load_model(p, trust_checkpoint=True, trust_code=True)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
-    with pytest.raises(InputError, match="does not exist"):
-        ck.load_model(p, arch="model.py:factory")  # a user-given path is not re-based
+    with pytest.raises(InputError, match="does not exist"):  # a typed path is not re-based
+        ck.load_model(p, arch="model.py:factory", trust_code=True)
 
 
 def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
@@ -180,7 +184,11 @@ def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "mypkg", raising=False)
     ref = ck.build_model(
-        "mypkg.nets:factory", num_classes=4, in_chans=1, model_kwargs={"width": 5}
+        "mypkg.nets:factory",
+        num_classes=4,
+        in_chans=1,
+        model_kwargs={"width": 5},
+        trust_code=True,
     ).eval()
     p = tmp_path / "w.safetensors"
     save_file(
@@ -188,17 +196,20 @@ def test_package_module_factory_and_recorded_kwargs(tmp_path, monkeypatch):
         str(p),
         metadata={"arch": "mypkg.nets:factory", "model_kwargs": json.dumps({"width": 5})},
     )
-    # a recorded custom arch imports code: refused unless trusted or given explicitly
-    with pytest.raises(InputError, match="--trust-checkpoint"):
-        ck.load_model(p)
-    loaded = ck.load_model(p, trust_checkpoint=True)
+    # a recorded custom arch imports code: refused unless both the file and code are trusted
+    for flags in ({}, {"trust_checkpoint": True}, {"trust_code": True}):
+        with pytest.raises(InputError, match="--trust-code"):
+            ck.load_model(p, **flags)
+    # trusted, a recorded module is mypkg/nets.py beside the checkpoint, imported by path
+    loaded = ck.load_model(p, trust_checkpoint=True, trust_code=True)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(_logits(loaded.model, x), _logits(ref, x))
     # a typed factory is the user's code, but the untrusted recorded 'width' does not reach
     # it unless the user gives it (or trusts the checkpoint)
     with pytest.raises(InputError, match="'width' is not one infoprobe takes"):
-        ck.load_model(p, arch="mypkg.nets:factory")
-    assert ck.load_model(p, arch="mypkg.nets:factory", model_kwargs={"width": 5}).num_classes == 4
+        ck.load_model(p, arch="mypkg.nets:factory", trust_code=True)
+    typed = ck.load_model(p, arch="mypkg.nets:factory", model_kwargs={"width": 5}, trust_code=True)
+    assert typed.num_classes == 4
 
 
 def test_pickled_module_refused_then_trusted(tmp_path, timm_model, monkeypatch):
@@ -231,7 +242,7 @@ def test_pickled_module_inside_dict_is_refused(tmp_path, timm_model):
 
 
 def test_torchscript_refused_then_trusted(tmp_path, custom_model_file):
-    ref = ck.build_model(f"{custom_model_file}:factory", num_classes=10).eval()
+    ref = ck.build_model(f"{custom_model_file}:factory", num_classes=10, trust_code=True).eval()
     x = torch.randn(2, 1, 8, 8)
     p = tmp_path / "scripted.pt"
     torch.jit.trace(ref, x).save(str(p))
@@ -241,7 +252,8 @@ def test_torchscript_refused_then_trusted(tmp_path, custom_model_file):
     assert loaded.meta["format"] == "torchscript"
     assert torch.allclose(_logits(loaded.model, x), _logits(ref, x))
     # with --arch, only the weights go into a Python model
-    as_arch = ck.load_model(p, arch=f"{custom_model_file}:factory", trust_checkpoint=True)
+    arch = f"{custom_model_file}:factory"
+    as_arch = ck.load_model(p, arch=arch, trust_checkpoint=True, trust_code=True)
     assert torch.equal(_logits(as_arch.model, x), _logits(ref, x))
 
 
@@ -282,14 +294,15 @@ def test_unknown_arch_suggests_names():
 
 
 def test_custom_arch_errors(tmp_path, custom_model_file):
+    trusted = {"num_classes": 3, "trust_code": True}
     with pytest.raises(InputError, match="does not exist"):
-        ck.build_model(f"{tmp_path}/missing.py:factory", num_classes=3)
+        ck.build_model(f"{tmp_path}/missing.py:factory", **trusted)
     with pytest.raises(InputError, match="no callable 'nope'.*factory"):
-        ck.build_model(f"{custom_model_file}:nope", num_classes=3)
+        ck.build_model(f"{custom_model_file}:nope", **trusted)
     with pytest.raises(InputError, match="rejected its arguments"):
-        ck.build_model(f"{custom_model_file}:factory", num_classes=3, model_kwargs={"depth": 2})
+        ck.build_model(f"{custom_model_file}:factory", model_kwargs={"depth": 2}, **trusted)
     with pytest.raises(InputError, match="cannot import"):
-        ck.build_model("no_such_pkg_xyz.mod:factory", num_classes=3)
+        ck.build_model("no_such_pkg_xyz.mod:factory", **trusted)
 
 
 @pytest.mark.parametrize(

@@ -342,7 +342,7 @@ def test_bad_input_is_one_line_and_exit_2(args, words, monkeypatch):
 
 def test_error_text_is_printed_literally():
     """rich must not turn ':factory:' into an emoji or '[...]' into markup."""
-    result = run("analyze", A, *FAST, "--arch", "[missing].py:factory", code=2)
+    result = run("analyze", A, *FAST, "--arch", "[missing].py:factory", "--trust-code", code=2)
     assert "--arch [missing].py:factory: model file [missing].py" in result.stderr
 
 

@@ -64,11 +64,14 @@ def create_model_calls(monkeypatch):
 # ----------------------------------------------------------------------- item 1: --arch
 
 
-def test_typed_file_factory_is_the_users_code_and_runs(tmp_path, monkeypatch):
+def test_typed_file_factory_runs_only_with_trust_code(tmp_path, monkeypatch):
     _evil(tmp_path)
     monkeypatch.chdir(tmp_path)
-    model = ck.build_model("model.py:factory", num_classes=3, in_chans=1)
-    assert (tmp_path / "model.ran").exists()  # typed: the user chose to run it
+    with pytest.raises(InputError, match="--trust-code"):
+        ck.build_model("model.py:factory", num_classes=3, in_chans=1)
+    assert not (tmp_path / "model.ran").exists()
+    model = ck.build_model("model.py:factory", num_classes=3, in_chans=1, trust_code=True)
+    assert (tmp_path / "model.ran").exists()  # the user chose to run it
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
 
 
@@ -89,13 +92,18 @@ def test_standard_library_callables_are_never_factories(tmp_path, sd, monkeypatc
 
     ran = []
     monkeypatch.setattr(subprocess, "getoutput", lambda *a, **k: ran.append(a) or "")
-    if recorded:
+    if recorded:  # looked for as subprocess.py beside the checkpoint, never imported
         p = _safetensors(tmp_path / "w.safetensors", sd, arch="subprocess:getoutput")
-        with pytest.raises(InputError, match="standard-library"):
-            ck.load_model(p, trust_checkpoint=True)
+        with pytest.raises(InputError, match="subprocess.py does not exist"):
+            ck.load_model(p, trust_checkpoint=True, trust_code=True)
     else:
         with pytest.raises(InputError, match="standard-library"):
-            ck.build_model("subprocess:getoutput", num_classes=3, model_kwargs={"cmd": "echo hi"})
+            ck.build_model(
+                "subprocess:getoutput",
+                num_classes=3,
+                model_kwargs={"cmd": "echo hi"},
+                trust_code=True,
+            )
     assert ran == []
 
 
@@ -109,7 +117,7 @@ def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path,
     monkeypatch.chdir(tmp_path)
     p = _safetensors(run / "w.safetensors", sd, arch="model.py:factory")
     with pytest.raises(InputError, match="does not exist"):
-        ck.load_model(p, trust_checkpoint=True)
+        ck.load_model(p, trust_checkpoint=True, trust_code=True)
     assert not (tmp_path / "model.ran").exists()
 
 
@@ -120,7 +128,7 @@ def test_trusted_recorded_file_outside_the_checkpoint_folder_is_refused(tmp_path
     evil = _evil(tmp_path)
     p = _safetensors(run / "w.safetensors", sd, arch=recorded.format(abs=evil))
     with pytest.raises(InputError, match="must sit in the checkpoint's folder"):
-        ck.load_model(p, trust_checkpoint=True)
+        ck.load_model(p, trust_checkpoint=True, trust_code=True)
     assert not (tmp_path / "model.ran").exists()
 
 
@@ -206,11 +214,13 @@ def test_typed_kwargs_replace_a_recorded_one_that_is_not_allowed(tmp_path, creat
         tmp_path / "w.safetensors",
         model.state_dict(),
         arch="test_resnet",
-        model_kwargs={"zero_init_last": False},
+        model_kwargs={"drop_rate": 5.0},
     )
+    with pytest.raises(InputError, match="drop_rate must be a number in"):
+        ck.load_model(p)
     create_model_calls.clear()
-    ck.load_model(p, model_kwargs={"zero_init_last": True})
-    assert create_model_calls[0][1]["zero_init_last"] is True
+    ck.load_model(p, model_kwargs={"drop_rate": 0.5})
+    assert [kwargs["drop_rate"] for _, kwargs in create_model_calls] == [0.5]
 
 
 # ----------------------------------------------------------------------- item 9: bad metadata

@@ -15,7 +15,7 @@ import pandas as pd
 
 from infoprobe import checkpoints as ckpts
 from infoprobe import data as datasets
-from infoprobe import distributed, features_file, parsing, probe
+from infoprobe import distributed, features_file, parsing, probe, versions
 from infoprobe.defaults import DEFAULT_BATCH_SIZE, PROBES
 from infoprobe.errors import InfoprobeError, InputError
 from infoprobe.options import RunOptions
@@ -59,7 +59,9 @@ def say(log: Log | None, message: str) -> None:
 
 
 def prepared(command: str, options: Mapping[str, Any]) -> RunOptions:
-    """``command``'s options checked (each, and across each other) and :func:`settled`."""
+    """``command``'s options checked (each, and across each other) and :func:`settled`;
+    first, the installed torch and timm are checked against their safe floors."""
+    versions.check_dependencies()
     opts = RunOptions.of(command, options)
     check_options(command, opts)
     return settled(opts)
@@ -68,6 +70,8 @@ def prepared(command: str, options: Mapping[str, Any]) -> RunOptions:
 def check_options(command: str, opts: RunOptions) -> None:
     """Every check across options that needs no model or data (InputError, before work)."""
     probe.resolve_device(opts.device)
+    if opts.arch and ckpts.is_custom_arch(opts.arch) and not opts.trust_code:
+        raise ckpts.code_refusal(opts.arch)
     if opts.csv == "-" and opts.json_out == "-":
         raise InputError("--csv - and --json - both write to stdout; send one to a file")
     if opts.resume and opts.csv in (None, "-"):
@@ -250,6 +254,7 @@ def load_kwargs(opts: RunOptions) -> dict[str, Any]:
         ema=opts.ema,
         strip_prefix=opts.strip_prefix,
         trust_checkpoint=opts.trust_checkpoint,
+        trust_code=opts.trust_code,
     )
 
 

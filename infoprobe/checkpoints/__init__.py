@@ -32,7 +32,13 @@ mismatch raises :class:`~infoprobe.errors.InputError` listing missing / unexpect
 shape mismatches with the likely cause.
 """
 
-from infoprobe.checkpoints.build import build_model, infer_num_classes, parse_model_kwargs
+from infoprobe.checkpoints.build import (
+    build_model,
+    code_refusal,
+    infer_num_classes,
+    is_custom_arch,
+    parse_model_kwargs,
+)
 from infoprobe.checkpoints.files import (
     CHECKPOINT_SUFFIXES,
     checkpoint_files,
@@ -61,9 +67,11 @@ __all__ = [
     "checkpoint_stem",
     "checkpoint_step",
     "clean_keys",
+    "code_refusal",
     "compare_states",
     "hf_folder",
     "infer_num_classes",
+    "is_custom_arch",
     "load_model",
     "name_number",
     "parse_model_kwargs",

@@ -1,23 +1,33 @@
 """Architecture to an untrained model: timm names and custom factories.
 
-A custom architecture (``file.py:factory``, ``module:factory``) is code. One typed by the
-user runs as given; one recorded in a checkpoint runs only when the checkpoint is trusted,
-and a recorded file only from the checkpoint's own folder. No factory comes from Python's
-standard library.
+A custom architecture (``file.py:factory``, ``module:factory``) is Python code outside timm's
+registry. It is imported only with ``trust_code`` (``--trust-code``), whoever names it. One
+recorded in a checkpoint also needs ``trust_checkpoint`` and is imported by file path from
+the checkpoint's own folder (``module:factory`` as ``module.py`` there), never through
+``sys.path`` or the working directory. No factory comes from Python's standard library or
+from a file of the Python installation's own library folders.
+
+Models can be built on the ``meta`` device (``device="meta"``): shapes and dtypes without
+memory, so that a model is compared with its checkpoint before anything is allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import json
+import site
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from infoprobe import allowlist
@@ -36,9 +46,21 @@ def _stdlib(target: str) -> bool:
     return top in sys.stdlib_module_names or top in sys.builtin_module_names
 
 
+@functools.cache
+def _library_dirs() -> tuple[Path, ...]:
+    """The Python installation's own library folders: the standard library and the
+    site-packages of the interpreter and the user (resolved)."""
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs.update(getattr(site, "getsitepackages", list)())
+    dirs.add(site.getusersitepackages())
+    return tuple(Path(d).resolve() for d in dirs)
+
+
 def _model_file(target: str, base: Path | None, label: str) -> Path:
     """The file of ``file.py:factory``: as typed (``base`` None), or a recorded relative
-    path inside ``base``, the checkpoint's folder (never the working directory)."""
+    path inside ``base``, the checkpoint's folder (never the working directory). A file of
+    the Python installation's libraries is never a model file (its callables run commands)."""
     file = Path(target).expanduser()
     if base is not None:
         inside = base.resolve()
@@ -51,44 +73,64 @@ def _model_file(target: str, base: Path | None, label: str) -> Path:
         file = candidate
     if not file.is_file():
         raise InputError(f"{label}: model file {file} does not exist; check the path")
+    library = next((d for d in _library_dirs() if file.resolve().is_relative_to(d)), None)
+    if library is not None:
+        raise InputError(
+            f"{label}: {file} is part of the Python installation ({library}), not a model "
+            "file; give a timm name, your own file.py:factory, or an installed "
+            "package.module:factory"
+        )
     return file
+
+
+def _import_file(file: Path, label: str):
+    """The module of ``file``, imported by its path under a name of its own (a stable name
+    per file, so that repeated builds reuse one import)."""
+    name = "infoprobe_user_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # the model file's own code may raise anything
+            raise InputError(f"{label}: importing {file} failed: {e!r}") from None
+        sys.modules[name] = module
+    return module
+
+
+def _import_module(target: str, label: str):
+    """An installed module, for a ``package.module:factory`` the user typed."""
+    if _stdlib(target):
+        raise InputError(
+            f"{label}: '{target}' is a Python standard-library module, not a "
+            "model factory; give a timm name or your own file.py:factory"
+        )
+    try:
+        return importlib.import_module(target)
+    except ImportError as e:
+        raise InputError(
+            f"{label}: cannot import module '{target}' ({e}); install it or use "
+            "path/to/file.py:factory"
+        ) from None
 
 
 def _import_factory(arch: str, base: Path | None = None):
     """The factory of ``file.py:name`` or ``package.module:name``.
 
     ``base`` None: the user typed ``arch``; a relative ``file.py`` is found from the working
-    directory. Else the checkpoint in folder ``base`` recorded it; the file is looked for in
-    ``base`` only. A module of Python's standard library is never a factory's home (its
-    callables run commands, not build models)."""
+    directory and a module is imported as Python imports it. Else the checkpoint in folder
+    ``base`` recorded it: ``file.py`` and ``package.module`` (as ``package/module.py``) are
+    looked for in ``base`` only and imported by path, never through ``sys.path``."""
     label = f"--arch {arch}" if base is None else f"recorded arch {allowlist.shown(arch)}"
     target, _, name = arch.rpartition(":")
     if target.endswith(".py"):
-        file = _model_file(target, base, label)
-        # a stable module name per file so repeated builds reuse one import
-        mod_name = "infoprobe_user_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
-        module = sys.modules.get(mod_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(mod_name, file)
-            module = importlib.util.module_from_spec(spec)
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:  # the model file's own code may raise anything
-                raise InputError(f"{label}: importing {file} failed: {e!r}") from None
-            sys.modules[mod_name] = module
+        module = _import_file(_model_file(target, base, label), label)
+    elif base is not None:
+        relative = target.replace(".", "/") + ".py"
+        module = _import_file(_model_file(relative, base, label), label)
     else:
-        if _stdlib(target):
-            raise InputError(
-                f"{label}: '{target}' is a Python standard-library module, not a "
-                "model factory; give a timm name or your own file.py:factory"
-            )
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise InputError(
-                f"{label}: cannot import module '{target}' ({e}); install it or use "
-                "path/to/file.py:factory"
-            ) from None
+        module = _import_module(target, label)
     factory = getattr(module, name, None)
     if not callable(factory):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
@@ -96,6 +138,21 @@ def _import_factory(arch: str, base: Path | None = None):
             f"{label}: '{target}' has no callable '{name}'; callables there: {bracketed(found)}"
         )
     return factory
+
+
+def code_refusal(arch: str, recorded_in: Path | None = None) -> InputError:
+    """The error for a custom architecture that ``trust_code`` did not allow."""
+    if recorded_in is None:
+        what = f"--arch {arch} names Python code outside timm's registry"
+    else:
+        what = (
+            f"checkpoint {recorded_in} records a custom architecture "
+            f"({allowlist.shown(arch)}), Python code outside timm's registry"
+        )
+    return InputError(
+        f"{what}; infoprobe imports and runs it only with --trust-code (trust_code=True), "
+        "for code you would run yourself. Otherwise give a timm model name"
+    )
 
 
 def _unknown_timm(arch: str) -> InputError:
@@ -127,38 +184,69 @@ def build_model(
     model_kwargs: dict[str, Any] | None = None,
     inferred: tuple[str, ...] = (),
     base: Path | None = None,
+    trust_code: bool = False,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Build an untrained model: a timm name (``pretrained=False``, nothing is downloaded) or
     ``path/to/file.py:factory`` / ``package.module:factory``, called with ``num_classes``,
-    ``in_chans`` (when given) and ``model_kwargs``. Names in ``inferred`` (values guessed from
-    a checkpoint, not given by the user) are dropped for factories that do not take them.
-    ``base``: the folder of the checkpoint that recorded a custom ``arch`` (its ``file.py`` is
-    looked for there only); None when the user gave ``arch``. Arguments that make timm open a
-    file (:data:`~infoprobe.allowlist.FORBIDDEN_KWARGS`) are refused."""
+    ``in_chans`` (when given) and ``model_kwargs``.
+
+    A custom factory is code: it is imported only with ``trust_code`` and takes
+    ``model_kwargs`` as they are; a timm model takes only the arguments of
+    :func:`~infoprobe.allowlist.typed_model_kwargs`. Names in ``inferred`` (values guessed
+    from a checkpoint, not given by the user) are dropped for factories that do not take
+    them. ``base``: the folder of the checkpoint that recorded a custom ``arch`` (its code is
+    looked for there only); None when the user gave ``arch``. ``device="meta"`` builds
+    shapes without memory. Arguments that make timm open a file
+    (:data:`~infoprobe.allowlist.FORBIDDEN_KWARGS`) are refused from anyone."""
     label = f"--arch {arch}" if base is None else f"recorded arch {allowlist.shown(arch)}"
     kwargs = dict(model_kwargs or {})
     allowlist.check_forbidden(kwargs, label)
-    if num_classes is not None:
-        kwargs["num_classes"] = int(num_classes)
-    if in_chans is not None:
-        kwargs["in_chans"] = int(in_chans)
+    for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is not None:
+            kwargs[key] = allowlist.given_count(key, value, label, f"fix {key}")
+    placed = torch.device(device) if device is not None else contextlib.nullcontext()
     if is_custom_arch(arch):
+        if not trust_code:
+            raise code_refusal(arch, base)
         factory = _import_factory(arch, base)
         for name in inferred:
             if name in kwargs and not _accepts(factory, name):
                 del kwargs[name]
-        try:
-            model = factory(**kwargs)
-        except TypeError as e:
-            raise InputError(
-                f"{label}: the factory rejected its arguments {sorted(kwargs)} ({e}); "
-                "make it accept num_classes/in_chans, or fix --model-kwargs"
-            ) from None
-        if not isinstance(model, nn.Module):
-            raise InputError(
-                f"{label}: the factory returned {type(model).__name__}, not a torch.nn.Module"
-            )
-        return model
+        with placed:
+            return _call_factory(factory, kwargs, label)
+    name = _timm_name(arch, label)
+    sizes = {k: kwargs.pop(k) for k in ("num_classes", "in_chans") if k in kwargs}
+    kwargs = {**allowlist.typed_model_kwargs(kwargs, label), **sizes}
+    import timm
+
+    try:
+        with placed:
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError) as e:
+        raise InputError(
+            f"{label}: timm rejected the model options {sorted(kwargs)} "
+            f"({allowlist.shown(str(e))}); fix --model-kwargs"
+        ) from None
+
+
+def _call_factory(factory, kwargs: dict[str, Any], label: str) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise InputError(
+            f"{label}: the factory rejected its arguments {sorted(kwargs)} ({e}); "
+            "make it accept num_classes/in_chans, or fix --model-kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"{label}: the factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _timm_name(arch: str, label: str) -> str:
+    """The timm registry name of ``arch`` (InputError for hub names and unknown names)."""
     import timm
 
     if arch.partition(":")[0] in ("hf-hub", "hf_hub"):
@@ -175,13 +263,7 @@ def build_model(
     name = arch.removeprefix("timm:")
     if not timm.is_model(name):
         raise _unknown_timm(name)
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, ValueError, AssertionError, KeyError, IndexError) as e:
-        raise InputError(
-            f"{label}: timm rejected the model options {sorted(kwargs)} "
-            f"({allowlist.shown(str(e))}); fix --model-kwargs"
-        ) from None
+    return name
 
 
 def parse_model_kwargs(items: list[str] | None) -> dict[str, Any]:
@@ -237,11 +319,20 @@ def infer_num_classes(state_dict: dict[str, Tensor], arch: str | None = None) ->
     return rows(pick) if pick else None
 
 
-def infer_in_chans(state_dict: dict[str, Tensor], arch: str | None) -> int | None:
-    """Input channels from timm's recorded first conv, else the first conv-shaped weight."""
+def infer_in_chans(
+    state_dict: dict[str, Tensor], arch: str | None, model: nn.Module | None = None
+) -> int | None:
+    """Input channels: timm's recorded first conv for ``arch``; else, given ``model`` (built
+    on ``meta`` will do), the first weight of 3 or more dimensions in the model's own order
+    (the layer a forward pass meets first; a file's keys may be sorted by name), read off
+    ``state_dict``'s tensor of that name. None when neither applies."""
     first = _timm_cfg_value(arch, "first_conv")
     if isinstance(first, str):
-        w = state_dict.get(f"{first}.weight")
+        key = f"{first}.weight"
+    elif model is not None:
+        shapes = model.state_dict()
+        key = next((k for k, v in shapes.items() if k.endswith("weight") and v.ndim >= 3), "")
     else:
-        w = next((v for k, v in state_dict.items() if k.endswith("weight") and v.ndim >= 3), None)
+        return None
+    w = state_dict.get(key)
     return int(w.shape[1]) if w is not None and w.ndim >= 3 else None

@@ -1,7 +1,14 @@
-"""A checkpoint loaded strictly into its architecture (eval mode, cpu, float32)."""
+"""A checkpoint loaded strictly into its architecture (eval mode, cpu, float32).
+
+The model is first built on the ``meta`` device, which holds shapes and no memory. Its
+parameters and buffers are compared with the checkpoint's tensors, and its size with the
+memory available, before anything is allocated (:mod:`infoprobe.checkpoints.materialise`
+then fills it with the checkpoint's weights).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Mapping
@@ -14,10 +21,12 @@ from torch import Tensor, nn
 from infoprobe import allowlist
 from infoprobe.checkpoints.build import (
     build_model,
+    code_refusal,
     infer_in_chans,
     infer_num_classes,
     is_custom_arch,
 )
+from infoprobe.checkpoints.materialise import check_memory, materialise
 from infoprobe.checkpoints.meta import read_hf_config
 from infoprobe.checkpoints.read import read_checkpoint
 from infoprobe.errors import InputError, bracketed
@@ -142,9 +151,11 @@ def _pos_embed_cause(model: nn.Module, mismatched: list[tuple[str, tuple, tuple]
     )
 
 
-def _load_strict(
+def check_fits(
     model: nn.Module, sd: dict[str, Tensor], path: Path, arch: str, num_classes: int | None
 ) -> None:
+    """InputError unless ``sd`` holds every tensor of ``model``'s state dict with its shape
+    (and kind: floating point or not), and nothing else; ``model`` may be on ``meta``."""
     diff = compare_states(sd, model.state_dict())
     missing, unexpected, mismatched = diff.only_b, diff.only_a, diff.mismatched
     if diff:
@@ -163,7 +174,6 @@ def _load_strict(
             f"checkpoint {path} does not fit model '{arch}': "
             f"{'; '.join(parts)}. Likely cause: {cause}"
         )
-    model.load_state_dict(sd, strict=False)
 
 
 def load_model(
@@ -176,66 +186,51 @@ def load_model(
     ema: bool = False,
     strip_prefix: str | None = None,
     trust_checkpoint: bool = False,
+    trust_code: bool = False,
 ) -> LoadedModel:
     """Load a checkpoint into its architecture, strictly; eval mode, cpu, float32.
 
-    ``path`` is a file or a ``save_for_hf`` folder. ``arch`` defaults to the one the
-    checkpoint records (a folder's config.json, safetensors metadata, timm's 'arch', a timm
-    name among Lightning's ``hyper_parameters``); ``local-dir:FOLDER`` takes it, with its
-    arguments and data config, from that folder's config.json, as a recorded one. A recorded
-    ``file.py:factory`` / ``module:factory`` imports code, so it needs ``trust_checkpoint``,
-    and a recorded ``file.py`` is looked for in the recording folder only. Recorded
-    constructor arguments pass :func:`~infoprobe.allowlist.recorded_model_kwargs` (all of
-    them, unchecked, only for a trusted custom factory); ``model_kwargs`` (the user's) win
-    over them, and their ``num_classes`` / ``in_chans`` count as given directly.
-    ``num_classes`` and ``in_chans`` default to the recorded values,
-    then to the head / first-conv weight shapes. A trusted pickled module or TorchScript is
-    used as it is unless ``arch`` is given, then only its weights are loaded into ``arch``.
-    """
+    ``path``: a file or a ``save_for_hf`` folder. ``arch`` defaults to the recorded one
+    (config.json, safetensors metadata, timm's 'arch', a timm name in Lightning's
+    ``hyper_parameters``); ``local-dir:FOLDER`` takes it, its arguments and data config from
+    that folder's config.json. A custom ``file.py:factory`` / ``module:factory`` needs
+    ``trust_code``, a recorded one also ``trust_checkpoint`` (and is looked for beside the
+    recording file only). Recorded constructor arguments pass the allowlist (unchecked only
+    for a custom factory of a trusted checkpoint); ``model_kwargs`` win over them, and their
+    ``num_classes`` / ``in_chans`` count as given. Sizes default to the recorded ones, then
+    to the head weight and the model's first layer. A trusted pickled module or TorchScript
+    is used as it is unless ``arch`` is given. Trust flags take only True or False."""
+    _check_flags(trust_checkpoint=trust_checkpoint, trust_code=trust_code)
     p = Path(path).expanduser()
     sd, meta, module = read_checkpoint(
         p, ema=ema, strip_prefix=strip_prefix, trust=trust_checkpoint
     )
-    local = None
-    if arch is not None and arch.startswith("local-dir:"):
-        # as in timm: the folder's config.json gives the architecture, its arguments and
-        # its data config (all recorded, so untrusted); the weights are the checkpoint's
-        local = Path(arch.removeprefix("local-dir:")).expanduser()
-        meta = {**meta, **read_hf_config(local)}
-        arch = None
+    arch, meta, local = _local_dir(arch, meta)
     num_classes, in_chans, typed_kwargs = _typed_sizes(num_classes, in_chans, model_kwargs)
-    if module is not None and arch is None and local is None:
-        model = module.float().eval()
+    if module is not None and arch is None and local is None:  # used as it is
         n = num_classes or meta.get("num_classes") or infer_num_classes(sd) or 0
-        return LoadedModel(
-            model=model, arch=meta.get("arch"), num_classes=int(n), path=p, meta=meta
-        )
-    # a recorded file.py is looked for beside what recorded it, only
+        return LoadedModel(module.float().eval(), meta.get("arch"), int(n), p, meta)
+    # a recorded custom arch is looked for beside what recorded it, only
     recorder = local or (p if p.is_dir() else p.parent)
     base = None if arch else recorder
-    arch = arch or _recorded_arch(meta, p, trust_checkpoint)
+    arch = arch or _recorded_arch(meta, p, trust_checkpoint, trust_code)
     guessed = tuple(
         k
         for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
         if v is None and k not in meta
     )
     num_classes = num_classes or meta.get("num_classes") or infer_num_classes(sd, arch)
-    in_chans = in_chans or meta.get("in_chans") or infer_in_chans(sd, arch)
-    # the user's arguments replace recorded ones, which are then not checked
-    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in typed_kwargs}
-    if not (trust_checkpoint and is_custom_arch(arch)):  # a trusted custom factory takes them all
-        recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {p} model_kwargs")
-    kwargs = {**recorded, **typed_kwargs}
-    model = build_model(
+    build = functools.partial(
+        build_model,
         arch,
         num_classes=num_classes,
-        in_chans=in_chans,
-        model_kwargs=kwargs,
+        model_kwargs=_constructor_kwargs(meta, typed_kwargs, arch, p, trust_checkpoint),
         inferred=guessed,
         base=base,
+        trust_code=trust_code,
     )
-    _load_strict(model, sd, p, arch, num_classes)
-    model = model.float().eval()
+    in_chans = in_chans or meta.get("in_chans") or infer_in_chans(sd, arch)
+    model = _built(build, sd, p, num_classes, in_chans).float().eval()
     if meta.get("pretrained_cfg"):  # the folder's data config drives the eval transform
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **meta["pretrained_cfg"]}
     if num_classes is None:
@@ -243,11 +238,61 @@ def load_model(
     return LoadedModel(model=model, arch=arch, num_classes=int(num_classes), path=p, meta=meta)
 
 
+def _local_dir(arch: str | None, meta: dict) -> tuple[str | None, dict, Path | None]:
+    """For ``arch="local-dir:FOLDER"``, as in timm: the folder's config.json gives the
+    architecture, its arguments and data config (all recorded, so untrusted; the weights are
+    the checkpoint's). Returns the arch left to give (None), the metadata and the folder."""
+    if arch is None or not arch.startswith("local-dir:"):
+        return arch, meta, None
+    local = Path(arch.removeprefix("local-dir:")).expanduser()
+    return None, {**meta, **read_hf_config(local)}, local
+
+
+def _constructor_kwargs(
+    meta: dict, typed: dict, arch: str, path: Path, trust_checkpoint: bool
+) -> dict[str, Any]:
+    """The recorded constructor arguments, checked (unchecked only for a custom factory of
+    a trusted checkpoint), with the user's ``typed`` ones replacing them."""
+    recorded = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k not in typed}
+    if not (trust_checkpoint and is_custom_arch(arch)):
+        recorded = allowlist.recorded_model_kwargs(recorded, f"checkpoint {path} model_kwargs")
+    return {**recorded, **typed}
+
+
+def _built(
+    build: functools.partial, sd: dict[str, Tensor], path: Path, num_classes, in_chans
+) -> nn.Module:
+    """The model ``build`` (:func:`build_model` but for ``in_chans`` and ``device``) makes,
+    holding ``sd``: built on ``meta``, its input channels read off the checkpoint's weight
+    of the model's first layer when not given, compared with ``sd`` and sized against the
+    memory available, then materialised."""
+    arch = build.args[0]
+    shell = build(in_chans=in_chans, device="meta")
+    if in_chans is None:
+        found = infer_in_chans(sd, arch, shell)
+        if found is not None and found != infer_in_chans(shell.state_dict(), arch, shell):
+            in_chans, shell = found, build(in_chans=found, device="meta")
+    check_fits(shell, sd, path, arch, num_classes)
+    check_memory(shell, f"checkpoint {path} (model '{arch}')")
+    return materialise(shell, sd, functools.partial(build, in_chans=in_chans))
+
+
+def _check_flags(**flags: Any) -> None:
+    """InputError for a trust flag that is not exactly True or False ("false" is truthy)."""
+    for name, value in flags.items():
+        if value is not True and value is not False:
+            raise InputError(
+                f"{name}={allowlist.shown(value)}: give True or False "
+                f"(--{name.replace('_', '-')} on the command line)"
+            )
+
+
 def _typed_sizes(
     num_classes: int | None, in_chans: int | None, model_kwargs: dict[str, Any] | None
 ) -> tuple[int | None, int | None, dict]:
     """``num_classes`` / ``in_chans`` given in ``model_kwargs`` count as given directly (so a
-    recorded value never overrides them); the same name given twice must agree."""
+    recorded value never overrides them, and they meet the flags' bounds); the same name
+    given twice must agree."""
     kwargs = dict(model_kwargs or {})
     sizes = {"num_classes": num_classes, "in_chans": in_chans}
     for key in sizes:
@@ -255,10 +300,8 @@ def _typed_sizes(
             continue
         value = kwargs.pop(key)
         flag = f"--{key.replace('_', '-')}"
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(
-                f"--model-kwargs {key}={value!r}: give a positive integer, or use {flag}"
-            )
+        # the same type and cap as the flag's (a head of 1e8 classes allocates gigabytes)
+        allowlist.given_count(key, value, "--model-kwargs", f"give it with {flag}")
         if sizes[key] is not None and sizes[key] != value:
             raise InputError(
                 f"--model-kwargs {key}={value} conflicts with {flag} {sizes[key]}; give one of them"
@@ -267,19 +310,22 @@ def _typed_sizes(
     return sizes["num_classes"], sizes["in_chans"], kwargs
 
 
-def _recorded_arch(meta: dict, path: Path, trust: bool) -> str:
-    """The architecture the checkpoint records; a custom one (code) only when trusted."""
+def _recorded_arch(meta: dict, path: Path, trust_checkpoint: bool, trust_code: bool) -> str:
+    """The architecture the checkpoint records; a custom one (code) only when the user
+    trusts both the checkpoint and the code it names."""
     recorded = meta.get("arch")
     if not recorded:
         raise InputError(
             f"checkpoint {path} does not record its architecture; pass --arch (a timm model "
             "name or path/to/file.py:factory)"
         )
-    if is_custom_arch(recorded) and not trust:
+    if is_custom_arch(recorded) and not trust_checkpoint:
         raise InputError(
             f"checkpoint {path} records a custom architecture ({allowlist.shown(recorded)}), "
             "which would import and run code named by the file; infoprobe runs it only with "
-            "--trust-checkpoint, for a file whose source you trust. Otherwise pass --arch with "
-            "a timm name or a factory of your own"
+            "--trust-checkpoint and --trust-code, for a file whose source you trust. Otherwise "
+            "pass --arch with a timm name"
         )
+    if is_custom_arch(recorded) and not trust_code:
+        raise code_refusal(recorded, path)
     return recorded

@@ -33,20 +33,8 @@ from infoprobe.errors import InputError
 CHECKPOINT_META_KEYS = ("arch", "num_classes", "in_chans", "model_kwargs", "step", "epoch")
 
 
-#: ``pretrained_cfg`` entries that describe the evaluation transform; only these are taken
-#: from a config.json (never a file, url or hub id).
-_DATA_CFG_KEYS = (
-    "input_size",
-    "test_input_size",
-    "min_input_size",
-    "fixed_input_size",
-    "interpolation",
-    "mean",
-    "std",
-    "crop_pct",
-    "test_crop_pct",
-    "crop_mode",
-)
+#: Largest config.json read (timm's are a few KiB; 21k label names fit in a few MiB).
+MAX_CONFIG_BYTES = 64 << 20
 
 
 #: ``hyper_parameters`` (Lightning) / ``args`` (timm train.py) entries naming the arch.
@@ -60,17 +48,24 @@ def read_hf_config(folder: str | Path) -> dict:
     """What a ``save_for_hf`` folder's config.json records, parsed by timm
     (``load_model_config_from_path``, local files only): ``arch``, ``num_classes``,
     ``model_kwargs`` (its ``model_args``) and ``pretrained_cfg`` (the transform entries of
-    :data:`_DATA_CFG_KEYS`, lists as tuples)."""
+    :data:`~infoprobe.allowlist.ALLOWED_DATA_CFG`, checked, lists as tuples)."""
     from timm.models._hub import load_model_config_from_path
 
     folder = Path(folder).expanduser()
+    config = folder / HF_CONFIG
+    if config.is_file() and config.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(
+            f"{config} has {config.stat().st_size} bytes, over {MAX_CONFIG_BYTES >> 20} MiB: "
+            "not a timm model config"
+        )
     try:
         cfg, arch, model_args = load_model_config_from_path(folder)
     except FileNotFoundError:
         raise InputError(
             f"local-dir {folder}: no {HF_CONFIG} there; give a folder written by timm's save_for_hf"
         ) from None
-    except (KeyError, TypeError, AttributeError, ValueError) as e:  # JSON errors included
+    # JSON errors are ValueErrors; RecursionError: nesting too deep for the parser
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
         raise InputError(
             f"{folder / HF_CONFIG} is not a timm model config ({type(e).__name__}: "
             f"{e}); it needs 'architecture' and 'pretrained_cfg'"
@@ -79,12 +74,8 @@ def read_hf_config(folder: str | Path) -> dict:
         raise InputError(f"{folder / HF_CONFIG}: 'architecture' must be a timm model name")
     meta: dict[str, Any] = {}
     recorded = {"arch": arch, "num_classes": cfg.get("num_classes"), "model_kwargs": model_args}
-    _take(meta, recorded, f"{folder / HF_CONFIG}", overwrite=True)
-    meta["pretrained_cfg"] = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in cfg.items()
-        if k in _DATA_CFG_KEYS and v is not None
-    }
+    _take(meta, recorded, f"{config}", overwrite=True)
+    meta["pretrained_cfg"] = allowlist.recorded_data_cfg(cfg, f"{config}")
     return meta
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from infoprobe import allowlist
 from infoprobe.checkpoints.meta import record_meta, resolve_checkpoint
 from infoprobe.errors import InputError, bracketed
+from infoprobe.memory import check_fits
 
 _STATE_KEYS = ("state_dict", "model")
 
@@ -99,6 +101,48 @@ def _corrupt(path: Path, err: BaseException | str) -> InputError:
     )
 
 
+def _declared_bytes(path: Path) -> int:
+    """The bytes reading ``path`` allocates: a zip archive's (torch's format) uncompressed
+    members, else the file's size (a sparse file counts at its full size)."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return sum(info.file_size for info in z.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            pass  # reading it reports the damage
+    return path.stat().st_size
+
+
+def _check_size(path: Path) -> None:
+    check_fits(
+        _declared_bytes(path),
+        f"checkpoint {path}",
+        "it is corrupt or not meant for this machine; use one with more memory",
+    )
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` holds a well-formed pickle stream (torch's zip format: its
+    ``data.pkl``), read without running it: a weights-only load that refuses one refuses
+    pickled objects; one that refuses random bytes met no pickle at all."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"), None)
+                if name is None:
+                    return False
+                with z.open(name) as f:
+                    for _ in pickletools.genops(f):
+                        pass
+        else:
+            with open(path, "rb") as f:
+                for _ in pickletools.genops(f):
+                    pass
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, struct.error, UnicodeDecodeError):
+        return False
+    return True
+
+
 def _unsafe_globals(path: Path, err: BaseException) -> list[str]:
     """Names of the Python objects a weights-only load refused (empty: not pickled code)."""
     if zipfile.is_zipfile(path):
@@ -148,7 +192,10 @@ def _torch_load_safe(path: Path, *, mmap: bool = False) -> Any:
 
 
 def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, dict, str]:
-    """Return (object, safetensors metadata, format) read from ``path``; applies the gate."""
+    """Return (object, safetensors metadata, format) read from ``path``; applies the gate.
+    ``mmap``: map a torch zip file instead of reading it (no size check needed)."""
+    if not (mmap and zipfile.is_zipfile(path)):
+        _check_size(path)
     if _looks_like_safetensors(path):
         from safetensors import safe_open
 
@@ -170,9 +217,10 @@ def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, d
         return _torch_load_safe(path, mmap=mmap), {}, "torch"
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e)
-        refused = names or str(e).startswith(_WEIGHTS_ONLY_REFUSAL)
-        if not refused:
-            raise _corrupt(path, e) from None
+        refused = names or (str(e).startswith(_WEIGHTS_ONLY_REFUSAL) and _is_pickle(path))
+        if not refused:  # torch's first line says only that its loader refused
+            reason = _weights_only_reason(e) if _WEIGHTS_ONLY_REFUSAL in str(e) else e
+            raise _corrupt(path, reason) from None
         if not trust:
             what = (
                 ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")

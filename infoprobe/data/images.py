@@ -7,6 +7,8 @@ every pass, so memory stays flat in the number of images.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from infoprobe.allowlist import MAX_SIDE
 from infoprobe.data.tensors import LabelledTensors, stratified_indices
 from infoprobe.data.transforms import transform_record
 from infoprobe.errors import InputError
@@ -41,6 +44,10 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 STREAM_ABOVE = 1 << 30
 
 
+#: Largest side an image is resized to before its center crop (input side / crop_pct).
+MAX_RESIZE = 2 * MAX_SIDE
+
+
 def _cifar(root: Path) -> tuple[str, Path] | None:
     if root.name in _CIFAR_DIRS:
         return _CIFAR_DIRS[root.name], root.parent
@@ -48,6 +55,22 @@ def _cifar(root: Path) -> tuple[str, Path] | None:
         if (root / sub).is_dir():
             return name, root
     return None
+
+
+def check_links(folder: Path) -> None:
+    """InputError when following the symbolic links under ``folder`` reaches one folder
+    twice (a link to a parent folder makes a loop): timm's reader follows links, so every
+    image under it would be counted again at each turn."""
+    seen: dict[tuple[int, int], str] = {}
+    for here, _, _ in os.walk(folder, followlinks=True):
+        stat = os.stat(here)
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            raise InputError(
+                f"image folder {folder}: {here} is {seen[key]} again, reached through a "
+                "symbolic link, so its images would be counted more than once; remove the link"
+            )
+        seen[key] = here
 
 
 def _class_map(folder: Path) -> dict[str, int]:
@@ -85,6 +108,7 @@ def _open_image_dataset(root: Path, split: str | None, class_map: dict | None = 
             ) from None
         return ds, [int(t) for t in ds.targets], list(ds.classes)
     folder = Path(_search_split(str(root), split or "validation"))
+    check_links(folder)
     subs = sorted(p.name for p in root.iterdir() if p.is_dir())
     if split is not None and folder == root:
         raise InputError(
@@ -161,14 +185,26 @@ def _worker_error(err: Exception) -> str:
 
 
 def _decoded(loader) -> Iterator[Tensor]:
-    """The input batches of ``loader``; failures in worker processes arrive wrapped."""
+    """The input batches of ``loader``; failures in worker processes arrive wrapped.
+
+    The loader's iterator is released here, in this process, before an error leaves:
+    kept alive by an error (torch's re-raised one sits in a reference cycle with its
+    frames), it would be freed by a garbage collection that may run in the next loader's
+    forked workers, and each of them would print a traceback of its failed clean-up."""
+    batches = iter(loader)
+    message = None
     try:
-        for x, _ in loader:
+        for x, _ in batches:
             yield x.float()
     except InputError as e:  # a worker's arrives re-raised with its traceback as text
         if "Original Traceback" not in str(e):
             raise
-        raise InputError(_worker_error(e)) from None
+        message = _worker_error(e)
+        e.__traceback__ = None  # breaks the cycle: its frames hold the iterator
+    finally:
+        batches = None  # the last reference: the workers shut down here, in this process
+    if message is not None:
+        raise InputError(message)
 
 
 class ImageStream:
@@ -262,6 +298,13 @@ def open_images(
     if not targets:
         raise InputError(f"dataset {root} is empty (0 samples)")
     chosen = stratified_indices(torch.tensor(targets), max_samples, seed)
+    resize = math.floor(max(cfg["input_size"][1:]) / float(cfg["crop_pct"]))
+    if resize > MAX_RESIZE:
+        raise InputError(
+            f"input size {tuple(cfg['input_size'])} with crop_pct {cfg['crop_pct']} resizes "
+            f"images to {resize} pixels a side, over {MAX_RESIZE}; give a larger --crop-pct "
+            "or a smaller --input-size"
+        )
     mode = _IMAGE_MODES.get(cfg["input_size"][0])
     if mode is None:
         raise InputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from infoprobe.errors import InputError
+from infoprobe.memory import check_fits
 
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".npz")
 
@@ -133,9 +135,84 @@ def _class_names(raw: str | None) -> list[str] | None:
     return [str(c).strip() for c in names] if isinstance(names, list) else None
 
 
+# numpy dtype kinds torch takes (bool, signed, unsigned, float, complex) with their largest
+# item size; str, bytes, datetime64, timedelta64, object and structured arrays are no tensors
+_NUMPY_KINDS = {"b": 1, "i": 8, "u": 8, "f": 8, "c": 16}
+# dtypes that load_tensor_file keeps as they are (others get a float32 copy)
+_KEPT_NUMPY = ("float32", "int32", "int64", "uint8")
+_KEPT_SAFETENSORS = ("F32", "I32", "I64", "U8")
+
+
+def _npz_bytes(path: Path) -> int:
+    """Bytes that reading an ``.npz`` and casting its arrays allocate, from the zip
+    directory and the ``.npy`` headers alone (no array is read). InputError for a member
+    that is no ``.npy`` array, a dtype torch cannot hold, or a header declaring other data
+    than its member holds (numpy allocates the declared size before reading)."""
+    from numpy.lib import format as npy
+
+    total = 0
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = npy.read_magic(f) if info.filename.endswith(".npy") else None
+                if version not in ((1, 0), (2, 0)):
+                    raise InputError(
+                        f"data file {path}: member {info.filename!r} is not a numeric .npy "
+                        "array; save the arrays with numpy.savez"
+                    )
+                read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read(f)
+                header = f.tell()
+            name = info.filename.removesuffix(".npy")
+            if _NUMPY_KINDS.get(dtype.kind, 0) < dtype.itemsize or dtype.fields is not None:
+                raise InputError(
+                    f"data file {path}: array {name!r} has dtype {dtype}, which is not a tensor "
+                    "dtype; store numbers (bool, integers, floats up to float64)"
+                )
+            size = math.prod(shape) * dtype.itemsize
+            if header + size != info.file_size:
+                raise InputError(
+                    f"data file {path}: array {name!r} declares shape {shape} ({size} bytes) "
+                    f"but its member holds {info.file_size - header}; the file is corrupt"
+                )
+            copy = 0 if dtype.name in _KEPT_NUMPY else 4 * math.prod(shape)
+            total += size + copy
+    return total
+
+
+def _safetensors_bytes(path: Path) -> int:
+    """Bytes that reading a safetensors file and casting its tensors allocate, from its
+    header (the library checks that the header's offsets cover the file exactly, so the
+    file's size is its tensors' size; a sparse file counts at its full size)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        slices = [f.get_slice(k) for k in f.keys()]
+        copies = sum(
+            4 * math.prod(s.get_shape()) for s in slices if s.get_dtype() not in _KEPT_SAFETENSORS
+        )
+    return path.stat().st_size + copies
+
+
+def _declared_bytes(path: Path) -> int:
+    """Bytes that reading ``path`` allocates: see the two above; a torch file as its zip
+    members' uncompressed size (legacy files: the file's size)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _npz_bytes(path)
+    if suffix == ".safetensors":
+        return _safetensors_bytes(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return sum(info.file_size for info in z.infolist())
+    return path.stat().st_size
+
+
 def _read_tensor_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
     suffix = path.suffix.lower()
     try:
+        need = _declared_bytes(path)
+        check_fits(need, f"data file {path}", "subsample it or use a machine with more memory")
         if suffix == ".safetensors":
             from safetensors import safe_open
 
@@ -147,8 +224,10 @@ def _read_tensor_file(path: Path) -> tuple[dict[str, Any], list[str] | None]:
             import numpy as np
 
             with np.load(path, allow_pickle=False) as z:
-                return {k: torch.from_numpy(z[k].copy()) for k in z.files}, None
+                return {k: torch.from_numpy(z[k]) for k in z.files}, None
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except InputError:
+        raise
     except _READ_ERRORS as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise InputError(

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import pandas as pd
 
 from infoprobe.errors import InputError, unwritable
+from infoprobe.report.text import from_spreadsheet_cell, spreadsheet_cell
 from infoprobe.schema import INT_COLUMNS, TEXT_COLUMNS
 
 #: The file name that means standard output for --csv / --json.
@@ -78,8 +79,13 @@ def rows_frame(rows: Sequence[dict], columns: Sequence[str]) -> pd.DataFrame:
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell."""
-    return rows_frame(rows, columns).to_csv(index=False, lineterminator="\n")
+    """CSV with a header of ``columns``; floats round-trip exactly, NaN is an empty cell.
+    Text (names from files) cannot start a spreadsheet formula (:func:`spreadsheet_cell`),
+    and lines end in CRLF (RFC 4180), so that a cell holding a CR is quoted, not a row break."""
+    frame = rows_frame(rows, columns)
+    for column in frame.columns.intersection(TEXT_COLUMNS):
+        frame[column] = [spreadsheet_cell(v) if isinstance(v, str) else v for v in frame[column]]
+    return frame.to_csv(index=False, lineterminator="\r\n")
 
 
 def write_csv(
@@ -100,7 +106,8 @@ def read_csv_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[dict]
     """Rows of a CSV written by :func:`write_csv` with the same ``columns``.
 
     Text columns (:data:`~infoprobe.rows.TEXT_COLUMNS`) come back as the strings written,
-    whatever they hold (a checkpoint named ``NA`` or ``nan`` stays that name); other cells are
+    whatever they hold (a checkpoint named ``NA`` or ``nan`` stays that name, ``'=x`` is
+    ``=x`` again: :func:`from_spreadsheet_cell`); other cells are
     numbers, empty ones NaN, integer columns ints. InputError for another command's CSV or
     a cell that is not a number where one belongs (an edited file).
     """
@@ -126,7 +133,7 @@ def _typed(row: dict, line: int, path: Path) -> dict:
     out: dict[str, Any] = {}
     for column, text in row.items():
         if column in TEXT_COLUMNS:
-            out[column] = text
+            out[column] = from_spreadsheet_cell(text)
             continue
         try:
             value = float(text) if text != "" else math.nan

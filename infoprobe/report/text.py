@@ -1,5 +1,6 @@
 """Text for people: numbers as cells, short checkpoint names, and names from files made
-harmless (terminal escapes written out, '$' literal in plots)."""
+harmless (terminal escapes written out, '$' literal in plots, formulas in CSV cells kept
+as text)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,23 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` for a CSV cell that a spreadsheet shows as text, never runs: a ``'`` before
+    a first character that starts a formula (``= + - @``, tab, CR: OWASP's advice), and
+    before a first ``'`` too, so that :func:`from_spreadsheet_cell` gives ``text`` back
+    exactly (``=1+1`` -> ``'=1+1``, ``'x`` -> ``''x``, ``a-b`` unchanged)."""
+    return "'" + text if text.startswith((*_FORMULA_STARTS, "'")) else text
+
+
+def from_spreadsheet_cell(cell: str) -> str:
+    """The text :func:`spreadsheet_cell` made ``cell`` from (its inverse)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:].startswith((*_FORMULA_STARTS, "'")) else cell
 
 
 def plot_text(text: str) -> str:
