@@ -62,7 +62,7 @@ def case(name: str, route: str) -> dict:
     z, y, w = clustered(**TARGETS[name])
     cpu = cpu_seconds()
     if route == "exact":
-        r, secs = timed(lambda: info.interplay(z, y, w, estimate="exact", max_exact_dim=None))
+        r, secs = timed(lambda: info.interplay(z, y, w, estimate="exact", max_exact_dim=0))
     else:
         r, secs = timed(lambda: info.interplay(z, y, w, estimate="slq"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -99,7 +99,7 @@ def batch_bias(n: int, d: int) -> None:
 
     def hoisted():
         gram = wh @ wh.mT
-        factor = info._rank_factor(gram)
+        factor = info.rank_factor(gram)
         return [info.entropies(zh[i], yy[i], wh, gram=gram, factor=factor) for i in parts]
 
     once, fast = timed(hoisted)

@@ -149,7 +149,7 @@ class RunOptions:
             batch_size=self.estimate_batch_size,
             seed=self.seed,
             drop_zero_rows=self.drop_zero_rows,
-            max_exact_dim="auto" if self.max_exact_dim is None else self.max_exact_dim or None,
+            max_exact_dim=self.max_exact_dim,
             device=str(probe.resolve_device(self.device)),
             probes=self.probes,
         )

@@ -55,7 +55,7 @@ class InterplayMetrics:
         *,
         interplay: bool = True,
         drop_zero_rows: bool = False,
-        max_exact_dim: int | str | None = "auto",
+        max_exact_dim: int | None = None,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise InputError(f"num_classes must be a positive int, got {num_classes!r}")

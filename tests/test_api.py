@@ -99,7 +99,7 @@ def test_options_take_the_cli_names_and_forms():
     assert text.transform_kwargs() == values.transform_kwargs()
     assert values.transform_kwargs()["input_size"] == (3, 8, 8)
     assert values.eval_kwargs()["amp"] == "bf16"
-    assert api.RunOptions.of(dict(max_exact_dim=0)).measure().max_exact_dim is None
+    assert api.RunOptions.of(dict(max_exact_dim=0)).measure().max_exact_dim == 0
     with pytest.raises(TypeError, match="max_sample"):
         infoprobe.analyze(A, data=DATA, max_sample=10)
     with pytest.raises(InputError, match="--mean"):
