@@ -58,7 +58,7 @@ def _entropy_of_eigenvalues(lam: Tensor) -> Tensor:
     """
     lam = torch.where(lam > zero_threshold(lam, lam.shape[0]), lam, torch.zeros_like(lam))
     lam = lam / lam.sum()
-    return -torch.special.xlogy(lam, lam).sum()
+    return 0.0 - torch.special.xlogy(lam, lam).sum()  # 0.0 - : no -0.0 for a rank-one matrix
 
 
 class _SpectralEntropy(torch.autograd.Function):

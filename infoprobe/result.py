@@ -74,8 +74,8 @@ class Side:
 
 
 _COLLAPSED = (
-    "MIR is undefined (0/0): an entropy is 0, so all vectors on that side point one way "
-    "(one sample, one class present, or features collapsed to one direction)"
+    "cannot be told from 0, where MIR is 0/0: all vectors on that side point one way (one "
+    "sample, one class present, or features collapsed to one direction) up to float32 round-off"
 )
 
 
@@ -91,23 +91,14 @@ def ratios(h_a: float, h_b: float, mi: float, sides: tuple[Side, Side]) -> tuple
         mir = mi / min(h_a, h_b)
     else:
         mir = math.nan
-        if all(values[s.name] == 0 for s in below):
-            notes.append(_COLLAPSED)
-        else:
-            shown = "; ".join(s.describe(values[s.name]) for s in below)
-            notes.append(
-                f"MIR is undefined: {shown}: float32 round-off of features that point one "
-                "way gives an entropy this small, so it cannot be told from 0 (0/0)"
-            )
+        shown = "; ".join(s.describe(values[s.name]) for s in below)
+        notes.append(f"MIR is undefined: {shown} {_COLLAPSED}")
     if len(below) < 2:
         hdr = abs(h_a - h_b) / max(h_a, h_b)
     else:
         hdr = math.nan
-        if h_a == h_b == 0:
-            notes.append("HDR is undefined (0/0): both entropies are 0")
-        else:
-            shown = "; ".join(s.describe(values[s.name]) for s in below)
-            notes.append(f"HDR is undefined: both entropies are at their noise floor ({shown})")
+        shown = "; ".join(s.describe(values[s.name]) for s in below)
+        notes.append(f"HDR is undefined (0/0): both entropies are at their noise floor ({shown})")
     return mir, hdr, "; ".join(notes)
 
 
