@@ -84,20 +84,18 @@ def ratios(h_a: float, h_b: float, mi: float, sides: tuple[Side, Side]) -> tuple
 
     No clamping: a value outside [0, 1] beyond round-off would be a bug to see, not hide.
     """
-    (a, b), notes = sides, []
-    below = [s for s, h in ((a, h_a), (b, h_b)) if s.degenerate(h)]
-    values = {a.name: h_a, b.name: h_b}
+    below = [(side, h) for side, h in zip(sides, (h_a, h_b), strict=True) if side.degenerate(h)]
+    shown = "; ".join(side.describe(h) for side, h in below)
+    notes = []
     if not below:
         mir = mi / min(h_a, h_b)
     else:
         mir = math.nan
-        shown = "; ".join(s.describe(values[s.name]) for s in below)
         notes.append(f"MIR is undefined: {shown} {_COLLAPSED}")
     if len(below) < 2:
         hdr = abs(h_a - h_b) / max(h_a, h_b)
     else:
         hdr = math.nan
-        shown = "; ".join(s.describe(values[s.name]) for s in below)
         notes.append(f"HDR is undefined (0/0): both entropies are at their noise floor ({shown})")
     return mir, hdr, "; ".join(notes)
 
