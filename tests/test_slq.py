@@ -216,6 +216,27 @@ def test_bound_is_exact_with_every_eigenvalue_and_tighter_with_the_rank():
     assert exact <= ranked < loose  # five left out: the rank bound spreads them over 5, not 55
 
 
+def test_union_of_probe_krylov_spaces_gives_ritz_values_and_a_tighter_bound():
+    """Ritz values of a subspace interlace the spectrum (theta_i <= lam_i): a basis that
+    were not orthonormal would break that. Two classes: the deflation basis has 4 vectors,
+    the probes' Krylov spaces dozens, so the bound tightens."""
+    z, y, w = clustered(500, 40, 2, seed=5)
+    zh, y, wh = info.prepare(z, y, w)
+    a = explicit(zh, y, wh)
+    lam = torch.linalg.eigvalsh(a).flip(0)
+    op = slq.JointOperator(zh, y, wh)
+    found = slq.deflate(op)
+    q = found.vectors
+    g = slq.rademacher(500, 8, 3, zh.device)
+    quad = slq.probe_quadrature(op, q, g - q @ (q.T @ g), 0.5, max_steps=20, tol=0.0)
+    theta = slq.union_ritz_values(found, quad)
+    assert theta.numel() > 50 and bool((theta <= lam[: theta.numel()] + 1e-12).all())
+    exact = exact_entropy(a)
+    tight = slq.certified_upper_bound(theta, 500, op.rank_bound)
+    loose = slq.certified_upper_bound(found.all_values, 500, op.rank_bound)
+    assert exact <= tight < loose - 0.05
+
+
 def test_tail_bracket_holds_the_tail_entropy():
     g = torch.Generator().manual_seed(8)
     for _ in range(50):
@@ -296,7 +317,7 @@ def test_certified_bound_bounds_the_exact_entropy(noise):
 
 def test_estimate_is_clipped_to_its_certified_bound(small, monkeypatch):
     zh, y, wh, _ = small
-    high = slq._Tail(value=50.0, err=1e-9, bracket=0.0)
+    high = slq._Tail(value=50.0, err=1e-9, bracket=0.0, ritz=torch.zeros(0, dtype=torch.float64))
     monkeypatch.setattr(slq, "_probed_tail", lambda *args: high)
     monkeypatch.setattr(slq, "tail_bracket", lambda trace, rank: (0.0, 100.0))
     got = slq.joint_entropy(zh, y, wh, probes=6)
