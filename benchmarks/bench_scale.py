@@ -240,8 +240,9 @@ def _deflation_error(zh, y, wh) -> float:
     return float(slq.entropy_terms(found.values).sum()) + entropy(tail) - entropy(a)
 
 
-def _sweep_row(name: str, seeds: list[int]) -> str:
-    """One spectrum: exact value, the estimate over ``seeds``, and its summary line."""
+def _sweep_row(name: str, seeds: list[int]) -> tuple[str, int]:
+    """One spectrum: exact value, the estimate over ``seeds``; its summary line and how many
+    of the runs ``value +- 2 err`` covers."""
     z, y, w = _spectrum(name, torch.Generator().manual_seed(1))
     exact, t_exact = timed(lambda: info.interplay(z, y, w, estimate="exact", max_exact_dim=0))
     runs, t_est = timed(lambda: [info.interplay(z, y, w, estimate="slq", seed=s) for s in seeds])
@@ -251,14 +252,16 @@ def _sweep_row(name: str, seeds: list[int]) -> str:
     zh, yy, wh = info.prepare(z, y, w)
     deflation = _deflation_error(zh, yy, wh) if zh.shape[0] <= 5000 else math.nan
     n, d = z.shape
-    return (
+    covered = int((zs.abs() <= 2).sum())
+    line = (
         f"{name:14s} n={n:5d} d={d:4d} C={w.shape[0]:4d} | MIR {exact.mir:.4f} mir_err "
         f"{runs[0].mir_err:.1e} | z mean {zs.mean():+.2f} rms {zs.square().mean().sqrt():.2f} "
-        f"max|z| {zs.abs().max():.2f} | cover(2 err) {int((zs.abs() <= 2).sum())}/{len(runs)} | "
+        f"max|z| {zs.abs().max():.2f} | cover(2 err) {covered}/{len(runs)} | "
         f"mir_lower gap {gaps.nanmean():.3f} (empty {int(gaps.isnan().sum())}) | deflation "
         f"{deflation:+.1e} = {deflation / float(errs.mean()):+.3f} err | slq "
         f"{t_est / len(runs):.1f}s, exact {t_exact:.1f}s"
     )
+    return line, covered
 
 
 def sweep(names: list[str], count: int) -> None:
@@ -266,8 +269,12 @@ def sweep(names: list[str], count: int) -> None:
     generator (not chosen)."""
     seeds = torch.randint(0, 2**31 - 1, (count,), generator=torch.Generator().manual_seed(7))
     print(f"sweep: {count} seeds per spectrum, load {os.getloadavg()[0]:.1f}", flush=True)
+    covered = 0
     for name in names:
-        print(_sweep_row(name, seeds.tolist()), flush=True)
+        line, hits = _sweep_row(name, seeds.tolist())
+        covered += hits
+        print(line, flush=True)
+    print(f"all spectra: value +- 2 err covers {covered}/{count * len(names)}", flush=True)
 
 
 def write_features(path: str) -> None:

@@ -43,8 +43,10 @@ error bar. Nothing of size n x n is formed.
   ``t_j = 1 - sum theta`` over at most ``min(n - j, R)`` nonzero values. Pinching does not
   lower entropy and the flat vector has the most, so ``H(A) <= sum_{i<=j} f(theta_i) +
   t_j log(min(n - j, R) / t_j)`` for every j, with no condition on the order of ``theta_j``
-  and ``t_j / (n - j)``. The smallest over j, plus ``roundoff``, is ``upper``: it bounds H
-  from above (and MIR from below) whatever the probes; the estimate is clipped to it.
+  and ``t_j / (n - j)``. Two bases are used: the deflation's, and ``Q`` with every
+  probe's Lanczos vectors (:func:`union_ritz_values`, hundreds of directions at no new
+  product). The smallest value, plus ``roundoff``, is ``upper``: it bounds H from above
+  (and MIR from below) whatever the probes; the estimate is clipped to it.
 """
 
 from __future__ import annotations
