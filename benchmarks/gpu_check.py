@@ -64,12 +64,12 @@ def interplay_on_cuda() -> None:
         n, d, c = shape(n, d, c)
         z, y, w = clustered(n, d, c)
         t = time.perf_counter()
-        cpu = info.interplay(z, y, w, estimate="exact", max_exact_dim=None)
+        cpu = info.interplay(z, y, w, estimate="exact", max_exact_dim=0)
         t_cpu = time.perf_counter() - t
         info.interplay(z[:100], y[:100], w, device=DEV)  # warm-up
         sync()
         t = time.perf_counter()
-        gpu = info.interplay(z, y, w, device=DEV, estimate="exact", max_exact_dim=None)
+        gpu = info.interplay(z, y, w, device=DEV, estimate="exact", max_exact_dim=0)
         sync()
         t_gpu = time.perf_counter() - t
         diff = max(

@@ -60,7 +60,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from infoprobe import collapse, info
+from infoprobe import checks, collapse, info, routes
 from infoprobe.errors import InputError
 from infoprobe.schema import NC_COLUMNS
 
@@ -141,14 +141,14 @@ class InterplayMetrics(Metric):
         batch_size: int = info.DEFAULT_BATCH_SIZE,
         seed: int = 0,
         drop_zero_rows: bool = False,
-        max_exact_dim: int | str | None = "auto",
+        max_exact_dim: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         for name, value in (("num_classes", num_classes), ("num_features", num_features)):
             if value is not None and (type(value) is not int or value < 1):
                 raise InputError(f"{name} must be a positive int, got {value!r}")
-        info._check_estimate(estimate)
+        routes.check_estimate(estimate)
         self.num_classes = num_classes
         self.estimate, self.batch_size, self.seed = estimate, batch_size, seed
         self.drop_zero_rows, self.max_exact_dim = drop_zero_rows, max_exact_dim
@@ -174,16 +174,16 @@ class InterplayMetrics(Metric):
     ) -> None:
         """Add a batch: ``features`` [b, d], ``labels`` [b] in [0, C), the classifier
         weights ``head`` [C, d] (bias excluded) and the model's ``logits`` [b, C]."""
-        z = info._as_float64(_detached(features), "features", 2)
+        z = checks.as_float64(_detached(features), "features", 2)
         n, d = z.shape
-        y = info._check_labels(_detached(labels), n, self.num_classes).to(z.device)
+        y = checks.check_labels(_detached(labels), n, self.num_classes).to(z.device)
         w = self._checked_head(head, d).to(z.device)
         scores = self._checked_logits(logits, n, z.device)
         if self.scatter.numel() and d != self.scatter.shape[0]:
             raise InputError(f"features have d = {d}, earlier batches had d = {self.dim}")
         keep = torch.linalg.vector_norm(z, dim=1) > 0
         if not self.drop_zero_rows and not bool(keep.all()):
-            info._normalise_rows(z, "features")  # raises, naming the rows
+            checks.normalise_rows(z, "features")  # raises, naming the rows
         # every check passed: now change the states
         self._allocate(d, z.device)
         self.counts += torch.bincount(y, minlength=self.num_classes).to(_F64)
@@ -211,7 +211,7 @@ class InterplayMetrics(Metric):
                 f"head must be the classifier weights [{self.num_classes}, {d}] for these "
                 f"features, got {shape}: update(features, labels, head, logits=None)"
             )
-        return info._as_float64(head.detach(), "head", 2)
+        return checks.as_float64(head.detach(), "head", 2)
 
     def _checked_logits(self, logits: Tensor | None, n: int, device) -> Tensor | None:
         if logits is None:
@@ -219,7 +219,7 @@ class InterplayMetrics(Metric):
         if not isinstance(logits, Tensor) or tuple(logits.shape) != (n, self.num_classes):
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise InputError(f"logits must be [{n}, {self.num_classes}], got {shape}")
-        return info._as_float64(logits.detach(), "logits", 2).to(device)
+        return checks.as_float64(logits.detach(), "logits", 2).to(device)
 
     def _allocate(self, d: int, device) -> None:
         """The d-sized sum states, zero, at the first batch (unless ``num_features`` was)."""

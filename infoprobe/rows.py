@@ -61,14 +61,14 @@ class MeasureOptions:
     """How the information quantities are computed (see :func:`infoprobe.info.interplay`).
 
     ``device``: where the eigen-solves run (None: where the features are); ``max_exact_dim``
-    ``"auto"`` follows the device (:func:`infoprobe.info.default_max_exact_dim`).
+    None follows the device (:func:`infoprobe.info.default_max_exact_dim`), 0: no limit.
     """
 
     estimate: Estimate = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     drop_zero_rows: bool = False
-    max_exact_dim: int | str | None = "auto"
+    max_exact_dim: int | None = None
     device: str | None = None
     probes: int = PROBES
 

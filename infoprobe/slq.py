@@ -1,148 +1,82 @@
-"""The joint entropy H(K_Z o K_W) estimated without an n x n matrix.
+"""The joint entropy H(K_Z o K_W) estimated without an n x n matrix, with honest error bars.
 
 For n past the exact eigen-solve (ImageNet-val: n = 50,000, d = 2048, C = 1000), this module
 estimates ``H = tr f(A)`` with ``A = (K_Z o K_W) / n`` and ``f(x) = -x log x`` by stochastic
-Lanczos quadrature (SLQ), with the top of the spectrum deflated exactly and every number
-carrying an error bar. Nothing of size n x n is formed.
+Lanczos quadrature (SLQ), with the top of the spectrum deflated and every number carrying an
+error bar. Nothing of size n x n is formed.
 
-* **Implicit product.** ``(K v)_i = zh_i . sum_c M[y_i, c] s_c`` with ``s_c = sum_{j: y_j=c}
-  v_j zh_j`` the per-class sums and ``M = Wh Wh^T`` the C x C head Gram: ``O(n d + C^2 d)``
-  per vector, in float32, blocked over many vectors as batched matrix products
-  (:class:`JointOperator`).
+* **Product.** ``A v`` is implicit and float64 (:class:`JointOperator`); its round-off moves
+  the entropy by at most ``roundoff`` (:meth:`JointOperator.roundoff`, 1e-9 to 4e-8 nats).
+  A float32 product was off by 1.7e-6 nats near collapse, far outside a 1e-8 bar.
 * **Deflation.** About C large eigenvalues (one per class cluster) dominate the variance of
   plain SLQ. A block Krylov basis ``V = [P, A P, ...]`` started from the normalised class
-  indicators ``P`` (whose product with ``A`` is one n x C matrix product) catches them; its
-  Ritz pairs ``(theta_k, u_k)`` are exact to the residual ``|A u_k - theta_k u_k|``.
-* **Tail.** With ``Q`` the basis of the deflated Ritz vectors and ``Pi = I - Q Q^T``,
-  ``tr f(A) ~ sum_k f(theta_k) + tr f(Pi A Pi)``; the second term is ``E[x^T f(Pi A Pi) x]``
-  for Rademacher probes ``x = Pi g`` (Hutchinson), each quadratic form computed by Lanczos
-  from ``x`` in float64 with full reorthogonalisation.
+  indicators ``P`` catches them; Ritz pairs ``(theta_k, u_k)`` with a small residual
+  ``|A u_k - theta_k u_k|`` are kept (none may be: isotropic features, a weak class signal).
+* **Tail.** With ``Q`` the kept Ritz vectors and ``Pi = I - Q Q^T``,
+  ``tr f(A) ~ sum_k f(theta_k) + tr f(Pi A Pi)``. The right side is the entropy of the
+  pinching ``Q Q^T A Q Q^T + Pi A Pi``, which is never below ``H(A)`` (pinching is a
+  unital channel); the gap is second order in the residuals of the kept pairs (the
+  deflation error: ``benchmarks/bench_scale.py`` measures it exactly, at most 0.5% of the
+  bar over its ten kinds of spectrum, so it is left out of the bar). The tail
+  term is ``E[x^T f(B) x]`` (``B = Pi A Pi``) for Rademacher probes ``x = Pi g``
+  (Hutchinson), each quadratic form by Lanczos from ``x`` in float64 with full
+  reorthogonalisation against its own basis and ``Q``.
 * **Bracket.** For ``f = -x log x`` every even derivative is negative and every odd one
   positive on ``(0, inf)``, so the m-node Gauss rule overestimates each quadratic form and the
   (m+1)-node Gauss-Radau rule with a node at 0 underestimates it (Golub & Meurant,
   *Matrices, Moments and Quadrature*, 2010, ch. 6). Lanczos steps are added until the mean
   bracket is narrow next to the statistical error; the midpoint is used.
-* **Control variates.** ``x^T B x`` (``B = Pi A Pi``) has the known mean ``tr B = 1 -
-  sum theta_k`` and ``x^T x`` the known mean ``n - k``; both come free from Lanczos. The
-  tail term is the intercept of a least-squares fit of the probe values on them
-  (:func:`control_variate_mean`), which removes most of the probe variance because ``f`` is
-  nearly linear across the deflated spectrum.
-* **Error bar.** ``err`` is the least-squares standard error of that intercept, scaled by
-  ``t_{dof, 0.975} / 1.96`` (Student-t, dof = p - 3), plus half the bracket width. The
-  deflation error (second order in the Ritz residuals) is not in it; the tests and
-  ``benchmarks/bench_scale.py`` measure the coverage of ``value +- 2 err`` against the exact
-  value.
-* **Certified bound.** For any orthonormal ``V``, the top-j Ritz values ``theta`` of
-  ``V^T A V`` satisfy ``sum_{i<=j} theta_i <= sum_{i<=j} lam_i`` (Ky Fan), so the spectrum of
-  ``A`` majorises ``(theta_1..theta_j, t/(N-j), ..., t/(N-j))`` with ``t = 1 - sum theta``
-  whenever ``t/(N-j) <= theta_j`` (N = n); entropy is Schur-concave, hence
-  ``H <= sum_{i<=j} f(theta_i) + t log((N-j)/t)`` for every such j. The smallest of these is
-  ``upper``: it bounds H from above (and MIR from below) whatever the probes, up to float32
-  round-off of the product.
+* **Control variates.** ``x^T B x`` (mean ``tr B = 1 - sum theta``) and ``x^T x`` (mean
+  ``n - k``) come free from Lanczos. The tail term is the intercept of a rank-revealing
+  least-squares fit of the probe values on them (:func:`control_variate_mean`); a variate
+  that is constant across probes (``x^T x = n`` when nothing is deflated) is dropped.
+* **Exact tail.** The eigenvalues of ``B`` are nonnegative, at most ``min(n - k, R)`` of
+  them nonzero (``R = min(n, d min(C', d))`` bounds the rank of ``A``), and sum to
+  ``t = tr B``; so ``-t log t <= tr f(B) <= t log(min(n - k, R) / t)``
+  (:func:`tail_bracket`). When that bracket is narrower than the probes' bar (neural
+  collapse: the deflation holds the whole range and ``t`` is round-off) its midpoint is the
+  tail, with no probes; the probe value is clipped into it otherwise.
+* **Error bar.** ``err`` is the least-squares standard error of the intercept scaled by
+  ``t_{dof, 0.975} / 1.96`` (Student-t, dof = p - 1 - variates kept), plus half the
+  bracket width, plus ``roundoff``; or the tail bracket's half width plus ``roundoff``.
+  It is wide where nothing deflates well and ``f`` is far from linear over the tail (a
+  power-law spectrum: many mid-sized eigenvalues, ~100x a clustered one's bar), and shrinks
+  as ``1/sqrt(probes)``.
+* **Certified bound.** For any orthonormal ``U`` of j columns with ``U^T A U`` diagonal
+  (the top j Ritz vectors of ``V``), the pinching by ``(U U^T, I - U U^T)`` has eigenvalues
+  ``theta_1..theta_j`` and those of the compression of ``A`` to the rest, which sum to
+  ``t_j = 1 - sum theta`` over at most ``min(n - j, R)`` nonzero values. Pinching does not
+  lower entropy and the flat vector has the most, so ``H(A) <= sum_{i<=j} f(theta_i) +
+  t_j log(min(n - j, R) / t_j)`` for every j, with no condition on the order of ``theta_j``
+  and ``t_j / (n - j)``. Two bases are used: the deflation's, and ``Q`` with every
+  probe's Lanczos vectors (:func:`union_ritz_values`, hundreds of directions at no new
+  product). The smallest value, plus ``roundoff``, is ``upper``: it bounds H from above
+  (and MIR from below) whatever the probes; the estimate is clipped to it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from infoprobe.errors import InputError
+from infoprobe.joint_operator import JointOperator
+
+__all__ = ["JointEstimate", "JointOperator", "certified_upper_bound", "joint_entropy"]
 
 #: Default number of probe vectors.
 PROBES = 24
 #: Default largest number of Lanczos steps per probe.
 MAX_STEPS = 120
-#: Columns per blocked product: bounds the [groups, d, columns] intermediates.
-_BLOCK = 16
 
 
 def entropy_terms(lam: Tensor) -> Tensor:
     """``f(lam) = -lam log lam`` elementwise, with ``f(0) = 0`` and round-off negatives as 0."""
     lam = lam.clamp_min(0)
     return -torch.special.xlogy(lam, lam)
-
-
-# ----------------------------------------------------------------------------- the product
-
-
-class JointOperator:
-    """``A = (K_Z o K_W) / n`` as an implicit product, never an n x n matrix.
-
-    ``zh`` [n, d] and ``wh`` [C, d] unit rows, ``labels`` [n] (as from
-    :func:`infoprobe.info.prepare`). Samples are sorted by class and cut into groups of at
-    most ``g = ceil(n / C')`` samples of one class (C' classes present), stored zero-padded
-    as ``zg`` [G, g, d] float32 with ``G <= 2 C'`` (padding at most doubles n x d). Then for
-    a block ``V`` [n, b]: ``S = zg^T V`` per group, summed per class ([C', d, b]),
-    ``T = M S`` with ``M`` the head Gram of the present classes, and ``(A V)_i = zh_i .
-    T[y_i] / n`` per group again.
-    """
-
-    def __init__(self, zh: Tensor, labels: Tensor, wh: Tensor) -> None:
-        n, d = zh.shape
-        self.n, self.device = n, zh.device
-        classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-        self.counts = counts
-        self.inverse = inverse  # class index among the present classes, per sample
-        c = classes.numel()
-        g = max(1, math.ceil(n / c))
-        groups_per_class = (counts + g - 1) // g
-        first_group = torch.cumsum(groups_per_class, 0) - groups_per_class
-        order = torch.argsort(inverse, stable=True)
-        start = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(n, device=zh.device) - start[inverse[order]]
-        group = first_group[inverse[order]] + rank // g
-        self.slot = torch.empty(n, dtype=torch.long, device=zh.device)
-        self.slot[order] = group * g + rank % g  # where each sample sits in [G * g]
-        self.groups = int(groups_per_class.sum())
-        self.group_size = g
-        self.group_class = torch.repeat_interleave(
-            torch.arange(c, device=zh.device), groups_per_class
-        )
-        zg = torch.zeros(self.groups * g, d, dtype=torch.float32, device=zh.device)
-        zg[self.slot] = zh.to(torch.float32)
-        self.zg = zg.view(self.groups, g, d)
-        w = wh[classes]
-        self.gram = (w @ w.mT).to(torch.float32)
-        self.class_sums = torch.zeros(c, d, dtype=torch.float32, device=zh.device)
-        self.class_sums.index_add_(0, inverse, zh.to(torch.float32))
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        """``A v`` for ``v`` [n] or [n, b]; float64 in and out, float32 inside."""
-        flat = v.ndim == 1
-        v = v.reshape(self.n, -1)
-        out = torch.empty(v.shape, dtype=torch.float64, device=v.device)
-        for lo in range(0, v.shape[1], _BLOCK):
-            out[:, lo : lo + _BLOCK] = self._block(v[:, lo : lo + _BLOCK])
-        return out.reshape(-1) if flat else out
-
-    def _block(self, v: Tensor) -> Tensor:
-        b = v.shape[1]
-        d = self.zg.shape[2]
-        vg = torch.zeros(self.groups * self.group_size, b, dtype=torch.float32, device=v.device)
-        vg[self.slot] = v.to(torch.float32)
-        vg = vg.view(self.groups, self.group_size, b)
-        per_group = torch.bmm(self.zg.mT, vg)  # [G, d, b]
-        sums = torch.zeros(self.gram.shape[0], d, b, dtype=torch.float32, device=v.device)
-        sums.index_add_(0, self.group_class, per_group)
-        mixed = (self.gram @ sums.view(sums.shape[0], -1)).view_as(sums)  # [C', d, b]
-        out = torch.bmm(self.zg, mixed[self.group_class])  # [G, g, b]
-        return out.view(-1, b)[self.slot].to(torch.float64) / self.n
-
-    def indicators(self) -> tuple[Tensor, Tensor]:
-        """``(P, A P)``: the normalised class indicators [n, C'] and their product.
-
-        ``(A P)_{i,c} = M[y_i, c] (zh_i . s_c) / (n sqrt(n_c))`` with ``s_c`` the class sums:
-        one n x d x C' product instead of C' implicit products.
-        """
-        root = self.counts.to(torch.float64).sqrt()
-        p = torch.zeros(self.n, root.numel(), dtype=torch.float64, device=self.device)
-        p[torch.arange(self.n, device=self.device), self.inverse] = 1.0 / root[self.inverse]
-        cos = (self.zg.view(-1, self.zg.shape[2]) @ self.class_sums.mT)[self.slot]  # [n, C']
-        ap = cos.to(torch.float64) * self.gram.to(torch.float64)[self.inverse] / (self.n * root)
-        return p, ap
 
 
 # ----------------------------------------------------------------------------- deflation
@@ -163,14 +97,16 @@ def _orthonormal(x: Tensor, against: Tensor | None) -> Tensor:
 class Deflation:
     """Ritz pairs of ``A`` on a block Krylov basis started from the class indicators.
 
-    ``values`` [k] descending and ``vectors`` [n, k] orthonormal; ``residuals`` [k] are
-    ``|A u - theta u|``. ``all_values`` are every Ritz value of the basis (for the bound).
+    ``values`` [k] descending and ``vectors`` [n, k] orthonormal, ``products`` [n, k] their
+    products with ``A``; ``residuals`` [k] are ``|A u - theta u|``. ``all_values`` are every
+    Ritz value of the basis (for the bound).
     """
 
     values: Tensor
     vectors: Tensor
     residuals: Tensor
     all_values: Tensor
+    products: Tensor
 
 
 def deflate(op: JointOperator, steps: int = 1, keep_tol: float = 1e-2) -> Deflation:
@@ -198,29 +134,66 @@ def deflate(op: JointOperator, steps: int = 1, keep_tol: float = 1e-2) -> Deflat
     # |A u - theta u|^2 = y^T (AV)^T (AV) y - theta^2 for u = V y (V orthonormal): no n x k
     # temporaries beyond the kept vectors.
     gram = av.mT @ av
-    del av
     residuals = ((y * (gram @ y)).sum(0) - theta**2).clamp_min(0).sqrt()
     keep = residuals <= keep_tol * theta.clamp_min(0)
-    vectors = v @ y[:, keep]
-    return Deflation(theta[keep], vectors, residuals[keep], theta)
+    return Deflation(theta[keep], v @ y[:, keep], residuals[keep], theta, av @ y[:, keep])
 
 
-def certified_upper_bound(theta: Tensor, n: int) -> float:
-    """``min_j sum_{i<=j} f(theta_i) + t_j log((n-j)/t_j)`` over the valid j (module doc).
+def certified_upper_bound(theta: Tensor, n: int, rank: int | None = None) -> float:
+    """``min_j sum_{i<=j} f(theta_i) + t_j log(min(n - j, rank) / t_j)`` over j = 0..k
+    (module doc), ``t_j = 1 - sum_{i<=j} theta_i``.
 
-    ``theta``: Ritz values of ``A`` on any orthonormal basis (trace of ``A`` is 1).
+    ``theta`` [k]: Ritz values of ``A`` (trace 1) on any orthonormal basis; ``rank``: a
+    bound on the rank of ``A`` (default n).
     """
+    rank = n if rank is None else min(rank, n)
     theta = theta.clamp_min(0).sort(descending=True).values
-    j = torch.arange(1, theta.numel() + 1, device=theta.device, dtype=torch.float64)
-    head = torch.cumsum(entropy_terms(theta), 0)
-    tail = (1 - torch.cumsum(theta, 0)).clamp_min(0)
-    rest = n - j
-    bound = head + torch.where(
-        tail > 0, tail * torch.log(rest / tail.clamp_min(1e-300)), torch.zeros_like(tail)
+    j = torch.arange(0, theta.numel() + 1, device=theta.device, dtype=torch.float64)
+    zero = theta.new_zeros(1)
+    head = torch.cat([zero, torch.cumsum(entropy_terms(theta), 0)])
+    tail = (1 - torch.cat([zero, torch.cumsum(theta, 0)])).clamp_min(0)
+    room = torch.minimum(n - j, torch.full_like(j, rank))
+    spread = torch.where(
+        tail > 0, tail * torch.log(room.clamp_min(1) / tail.clamp_min(1e-300)), zero
     )
-    valid = (tail / rest <= theta) & (rest > 0)
-    candidates = torch.cat([bound[valid], bound.new_tensor([math.log(n)])])
-    return float(candidates.min())
+    return float((head + spread)[room > 0].min())
+
+
+def tail_bracket(trace: float, rank: int) -> tuple[float, float]:
+    """``[-t log t, t log(rank / t)]``: the entropy ``sum f(nu)`` of nonnegative ``nu`` that
+    sum to ``t = trace <= 1`` with at most ``rank`` of them nonzero (each ``nu <= t`` gives
+    the lower end, the flat vector the upper)."""
+    if trace <= 0 or rank < 1:
+        return 0.0, 0.0
+    return -trace * math.log(trace), trace * math.log(rank / trace)
+
+
+def union_ritz_values(
+    found: Deflation, quad: ProbeValues, cutoff: float = 1e-3, width: int = 1024
+) -> Tensor:
+    """Ritz values of ``A`` on ``span(Q, the probes' Lanczos vectors)`` (descending); the
+    first probes whose vectors fit ``width`` columns (at least one) are used.
+
+    The probes' Krylov spaces are each orthonormal and orthogonal to ``Q`` but overlap one
+    another; their Gram ``G = V^T V`` is diagonalised and the directions with eigenvalue
+    below ``cutoff`` of the largest (nearly inside the others) dropped, so ``U = V E L^-1/2``
+    is an orthonormal, well-conditioned basis of the rest. ``U^T A U`` needs only ``V^T (A V)``
+    and ``(A Q)^T V``, from products Lanczos already made: two n x K^2 products and no
+    new product with ``A``. These values give a far tighter bound than the deflation
+    basis alone when the spectrum has no class structure (C = 2, power-law, real features).
+    """
+    used = max(1, width // quad.steps) * quad.steps
+    v, av = quad.vectors[:, :used], quad.products[:, :used]
+    lam, vec = torch.linalg.eigh(v.mT @ v)
+    keep = lam > cutoff * float(lam.max())
+    w = vec[:, keep] / lam[keep].sqrt()
+    inner = w.mT @ (v.mT @ av) @ w
+    cross = found.products.mT @ v @ w
+    k = found.values.numel()
+    t = torch.zeros(k + w.shape[1], k + w.shape[1], dtype=torch.float64, device=v.device)
+    t[:k, :k] = torch.diag(found.values)
+    t[:k, k:], t[k:, :k], t[k:, k:] = cross, cross.mT, (inner + inner.mT) / 2
+    return torch.linalg.eigvalsh(t).flip(0)
 
 
 # ----------------------------------------------------------------------------- quadrature
@@ -252,6 +225,8 @@ def _gauss_and_radau(alpha: Tensor, beta: Tensor, m: int, broke: Tensor) -> tupl
 class ProbeValues:
     """Per probe: Gauss (upper) and Gauss-Radau (lower) values of ``x^T f(B) x`` with
     ``B = Pi A Pi``, and the control variates ``x^T B x`` and ``x^T x`` (exact from Lanczos).
+    ``vectors`` [n, p * steps] are the Lanczos vectors of every probe and ``products`` their
+    products with ``A`` (zero columns where a probe broke down early).
     """
 
     gauss: Tensor
@@ -259,6 +234,8 @@ class ProbeValues:
     quadratic: Tensor
     squared_norm: Tensor
     steps: int
+    vectors: Tensor | None = None
+    products: Tensor | None = None
 
     def mean_and_se(self, trace: float, size: int) -> tuple[float, float, int]:
         """:func:`control_variate_mean` of the bracket midpoints."""
@@ -267,29 +244,53 @@ class ProbeValues:
 
 
 def control_variate_mean(values: Tensor, controls: Tensor) -> tuple[float, float, int]:
-    """``E[values]`` by least squares on ``controls`` [p, c] of known mean 0.
+    """``E[values]`` by rank-revealing least squares on ``controls`` [p, c] of known mean 0.
 
-    Fits ``values ~ b0 + controls @ b``; ``b0`` is the estimate and its ordinary least-squares
-    standard error ``sqrt(s^2 [(X^T X)^-1]_00)`` with ``s^2 = RSS / (p - c - 1)``. Returns
+    The fit ``values ~ b0 + controls @ b`` is solved on the centred controls, each scaled to
+    unit size, by an SVD that keeps singular values above ``max(p, c) eps s_max``; a control
+    constant across probes (centred size below round-off) is dropped first. ``b0 = mean(values)
+    - mean(controls) @ b`` and its ordinary least-squares standard error
+    ``s sqrt(1/p + xbar^T (X^T X)^+ xbar)``, ``s^2 = RSS / (p - 1 - rank)``. With no degree of
+    freedom left the controls are dropped (the plain mean). Returns
     ``(b0, se, degrees of freedom)``. Here ``f(x) = -x log x`` is close to linear over the
-    deflated spectrum, so ``x^T B x`` (whose mean ``tr B = 1 - sum theta`` is known) takes out
-    most of the probe variance: about 20x less error than the plain mean in our tests.
+    deflated spectrum, so ``x^T B x`` takes out most of the probe variance.
     """
     p = values.numel()
-    design = torch.cat([torch.ones(p, 1, dtype=values.dtype), controls], 1)
-    dof = p - design.shape[1]
-    if dof < 1:
-        return float(values.mean()), float(values.std() / math.sqrt(p)), p - 1
-    gram_inv = torch.linalg.inv(design.mT @ design)
-    coef = gram_inv @ (design.mT @ values)
-    rss = float(((values - design @ coef) ** 2).sum())
-    return float(coef[0]), math.sqrt(rss / dof * float(gram_inv[0, 0])), dof
+    eps = torch.finfo(torch.float64).eps
+    values, controls = values.to(torch.float64).cpu(), controls.to(torch.float64).cpu()
+    means = controls.mean(0)
+    centred = controls - means
+    spread = centred.abs().amax(0)
+    varying = spread > 16 * p * eps * controls.abs().amax(0)
+    x = centred[:, varying] / spread[varying]
+    xbar = means[varying] / spread[varying]
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    kept = s > max(p, x.shape[1]) * eps * float(s.max()) if s.numel() else s > 0
+    if p - 1 - int(kept.sum()) < 1:
+        kept = torch.zeros_like(kept)
+    u, s, vh = u[:, kept], s[kept], vh[kept]
+    centred_values = values - values.mean()
+    coef = vh.mT @ ((u.mT @ centred_values) / s)
+    dof = p - 1 - s.numel()
+    rss = float(((centred_values - x @ coef) ** 2).sum())
+    leverage = float((((vh @ xbar) / s) ** 2).sum())
+    mean = float(values.mean() - xbar @ coef)
+    return mean, math.sqrt(rss / dof * (1.0 / p + leverage)), dof
 
 
 def _narrow(quad: ProbeValues, tol: float, trace: float, size: int) -> bool:
     """The mean bracket is below ``tol`` or below a tenth of the standard error."""
     width = float((quad.gauss - quad.radau).mean())
     return width <= max(tol, 0.1 * quad.mean_and_se(trace, size)[1])
+
+
+def _grown(buffer: Tensor, needed: int, limit: int) -> Tensor:
+    """``buffer`` [p, n, cap] with room for ``needed`` steps (capacity doubled, <= limit)."""
+    if buffer.shape[2] >= needed:
+        return buffer
+    bigger = buffer.new_zeros(*buffer.shape[:2], min(limit, 2 * buffer.shape[2]))
+    bigger[:, :, : buffer.shape[2]] = buffer
+    return bigger
 
 
 def probe_quadrature(
@@ -305,18 +306,22 @@ def probe_quadrature(
     """Independent Lanczos runs on ``Pi A Pi`` from each column of ``probes`` [n, p]
     (orthogonal to ``q``), blocked into one product per step, adding steps until
     :func:`_narrow`. Lanczos is float64 with full reorthogonalisation against its own basis
-    and ``q`` (twice: Parlett's "twice is enough")."""
+    and ``q`` (twice: Parlett's "twice is enough"). The Lanczos vectors and their products
+    with ``A`` are kept for the certified bound (:func:`union_ritz_values`)."""
     n, p = probes.shape
     norms = torch.linalg.vector_norm(probes, dim=0)
     x = probes / norms
-    basis = torch.empty(p, n, max_steps, dtype=torch.float64, device=probes.device)
+    basis = torch.zeros(p, n, min(16, max_steps), dtype=torch.float64, device=probes.device)
+    products = torch.zeros_like(basis)
     alpha = torch.zeros(p, max_steps, dtype=torch.float64)
     beta = torch.zeros(p, max_steps, dtype=torch.float64)
     broke = torch.zeros(p, dtype=torch.bool)
     scale = (norms**2).cpu()
     for m in range(max_steps):
+        basis, products = (_grown(b, m + 1, max_steps) for b in (basis, products))
         basis[:, :, m] = x.mT
         w = op @ x
+        products[:, :, m] = w.mT
         alpha[:, m] = (x * w).sum(0).cpu()
         for _ in range(2):
             w = w - q @ (q.mT @ w)
@@ -332,7 +337,8 @@ def probe_quadrature(
             quad = ProbeValues(gauss * scale, radau * scale, alpha[:, 0] * scale, scale, m + 1)
             size = n - q.shape[1]
             if m + 1 == max_steps or bool(broke.all()) or _narrow(quad, tol, trace, size):
-                return quad
+                flat = [b[:, :, : m + 1].permute(1, 0, 2).reshape(n, -1) for b in (basis, products)]
+                return replace(quad, vectors=flat[0], products=flat[1])
     raise AssertionError("unreachable")
 
 
@@ -343,9 +349,11 @@ def probe_quadrature(
 class JointEstimate:
     """``H(K_Z o K_W)`` estimated: ``value``, 1-sigma ``err``, certified ``upper`` bound.
 
-    ``probes`` probe vectors, ``steps`` Lanczos steps, ``deflated`` Ritz pairs taken out
-    exactly, ``bracket`` the mean Gauss minus Gauss-Radau width of the tail term, ``se``
-    the raw standard error of the probe mean.
+    ``probes`` probe vectors, ``steps`` Lanczos steps (0 when the tail bracket gave the
+    tail), ``deflated`` Ritz pairs taken out, ``bracket`` the width of the tail's bracket
+    (mean Gauss minus Gauss-Radau, or of :func:`tail_bracket`), ``se`` the raw standard error
+    of the probe mean, ``roundoff`` the bound on the float64 product's effect (in ``err`` and
+    ``upper``).
     """
 
     value: float
@@ -357,19 +365,41 @@ class JointEstimate:
     deflated: int
     bracket: float
     se: float
+    roundoff: float
 
     @property
     def label(self) -> str:
         return f"slq(probes={self.probes},steps={self.steps},seed={self.seed})"
 
 
+def _t_central(t: float, dof: int) -> float:
+    """``P(|T| <= t)`` for Student's t with integer ``dof`` (Abramowitz & Stegun 26.7.3-4):
+    with ``c = cos(atan(t / sqrt(dof)))`` and ``s`` its sine, a finite series in ``c^2``."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    term, total = 1.0, 1.0
+    if dof % 2 == 0:
+        for k in range(1, dof // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return s * total
+    if dof == 1:
+        return 2 * theta / math.pi
+    for k in range(1, (dof - 1) // 2):
+        term *= c2 * (2 * k) / (2 * k + 1)
+        total += term
+    return 2 / math.pi * (theta + s * math.sqrt(c2) * total)
+
+
 def _t_quantile(dof: int) -> float:
-    """Student-t 0.975 quantile (Cornish-Fisher expansion; < 1e-3 off for dof >= 3)."""
-    z = 1.959963984540054
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
+    """Student-t 0.975 quantile for integer ``dof``: bisection on :func:`_t_central`."""
+    low, high = 1.959963984540054, 13.0
+    while _t_central(high, dof) < 0.95:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_central(mid, dof) < 0.95 else (low, mid)
+    return (low + high) / 2
 
 
 def rademacher(n: int, p: int, seed: int, device: torch.device) -> Tensor:
@@ -377,6 +407,38 @@ def rademacher(n: int, p: int, seed: int, device: torch.device) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, (n, p), generator=g, dtype=torch.int8)
     return (signs.to(torch.float64) * 2 - 1).to(device)
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """``tr f(Pi A Pi)``: value, 1-sigma error, bracket width, raw probe error, steps, and
+    the Ritz values of the probes' Krylov spaces (for the bound)."""
+
+    value: float
+    err: float
+    bracket: float
+    se: float = 0.0
+    steps: int = 0
+    ritz: Tensor | None = None
+
+
+def _probed_tail(
+    op: JointOperator,
+    found: Deflation,
+    trace: float,
+    probes: int,
+    seed: int,
+    max_steps: int,
+    tol: float,
+) -> _Tail:
+    """The tail by Hutchinson over ``probes`` Rademacher vectors projected off ``Q``."""
+    q = found.vectors
+    g = rademacher(op.n, probes, seed, q.device)
+    quad = probe_quadrature(op, q, g - q @ (q.mT @ g), trace, max_steps=max_steps, tol=tol)
+    mean, se, dof = quad.mean_and_se(trace, op.n - q.shape[1])
+    bracket = float((quad.gauss - quad.radau).mean())
+    err = se * _t_quantile(dof) / 1.959963984540054 + bracket / 2
+    return _Tail(mean, err, bracket, se, quad.steps, union_ritz_values(found, quad))
 
 
 def joint_entropy(
@@ -401,15 +463,27 @@ def joint_entropy(
         raise InputError(f"the slq estimate needs at least 4 probes for an error bar, got {probes}")
     op = JointOperator(zh, labels, wh)
     found = deflate(op, deflation_steps)
-    q = found.vectors
-    trace = 1.0 - float(found.values.sum())  # tr(Pi A Pi): A has unit trace
-    g = rademacher(op.n, probes, seed, zh.device)
-    quad = probe_quadrature(op, q, g - q @ (q.mT @ g), trace, max_steps=max_steps, tol=tol)
-    mean, se, dof = quad.mean_and_se(trace, op.n - q.shape[1])
-    bracket = float((quad.gauss - quad.radau).mean())
-    value = float(entropy_terms(found.values).sum()) + mean
-    err = se * _t_quantile(dof) / 1.959963984540054 + bracket / 2
-    upper = certified_upper_bound(found.all_values, op.n)
+    trace = max(0.0, 1.0 - float(found.values.sum()))  # tr(Pi A Pi): A has unit trace
+    low, high = tail_bracket(trace, min(op.n - found.values.numel(), op.rank_bound))
+    roundoff = op.roundoff()
+    tail = _Tail((low + high) / 2, (high - low) / 2, high - low)
+    upper = certified_upper_bound(found.all_values, op.n, op.rank_bound)
+    if tail.err > roundoff:  # the probes can do better than the bracket
+        probed = _probed_tail(op, found, trace, probes, seed, max_steps, tol)
+        upper = min(upper, certified_upper_bound(probed.ritz, op.n, op.rank_bound))
+        if probed.err < tail.err:
+            tail = replace(probed, value=min(max(probed.value, low), high))
+    upper += roundoff
+    value = min(float(entropy_terms(found.values).sum()) + tail.value, upper)
     return JointEstimate(
-        value, err, upper, probes, quad.steps, seed, int(found.values.numel()), bracket, se
+        value,
+        tail.err + roundoff,
+        upper,
+        probes,
+        tail.steps,
+        seed,
+        int(found.values.numel()),
+        tail.bracket,
+        tail.se,
+        roundoff,
     )

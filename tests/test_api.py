@@ -110,7 +110,8 @@ def test_options_take_the_cli_names_and_forms():
     assert text == values
     assert values.input_size == (3, 8, 8) and values.mean == (0.5, 0.5, 0.5)
     assert eval_kwargs(values)["amp"] == "bf16"
-    assert measure_options(prepared("analyze", dict(max_exact_dim=0))).max_exact_dim is None
+    assert measure_options(prepared("analyze", dict(max_exact_dim=0))).max_exact_dim == 0
+    assert measure_options(prepared("analyze", {})).max_exact_dim is None  # follows the device
     with pytest.raises(TypeError, match="max_sample"):
         infoprobe.analyze(A, data=DATA, max_sample=10)
     with pytest.raises(TypeError, match="ratios"):  # an option of another command

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infoprobe import info
+from infoprobe import exact, info, routes
 from infoprobe.errors import InputError
 from infoprobe.info import batch_indices, interplay, interplay_between, matrix_entropy, nc_optimum
 
@@ -74,12 +74,21 @@ def test_matches_brute_force(n, d, c, make):
     assert (got.n_samples, got.n_classes, got.estimate) == (n, c, "exact")
 
 
+def record_solves(monkeypatch) -> list[int]:
+    """The side of every eigen-solve that interplay runs, in order."""
+    sizes = []
+    real = info.spectral_entropy
+    for module in (info, routes):
+        monkeypatch.setattr(
+            module, "spectral_entropy", lambda a: sizes.append(a.shape[0]) or real(a)
+        )
+    return sizes
+
+
 def test_khatri_rao_route_is_taken_and_exact(monkeypatch):
     """d*r < n must not build the n x n joint matrix."""
     z, y, w = clustered(800, 8, 5, 0.5, 3)
-    sizes = []
-    real = info.spectral_entropy
-    monkeypatch.setattr(info, "spectral_entropy", lambda a: sizes.append(a.shape[0]) or real(a))
+    sizes = record_solves(monkeypatch)
     got = interplay(z, y, w)
     assert max(sizes) == 8 * 5
     assert got.h_zw == pytest.approx(brute_interplay(z, y, w)[2], abs=EXACT)
@@ -92,9 +101,7 @@ def test_rank_compression_shrinks_the_joint_matrix(monkeypatch):
     y = torch.randint(0, 4, (700,), generator=g)
     z = torch.randn(700, 3, generator=g, dtype=torch.float64) @ basis
     w = torch.randn(4, 50, generator=g, dtype=torch.float64)
-    sizes = []
-    real = info.spectral_entropy
-    monkeypatch.setattr(info, "spectral_entropy", lambda a: sizes.append(a.shape[0]) or real(a))
+    sizes = record_solves(monkeypatch)
     got = interplay(z, y, w)
     assert sizes[-1] == 3 * 4
     assert got.h_zw == pytest.approx(brute_interplay(z, y, w)[2], abs=EXACT)
@@ -189,8 +196,9 @@ def test_batch_estimate_computes_the_head_gram_once(monkeypatch):
     """The C x C head Gram's rank factor is solved once, not once per batch."""
     z, y, w = clustered(600, 6, 40, 0.4, 2)
     calls = []
-    real = info._rank_factor
-    monkeypatch.setattr(info, "_rank_factor", lambda m: calls.append(m.shape) or real(m))
+    real = info.rank_factor
+    for module in (info, exact):
+        monkeypatch.setattr(module, "rank_factor", lambda m: calls.append(m.shape) or real(m))
     got = interplay(z, y, w, estimate="batch", batch_size=50)
     assert got.n_batches == 12 and calls == [(40, 40)]
 

@@ -238,7 +238,7 @@ def measure_options(opts: RunOptions) -> MeasureOptions:
         batch_size=opts.estimate_batch_size or DEFAULT_BATCH_SIZE,
         seed=opts.seed,
         drop_zero_rows=opts.drop_zero_rows,
-        max_exact_dim="auto" if opts.max_exact_dim is None else opts.max_exact_dim or None,
+        max_exact_dim=opts.max_exact_dim,  # None follows the device, 0 is no limit
         device=str(probe.resolve_device(opts.device)),
         probes=opts.probes or PROBES,
     )

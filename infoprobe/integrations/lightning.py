@@ -71,7 +71,7 @@ class InterplayCallback(pl.Callback):
         head=None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         seed: int = 0,
-        max_exact_dim: int | str | None = "auto",
+        max_exact_dim: int | None = None,
         prefix: str = "interplay/",
     ) -> None:
         for name, value in (

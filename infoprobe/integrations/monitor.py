@@ -55,7 +55,7 @@ class InterplayMonitor:
         estimate: Estimate = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
         seed: int = 0,
-        max_exact_dim: int | str | None = "auto",
+        max_exact_dim: int | None = None,
     ) -> None:
         if type(every) is not int or every < 1:
             raise InputError(f"every must be a positive int (steps), got {every!r}")

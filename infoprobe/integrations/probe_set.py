@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from infoprobe import distributed, info
+from infoprobe import distributed, info, routes
 from infoprobe.data import (
     Dataset,
     ImageStream,
@@ -80,7 +80,7 @@ class ProbeSet:
         seed: int = 0,
         batch_size: int = DEFAULT_BATCH_SIZE,
         estimate: Estimate = "auto",
-        max_exact_dim: int | str | None = "auto",
+        max_exact_dim: int | None = None,
         head: nn.Module | str | None = None,
         features_fn: FeaturesFn | None = None,
     ) -> None:
@@ -88,7 +88,7 @@ class ProbeSet:
             raise InputError("features_fn needs head=: the classifier module those features feed")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-        info._check_estimate(estimate)
+        routes.check_estimate(estimate)
         self.source, self.max_samples, self.seed = data, max_samples, seed
         self.batch_size, self.estimate, self.max_exact_dim = batch_size, estimate, max_exact_dim
         self.head, self.features_fn = head, features_fn
