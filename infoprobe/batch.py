@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from infoprobe.defaults import DEFAULT_BATCH_SIZE
 from infoprobe.errors import InputError
 from infoprobe.routes import Joint
 

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from infoprobe.batch import DEFAULT_BATCH_SIZE, batch_indices, batch_joint, batch_label, batch_mean
+from infoprobe.batch import batch_indices, batch_joint, batch_label, batch_mean
 from infoprobe.checks import (
     as_float64,
-    check_labels,
     normalise_rows,
     prepare,
     unit_head,
     zero_head_classes,
 )
+from infoprobe.defaults import DEFAULT_BATCH_SIZE
 from infoprobe.entropy import entropy_noise_floor, matrix_entropy, spectral_entropy, zero_threshold
 from infoprobe.errors import InputError
 from infoprobe.exact import (

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from infoprobe import distributed, info, routes
+from infoprobe import distributed, routes
 from infoprobe.data import (
     Dataset,
     ImageStream,
