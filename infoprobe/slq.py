@@ -62,13 +62,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from infoprobe.defaults import PROBES
 from infoprobe.errors import InputError
 from infoprobe.joint_operator import JointOperator
 
 __all__ = ["JointEstimate", "JointOperator", "certified_upper_bound", "joint_entropy"]
 
-#: Default number of probe vectors.
-PROBES = 24
 #: Default largest number of Lanczos steps per probe.
 MAX_STEPS = 120
 

@@ -120,8 +120,8 @@ def test_every_route_applies_the_floor():
     assert math.isnan(between.mir) and "H(features_b) = " in between.note
     assert between.hdr == pytest.approx(1 - between.h_w / between.h_z, abs=1e-12)
     metric = InterplayMetrics(num_classes=4)
-    metric.update(z, y)
-    streamed = metric.compute(w)
+    metric.update(z, y, w)
+    streamed = metric.compute()
     assert math.isnan(streamed["mir"]) and "noise floor" in streamed["note"]
 
 

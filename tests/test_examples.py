@@ -86,7 +86,7 @@ def test_example_quick_run_writes_csv_and_png(name, tmp_path):
     missing = [c for c in (*own, *COLUMNS) if c not in frame.columns]
     assert not missing, f"{csv} lacks {missing}"
     empty = frame["mir"].isna()  # collapsed features (pruned at 0.9): NaN with a note
-    assert frame["note"][empty].str.contains("MIR is undefined").all()
+    assert frame["note"][empty].astype(str).str.contains("MIR is undefined").all()
     assert frame["mir"][~empty].between(0, 1).all() and frame["hdr"].between(0, 1).all()
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert isinstance(json.loads((out / "summary.json").read_text()), dict)

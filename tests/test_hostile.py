@@ -31,13 +31,13 @@ from infoprobe.options import RunOptions
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        ({"seed": 2**70}, "seed=.*must be <= 9223372036854775807"),
-        ({"probes": 10_000_000}, "probes=.*must be <= 4096"),
+        ({"seed": 2**70}, r"--seed \d+ \(seed\): must be <= 9223372036854775807"),
+        ({"probes": 10_000_000}, r"--probes \d+ \(probes\): must be <= 4096"),
         ({"input_size": "1 100000 100000"}, "image sides are at most 8192"),
         ({"input_size": [5000, 16, 16]}, "channels at most 4096"),
         ({"valid_labels": [2**64]}, "class index 18446744073709551616 is outside"),
         ({"valid_labels": [-1]}, "class index -1 is outside"),
-        ({"num_classes": 2**21}, "num_classes=.*must be <= 1048576"),
+        ({"num_classes": 2**21}, r"--num-classes \d+ \(num_classes\): must be <= 1048576"),
     ],
 )
 def test_option_values_past_their_bounds_are_bad_input(options, words):

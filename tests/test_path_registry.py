@@ -149,6 +149,7 @@ def test_a_typed_model_file_is_an_input(tmp_path, no_work):
         *FAST,
         "--arch",
         f"{model}:make",
+        "--trust-code",
         "--json",
         model,
         words=["--json", "model file"],

@@ -19,6 +19,7 @@ from infoprobe.errors import InputError
 from infoprobe.options import RunOptions
 from infoprobe.paths import PathRegistry
 from infoprobe.schema import COLUMNS, SWEEP_COLUMNS
+from infoprobe.schema import TEXT_COLUMNS as TEXT
 
 LMC_COLUMNS = SWEEP_COLUMNS["lmc"] + COLUMNS
 
@@ -433,3 +434,31 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(InputError, match=r"pip install 'infoprobe\[plot\]'"):
         report.require_matplotlib()
+
+
+@pytest.mark.parametrize("command", ["track", "lmc", "prune", "analyze"])
+def test_plots_mark_values_left_empty_at_the_noise_floor(command):
+    """A ratio left NaN by the degenerate-value rule is drawn as a marker on the x axis,
+    labelled undefined; a NaN for another reason (no logits, a failed row) is not."""
+    pytest.importorskip("matplotlib")
+    from infoprobe.report import plots
+
+    x = {"track": "step", "lmc": "alpha", "prune": "sparsity", "analyze": None}[command]
+    rows = []
+    for i, note in enumerate(["", "MIR is undefined: h_z = 9.1e-12 (noise floor 6.7e-05)", ""]):
+        row = {c: 0.5 for c in (*COLUMNS, "mir_dense", "hdr_dense") if c not in TEXT}
+        row.update(checkpoint=f"c{i}", note=note, estimate="exact", mir_nc=0.95)
+        if x is not None:
+            row[x] = float(i)
+        rows.append(row)
+    rows[1]["mir"] = rows[1]["hdr"] = math.nan  # degenerate: the note names the floor
+    rows[2]["mir"] = math.nan  # empty for another reason: no marker
+    figure = plots.FIGURES[command](rows)
+    marked = {
+        line.get_label().lower(): list(line.get_xdata())
+        for ax in figure.axes
+        for line in ax.get_lines()
+        if "undefined (noise floor)" in str(line.get_label())
+    }
+    assert {"mir: undefined (noise floor)", "hdr: undefined (noise floor)"} <= set(marked)
+    assert all(xs == [1.0] or xs == [1] for xs in marked.values()), marked

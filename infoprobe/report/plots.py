@@ -46,6 +46,22 @@ def _series(rows: Sequence[dict], x: str, y: str) -> tuple[list, list]:
     return [row[x] for row in ordered], [row[y] for row in ordered]
 
 
+def _undefined(row: dict, column: str) -> bool:
+    """Whether ``row[column]`` was left empty because an entropy was at its noise floor
+    (the degenerate-value rule: a ratio of noise, not a number)."""
+    return is_nan(row.get(column, math.nan)) and "noise floor" in str(row.get("note") or "")
+
+
+def _line(axis: Any, rows: Sequence[dict], x: str, column: str, style: str, **kw: Any) -> None:
+    """``column`` against ``x`` as a line, and each undefined value (:func:`_undefined`) as
+    an open marker of the same colour on the x axis, so that it is seen, never read as 0."""
+    (line,) = axis.plot(*_series(rows, x, column), style, **kw)
+    gaps = [row[x] for row in rows if _undefined(row, column)]
+    if gaps:
+        label = f"{kw.get('label', column)}: undefined (noise floor)"
+        axis.plot(gaps, [0.0] * len(gaps), "x", color=line.get_color(), clip_on=False, label=label)
+
+
 def _nc_reference(axis: Any, rows: Sequence[dict]) -> None:
     """Horizontal lines at the neural-collapse optimum (MIR_NC, and HDR = 0)."""
     mir_nc = [row["mir_nc"] for row in rows if not is_nan(row.get("mir_nc", math.nan))]
@@ -90,11 +106,8 @@ def track_figure(rows: Sequence[dict], title: str = "") -> Any:
     fig = Figure(figsize=(7, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for column, style in (("mir", "o-"), ("hdr", "s-"), ("accuracy", "^-")):
-        ax.plot(
-            *_series(rows, "step", column),
-            style,
-            label=column.upper() if column != "accuracy" else "accuracy",
-        )
+        label = column.upper() if column != "accuracy" else "accuracy"
+        _line(ax, rows, "step", column, style, label=label)
     _nc_reference(ax, rows)
     ax.set_xlabel("training step")
     ax.set_ylabel("MIR, HDR, accuracy")
@@ -122,8 +135,8 @@ def lmc_figure(rows: Sequence[dict], title: str = "") -> Any:
     twin.plot(*_series(rows, "alpha", "accuracy"), "^-", color="C2", label="accuracy")
     twin.set_ylabel("accuracy")
     _legend(left, twin)
-    right.plot(*_series(rows, "alpha", "mir"), "o-", label="MIR")
-    right.plot(*_series(rows, "alpha", "hdr"), "s-", label="HDR")
+    _line(right, rows, "alpha", "mir", "o-", label="MIR")
+    _line(right, rows, "alpha", "hdr", "s-", label="HDR")
     _nc_reference(right, rows)
     right.set_ylabel("MIR, HDR")
     _legend(right)
@@ -169,10 +182,13 @@ def prune_figure(rows: Sequence[dict], title: str = "") -> Any:
     for ax, columns in zip(axes, groups, strict=True):
         for column in columns:
             marker, color = styles[column]
-            ax.plot(*_series(rows, x, column), marker + "-", color=color, label=column)
+            _line(ax, rows, x, column, marker + "-", color=color, label=column)
             if tuned:
-                ax.plot(
-                    *_series(rows, x, f"ft_{column}"),
+                _line(
+                    ax,
+                    rows,
+                    x,
+                    f"ft_{column}",
                     marker + "--",
                     color=color,
                     mfc="none",
@@ -213,13 +229,10 @@ def analyze_figure(rows: Sequence[dict], title: str = "") -> Any:
     fig = Figure(figsize=(max(5.0, 1.2 * len(rows) + 3), 4.6), layout="constrained")
     ax = fig.add_subplot()
     x = list(range(len(rows)))
+    at = [{**row, "position": i} for i, row in enumerate(rows)]
     for column, style in (("mir", "o"), ("hdr", "s"), ("accuracy", "^")):
-        ax.plot(
-            x,
-            [row[column] for row in rows],
-            style,
-            label=column.upper() if column != "accuracy" else "accuracy",
-        )
+        label = column.upper() if column != "accuracy" else "accuracy"
+        _line(ax, at, "position", column, style, label=label)
     _nc_reference(ax, rows)
     ax.set_xticks(x, [plot_text(n) for n in names], rotation=30 if len(rows) > 4 else 0)
     ax.set_xlabel("checkpoint")
