@@ -12,14 +12,17 @@ residual stream at "=" (the input of the unembedding); the head is the unembeddi
 Each seed (``--seeds``) draws its own split and initialisation. The grokking step g is the
 first evaluated step (every 100) with test accuracy >= 99%; training runs to step 2 g and
 is resumable (``OUT/seedK/state.pt``). The checkpoints (log-spaced early, then every 500
-steps, plus g and 2 g) are measured on both splits, whole, with the exact entropies and with
-the mini-batch estimate at B = 64, 256, 1024 and B = n (one batch holding the whole split,
-which is the exact value: checked at a few checkpoints):
+steps, plus g and 2 g) are measured on both splits with the exact entropies and with the
+mini-batch estimate at B = 64, 256, 1024 and B = n (one batch holding the whole split, which
+is the exact value: checked at three checkpoints). The exact test-split curve is taken on a
+class-stratified subsample of 3831 pairs (an n x n solve per checkpoint otherwise); the B = n
+rows give the whole test split's exact value at three checkpoints:
 
     infoprobe track OUT/seed0/checkpoints --arch examples/grokking_model.py:factory \
         --model-kwargs d_model=128 --model-kwargs n_heads=4 --model-kwargs d_head=32 \
         --model-kwargs d_mlp=512 --data OUT/seed0/data/test.safetensors \
-        [--estimate batch --estimate-batch-size 256] --csv ...
+        {--estimate exact --max-samples 3831 | --estimate batch --estimate-batch-size 256} \
+        --csv ...
 
 Paper's claim: "After the model achieves the grokking, MIR reaches its lowest, and HDR rapidly
 declines from its highest point."
@@ -74,7 +77,7 @@ def main(argv=None) -> None:
         if args.stage in ("all", "measure"):
             import _grokking_measure as M
 
-            M.measure(out, {"train": train_path, "test": test_path}, model_kwargs, args.quick)
+            M.measure(out, {"train": train_path, "test": test_path}, model_kwargs)
     if args.stage in ("all", "report"):
         import _grokking_measure as M
 
