@@ -105,11 +105,25 @@ def main(argv=None) -> None:
         summary[f"{split}_paired_eps{EPSILONS[1]}_minus_eps0"] = C.paired(
             frame, "label_smoothing", EPSILONS[0], EPSILONS[1], ("accuracy", "mir", "hdr")
         )
-    plot(rows, args.out / "label_smoothing.png", args.data)
+    csv = C.write_csv(figure_frame(rows, args.data), args.out / "label_smoothing_figure.csv")
+    draw(csv, args.out / "label_smoothing.png")
     C.finish(args.out, "label_smoothing", summary, timer, show=table.to_string())
 
 
-def plot(rows, path: Path, data: str) -> None:
+FIGURE_COLUMNS = ["split", "seed", "label_smoothing", "n_classes", "accuracy", "mir", "hdr"]
+
+
+def figure_frame(rows, data: str):
+    """The figure's data: every seed's final accuracy, MIR and HDR per split and eps."""
+    frame = rows[FIGURE_COLUMNS].round(5)
+    frame.insert(0, "data", data)
+    return frame
+
+
+def draw(csv: Path, png: Path):
+    """Draw the label-smoothing figure from its CSV (:func:`figure_frame`): the seeds as
+    dots, mean ± sd over seeds as bars; returns the figure."""
+    rows = C.read_csv(csv)
     fig, ax = C.figure(3, width=3.2, height=2.8)
     colours = {"train": "tab:blue", "test": "tab:orange"}
     for split, frame in rows.groupby("split"):
@@ -136,10 +150,12 @@ def plot(rows, path: Path, data: str) -> None:
     ax[1].legend(fontsize=7)
     seeds = rows.seed.nunique()
     fig.suptitle(
-        f"test_resnet on {data}: label smoothing (dots: seeds; bars: mean ± sd over {seeds} seeds)",
+        f"test_resnet on {rows.data.iloc[0]}: label smoothing "
+        f"(dots: seeds; bars: mean ± sd over {seeds} seeds)",
         fontsize=9,
     )
-    C.save_figure(fig, path)
+    C.save_figure(fig, png)
+    return fig
 
 
 if __name__ == "__main__":

@@ -3,82 +3,177 @@
 The paper's protocol: two runs from the same initialisation that differ only in the SGD noise
 (batch order), interpolated, theta(alpha) = (1 - alpha) theta_A + alpha theta_B, at several
 learning rates. On CIFAR-10 at lr 0.03 the path is not connected (accuracy near chance for
-alpha in 0.4-0.6) and there "MIR shows an additional upward trend"; at 3e-3 and 3e-4 the path is
-connected. Here: timm ``test_resnet`` on MNIST-5k, AdamW at lr in {3e-2, 1e-2, 3e-3, 3e-4},
-same-initialisation pairs (init seed k, batch orders 0 and 1; ``--pairs`` seeds k) at each lr,
-measured with
+alpha in 0.4-0.6) and there "MIR shows an additional upward trend"; at 3e-3 and 3e-4 the path
+is connected. Here a timm ``test_resnet`` on MNIST-5k, same-initialisation pairs (init seed
+k, batch orders 0 and 1; ``--pairs`` seeds k), under two optimizers:
 
-    infoprobe lmc OUT/checkpoints/A_lr0.03.safetensors OUT/checkpoints/B_lr0.03.safetensors \
-        --data OUT/data/mnist/test.safetensors --steps 11 --csv OUT/lmc_same_init0_lr0.03.csv
+* ``sgd`` (the paper's, assumed; its text was not available to check): SGD momentum 0.9,
+  batch 64, weight decay 5e-4, constant lr in {3e-2, 3e-3, 3e-4}, each run trained until its
+  test accuracy plateaus (``_plateau.py``: the best accuracy gains <= 0.2 points over 10
+  epochs; at most 150 epochs);
+* ``adamw`` (a second optimizer): AdamW with a one-cycle schedule, 4 epochs, lr in {3e-2,
+  1e-2, 3e-3, 3e-4}, plus a different-initialisation pair at 3e-3 and BatchNorm resets
+  (``--reset-bn --bn-data OUT/data/mnist/train.safetensors``, REPAIR's "BN reset").
 
-Extra arms (not in the paper): a pair with different initialisations (seeds 0 and 1) at lr
-3e-3, and that pair and the highest-lr pair again with the BatchNorm statistics re-estimated
-at each alpha (``--reset-bn --bn-data OUT/data/mnist/train.safetensors``, REPAIR's "BN
-reset").
+Every pair is measured along the path on both splits, with the exact entropies and the
+mini-batch estimate at B = 256:
 
-    python examples/03_lmc.py [--quick] [--out DIR] [--data digits]
+    infoprobe lmc OUT/sgd/checkpoints/init0_order0_lr0.03.safetensors \
+        OUT/sgd/checkpoints/init0_order1_lr0.03.safetensors \
+        --data OUT/data/mnist/test.safetensors --steps 11 \
+        [--estimate batch --estimate-batch-size 256] --csv OUT/sgd/lmc/...csv
+
+    python examples/03_lmc.py [--quick] [--out DIR] [--optimizer sgd|adamw|both]
+        [--stage all|train|measure|report]
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import _plateau as P  # noqa: E402
 
 NAME = "03_lmc"
-LRS = (3e-2, 1e-2, 3e-3, 3e-4)
-OTHER_INIT_LR = 3e-3
+LRS = {"sgd": (3e-2, 3e-3, 3e-4), "adamw": (3e-2, 1e-2, 3e-3, 3e-4)}
+ADAMW_EPOCHS = 4
+OTHER_INIT_LR = 3e-3  # the AdamW different-initialisation pair
+#: estimator name -> infoprobe arguments
+ESTIMATES = {"exact": ["--estimate", "exact"], "batch256": ["--estimate", "batch"]}
+BATCH = 256
+STAGES = ("all", "train", "measure", "report")
 
 
 def add_options(parser) -> None:
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--optimizer", choices=("sgd", "adamw", "both"), default="both")
+    parser.add_argument("--stage", choices=STAGES, default="all")
     parser.add_argument("--steps", type=int, default=11, help="alphas from 0 to 1")
     parser.add_argument("--data", choices=sorted(C.DATASETS), default="mnist")
     parser.add_argument("--pairs", type=int, default=3, help="same-init pairs per lr")
 
 
-def _pairs(lrs, n_pairs: int) -> dict[str, tuple[tuple, tuple, float]]:
-    """pair label -> ((init, order) of A, (init, order) of B, lr)."""
-    pairs = {f"same_init{k}_lr{lr:g}": ((k, 0), (k, 1), lr) for lr in lrs for k in range(n_pairs)}
-    pairs[f"different_init_lr{OTHER_INIT_LR:g}"] = ((0, 0), (1, 1), OTHER_INIT_LR)
+def pairs_of(optimizer: str, n_pairs: int, quick: bool) -> dict[str, tuple]:
+    """pair label -> ((init, order) of A, (init, order) of B, lr, BN resets to run)."""
+    lrs = LRS[optimizer][:1] if quick else LRS[optimizer]
+    top = max(lrs)
+    pairs = {
+        f"same_init{k}_lr{lr:g}": (
+            (k, 0),
+            (k, 1),
+            lr,
+            (False, True) if (k, lr) == (0, top) and optimizer == "adamw" else (False,),
+        )
+        for lr in lrs
+        for k in range(1 if quick else n_pairs)
+    }
+    if optimizer == "adamw":
+        pairs[f"different_init_lr{OTHER_INIT_LR:g}"] = (
+            (0, 0),
+            (1, 1),
+            OTHER_INIT_LR,
+            (False, True),
+        )
     return pairs
 
 
-def train_runs(args, train, test, pairs) -> dict[tuple, Path]:
-    """One checkpoint per distinct (init, order, lr)."""
-    ckpt = {}
-    for a, b, lr in pairs.values():
-        for init_seed, order_seed in (a, b):
-            key = (init_seed, order_seed, lr)
-            if key in ckpt:
-                continue
-            config = C.TrainConfig(epochs=args.epochs, lr=lr, max_steps=3 if args.quick else None)
-            total, spe = (
-                config.total_steps(len(train["y"])),
-                config.steps_per_epoch(len(train["y"])),
-            )
-            model = C.create_model(C.ARCH, seed=init_seed)
-            C.train(model, train, config, order_seed=order_seed)
-            ckpt[key] = C.save_checkpoint(
-                model,
-                args.out / "checkpoints" / f"init{init_seed}_order{order_seed}_lr{lr:g}"
-                ".safetensors",
-                arch=C.ARCH,
-                num_classes=C.NUM_CLASSES,
-                step=total,
-                epoch=total / spe,
-                init_seed=init_seed,
-                order_seed=order_seed,
-                lr=lr,
-            )
-            C.log(
-                f"init {init_seed}, order {order_seed}, lr {lr:g}: test accuracy "
-                f"{C.accuracy(model, test):.4f}"
-            )
-    return ckpt
+def _train_one(args, optimizer: str, key: tuple, train, test, path: Path) -> None:
+    init_seed, order_seed, lr = key
+    model = C.create_model(C.ARCH, seed=init_seed)
+    n = len(train["y"])
+    if optimizer == "sgd":
+        cfg = P.PlateauConfig(lr=lr)
+        history = P.train_to_plateau(
+            model,
+            train,
+            test,
+            cfg,
+            order_seed=order_seed,
+            state_path=_run_file(path, ".state.pt"),
+            max_epochs=1 if args.quick else None,
+        )
+        epochs, detail = len(history), cfg.describe()
+        C.write_csv(_frame(history), _run_file(path, ".log.csv"))
+    else:
+        config = C.TrainConfig(epochs=ADAMW_EPOCHS, lr=lr, max_steps=3 if args.quick else None)
+        C.train(model, train, config, order_seed=order_seed)
+        epochs = config.total_steps(n) / config.steps_per_epoch(n)
+        detail = f"AdamW(lr={lr:g}, weight_decay={config.weight_decay}), one-cycle, batch 64"
+    C.save_checkpoint(
+        model,
+        path,
+        arch=C.ARCH,
+        num_classes=C.NUM_CLASSES,
+        epoch=epochs,
+        step=round(epochs * (n // 64)),
+        init_seed=init_seed,
+        order_seed=order_seed,
+        lr=lr,
+        optimizer=detail,
+    )
+    C.log(
+        f"{optimizer} init {init_seed} order {order_seed} lr {lr:g}: {epochs:g} epochs, "
+        f"test accuracy {C.accuracy(model, test):.4f}"
+    )
+
+
+def _frame(history):
+    import pandas as pd
+
+    return pd.DataFrame(history)
+
+
+def _run_file(checkpoint: Path, suffix: str) -> Path:
+    """A run's training state or epoch log, in ``runs/`` beside ``checkpoints/``."""
+    return checkpoint.parent.parent / "runs" / f"{checkpoint.stem}{suffix}"
+
+
+def checkpoint_path(out: Path, key: tuple) -> Path:
+    init_seed, order_seed, lr = key
+    return out / "checkpoints" / f"init{init_seed}_order{order_seed}_lr{lr:g}.safetensors"
+
+
+def train_runs(args, optimizer: str, pairs: dict, train, test) -> None:
+    """One checkpoint per distinct (init, order, lr); finished ones are kept."""
+    out = args.out / optimizer
+    for a, b, lr, _ in pairs.values():
+        for key in ((*a, lr), (*b, lr)):
+            path = checkpoint_path(out, key)
+            if not path.is_file():
+                _train_one(args, optimizer, key, train, test, path)
+
+
+def measure(args, optimizer: str, pairs: dict, paths: dict[str, Path]) -> None:
+    """``infoprobe lmc`` per pair, split, estimator and BN reset; one CSV each (resumable)."""
+    out = args.out / optimizer
+    for pair, (a, b, lr, resets) in pairs.items():
+        for split, data in paths.items():
+            for name, estimate in ESTIMATES.items():
+                for reset in resets:
+                    if reset and (split, name) != ("test", "exact"):
+                        continue  # BN reset: test split, exact only
+                    label = f"{pair}{'+bn_reset' if reset else ''}_{split}_{name}"
+                    reset_args = ["--reset-bn", "--bn-data", paths["train"]] if reset else []
+                    C.infoprobe(
+                        "lmc",
+                        checkpoint_path(out, (*a, lr)),
+                        checkpoint_path(out, (*b, lr)),
+                        "--data",
+                        data,
+                        "--steps",
+                        3 if args.quick else args.steps,
+                        *estimate,
+                        "--estimate-batch-size",
+                        BATCH,
+                        *reset_args,
+                        "--device",
+                        "cpu",
+                        *C.quick_samples(args.quick),
+                        "--csv",
+                        out / "lmc" / f"{label}.csv",
+                        "--resume",
+                    )
 
 
 def main(argv=None) -> None:
@@ -86,154 +181,21 @@ def main(argv=None) -> None:
     C.setup()
     timer = C.Timer()
     train, test, train_path, test_path = C.DATASETS[args.data](args.out)
-    pairs = _pairs(LRS[::2] if args.quick else LRS, 1 if args.quick else args.pairs)
-    ckpt = train_runs(args, train, test, pairs)
-    steps = 3 if args.quick else args.steps
+    if args.quick:  # a few SGD steps per epoch
+        train = {k: v[:256] for k, v in train.items()}
+    optimizers = ("sgd", "adamw") if args.optimizer == "both" else (args.optimizer,)
+    for optimizer in optimizers:
+        pairs = pairs_of(optimizer, args.pairs, args.quick)
+        if args.stage in ("all", "train"):
+            train_runs(args, optimizer, pairs, train, test)
+        if args.stage in ("all", "measure"):
+            (args.out / optimizer / "lmc").mkdir(parents=True, exist_ok=True)
+            measure(args, optimizer, pairs, {"train": train_path, "test": test_path})
+    if args.stage in ("all", "report"):
+        import _lmc_report as R
 
-    import pandas as pd
-
-    frames, barriers = [], {}
-    for pair, (a, b, lr) in pairs.items():
-        # BN reset for the different-init pair and the highest lr only (a pass over the
-        # training split per alpha)
-        resets = (
-            (False, True)
-            if pair.startswith("different")
-            or (a[0] == 0 and lr == max(p[2] for p in pairs.values()))
-            else (False,)
-        )
-        for reset in resets:
-            label = f"{pair}{'+bn_reset' if reset else ''}"
-            csv, js = args.out / f"lmc_{label}.csv", args.out / f"lmc_{label}.json"
-            reset_args = ["--reset-bn", "--bn-data", train_path] if reset else []
-            C.infoprobe(
-                "lmc",
-                ckpt[(*a, lr)],
-                ckpt[(*b, lr)],
-                "--data",
-                test_path,
-                "--steps",
-                steps,
-                *reset_args,
-                "--csv",
-                csv,
-                "--json",
-                js,
-                "--device",
-                "cpu",
-                *C.quick_samples(args.quick),
-            )
-            frame = C.read_csv(csv)
-            frame.insert(0, "pair", pair)
-            frame.insert(1, "bn_reset", reset)
-            frame.insert(2, "lr", lr)
-            frames.append(frame)
-            barriers[label] = json.loads(js.read_text())["barriers"]
-    rows = pd.concat(frames, ignore_index=True)
-    C.write_csv(rows, args.out / "lmc.csv")
-
-    summary = {"data": args.data, "epochs": args.epochs, "barriers": barriers}
-    for (pair, reset), frame in rows.groupby(["pair", "bn_reset"]):
-        summary[f"{pair}{'+bn_reset' if reset else ''}"] = _path_summary(frame)
-    summary["same_init_by_lr"] = _by_lr(rows)
-    plot(rows, args.out / "lmc.png", args.data)
-    C.finish(args.out, "lmc", summary, timer)
-
-
-def _by_lr(rows) -> dict:
-    """Per lr, over the same-init pairs (no BN reset): mean and sd of the accuracy barrier
-    (end mean minus worst inside) and of MIR and HDR at the worst point minus their end mean."""
-    out = {}
-    same = rows[rows.pair.str.startswith("same") & ~rows.bn_reset.astype(bool)]
-    for lr, by_lr in same.groupby("lr"):
-        stats = {"accuracy_barrier": [], "mir_change": [], "hdr_change": []}
-        for _, frame in by_lr.groupby("pair"):
-            ends = frame[frame.alpha.isin([0.0, 1.0])]
-            inner = frame[~frame.alpha.isin([0.0, 1.0])]
-            if not len(inner):
-                continue
-            worst = inner.loc[inner.accuracy.idxmin()]
-            stats["accuracy_barrier"].append(float(ends.accuracy.mean() - worst.accuracy))
-            stats["mir_change"].append(float(worst.mir - ends.mir.mean()))
-            stats["hdr_change"].append(float(worst.hdr - ends.hdr.mean()))
-        out[f"lr={lr:g}"] = {
-            "pairs": len(stats["mir_change"]),
-            **{
-                f"{k}_{stat}": round(v, 4)
-                for k, vals in stats.items()
-                if vals
-                for stat, v in zip(("mean", "sd"), C.mean_std(vals), strict=True)
-            },
-        }
-    return out
-
-
-def _path_summary(frame) -> dict:
-    """End points against the worst interior point; MIR/HDR at the accuracy minimum."""
-    ends = frame[frame.alpha.isin([0.0, 1.0])]
-    inner = frame[~frame.alpha.isin([0.0, 1.0])]
-    out = {
-        "accuracy_ends_mean": round(float(ends.accuracy.mean()), 4),
-        "mir_ends_mean": round(float(ends.mir.mean()), 4),
-        "hdr_ends_mean": round(float(ends.hdr.mean()), 4),
-    }
-    if len(inner):
-        worst = inner.loc[inner.accuracy.idxmin()]
-        out.update(
-            accuracy_min_inside=round(float(worst.accuracy), 4),
-            alpha_at_min=float(worst.alpha),
-            mir_at_accuracy_min=round(float(worst.mir), 4),
-            hdr_at_accuracy_min=round(float(worst.hdr), 4),
-            mir_min_inside=round(float(inner.mir.min()), 4),
-            mir_max_inside=round(float(inner.mir.max()), 4),
-            hdr_max_inside=round(float(inner.hdr.max()), 4),
-        )
-    return out
-
-
-def plot(rows, path: Path, data: str) -> None:
-    import matplotlib
-
-    fig, ax = C.figure(4, width=3.0, height=2.9)
-    same = sorted(rows[rows.pair.str.startswith("same")].lr.unique(), reverse=True)
-    cmap = matplotlib.colormaps["viridis"]
-    colours = {lr: cmap(i / max(len(same) - 1, 1) * 0.85) for i, lr in enumerate(same)}
-    for (pair, reset), frame in rows.groupby(["pair", "bn_reset"], sort=False):
-        frame = frame.sort_values("alpha")
-        lr = float(frame.lr.iloc[0])
-        different = pair.startswith("different")
-        first = different or pair.startswith("same_init0")
-        if reset and not different:
-            continue  # the BN-reset line of the same-init pair is in the CSV, not the figure
-        if not first:  # further pairs of an lr: thin, unlabelled
-            for a, col in zip(ax, ("accuracy", "loss", "mir", "hdr"), strict=True):
-                a.plot(frame.alpha, frame[col], c=colours[lr], ls="--", lw=0.7, alpha=0.6)
-            continue
-        kw = dict(
-            c="tab:red" if different else colours[lr],
-            ls="-" if reset else "--",
-            marker="o",
-            ms=3,
-            label=(
-                f"different init, lr {lr:g}{', BN reset' if reset else ''}"
-                if different
-                else f"same init, lr {lr:g}"
-            ),
-        )
-        for a, col in zip(ax, ("accuracy", "loss", "mir", "hdr"), strict=True):
-            a.plot(frame.alpha, frame[col], **kw)
-    for a, title in zip(ax, ("test accuracy", "test loss", "MIR", "HDR"), strict=True):
-        a.set_title(title)
-        a.set_xlabel("alpha")
-    ax[1].set_yscale("log")
-    handles, labels = ax[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
-    fig.suptitle(
-        f"linear interpolation between test_resnet runs on {data} (AdamW; dashed: "
-        "interpolated BN statistics, solid: BN reset; thin: further same-init pairs)",
-        fontsize=9,
-    )
-    C.save_figure(fig, path)
+        pairs = {o: pairs_of(o, args.pairs, args.quick) for o in optimizers}
+        R.report(args, optimizers, pairs, ESTIMATES, timer)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """MIR/HDR as loss terms: does ``InterplayLoss`` improve training? (paper, Tables 1-2)
 
-The paper trains with ``L = CE - lambda_mi * I(K_Z; K_W) + lambda_hdr * |H(K_Z) - H(K_W)|`` on
-each mini-batch. Supervised, it reports CIFAR-10 95.35 -> 95.57 and CIFAR-100 80.77 -> 80.96
-(WRN-28-2 / WRN-28-8); its main gains are semi-supervised, on a FreeMatch base. Here a timm
-``test_resnet`` on MNIST-5k, each seed with the same initialisation and batch order in both
-arms (paired), in two settings:
+The paper is taken to train with ``L = CE - lambda_mi * I(K_Z; K_W) + lambda_hdr * |H(K_Z) -
+H(K_W)|`` on each mini-batch (the loss form is assumed; the paper's text was not available to
+check). Supervised, it reports CIFAR-10 95.35 -> 95.57 and CIFAR-100 80.77 -> 80.96 (WRN-28-2 /
+WRN-28-8); its main gains are semi-supervised, on a FreeMatch base. Here a timm ``test_resnet``
+on MNIST-5k, each seed with the same initialisation and batch order in both arms (paired), in
+two settings:
 
 * ``supervised``: all 4000 training images, cross-entropy with and without the terms;
 * ``semi``: ``--labels`` labelled images (balanced) and the other training images unlabelled,
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from infoprobe.losses import InterplayLoss  # noqa: E402
+from infoprobe import InterplayLoss  # noqa: E402
 
 NAME = "06_interplay_loss"
 
@@ -172,7 +173,11 @@ def main(argv=None) -> None:
         lambda_mi=args.lambda_mi,
         lambda_hdr=args.lambda_hdr,
     )
-    plot(rows, summary, args.out / "interplay_loss.png")
+    csv = C.write_csv(figure_frame(rows, args.data), args.out / "interplay_loss_figure.csv")
+    shown = C.read_csv(csv)  # the figure's numbers, which the docs quote
+    for setting, frame in shown.groupby("setting"):
+        summary[setting]["paired_diff_shown"] = shown_diff(frame)
+    draw(csv, args.out / "interplay_loss.png")
     C.finish(args.out, "interplay_loss", summary, timer)
 
 
@@ -184,8 +189,7 @@ def summarise(rows) -> dict:
             m, s = C.mean_std(frame[col] * (100 if col == "accuracy" else 1))
             out[f"{arm}_{col}_mean"] = round(m, 4)
             out[f"{arm}_{col}_std"] = round(s, 4)
-    wide = rows.pivot(index="seed", columns="arm", values="accuracy") * 100
-    diff = (wide["ce+interplay"] - wide["ce"]).tolist()
+    diff = [100 * d for d in paired_diff(rows)]
     m, s = C.mean_std(diff)
     out["paired_diff_points_mean"] = round(m, 3)
     out["paired_diff_points_std"] = round(s, 3)
@@ -217,54 +221,66 @@ def significance(diff: list[float]) -> dict:
     return out
 
 
-def plot(rows, summary: dict, path: Path) -> None:
-    settings = [s for s in ("supervised", "semi") if s in summary]
+ARMS = ("ce", "ce+interplay")
+FIGURE_COLUMNS = ["setting", "seed", "arm", "accuracy", "mir", "hdr"]
+
+
+def figure_frame(rows, data: str):
+    """The figure's data: every seed's test accuracy (in percent), MIR and HDR per setting
+    and arm."""
+    frame = rows[FIGURE_COLUMNS].copy()
+    frame["accuracy"] = frame.accuracy * 100
+    frame.insert(0, "data", data)
+    return frame.round(5)
+
+
+def paired_diff(frame, col: str = "accuracy") -> list[float]:
+    """Per seed, the ``ce+interplay`` value minus the ``ce`` value."""
+    wide = frame.pivot(index="seed", columns="arm", values=col)
+    return (wide[ARMS[1]] - wide[ARMS[0]]).tolist()
+
+
+def shown_diff(frame) -> str:
+    """The paired accuracy difference as the figure and docs/results.md show it."""
+    mean, sd = C.mean_std(paired_diff(frame))
+    return f"{mean:+.2f} ± {sd:.2f} points"
+
+
+def draw(csv: Path, png: Path):
+    """Draw the interplay-loss figure from its CSV (:func:`figure_frame`): per setting the
+    seeds (grey lines pair them) and mean ± sd per arm; returns the figure."""
+    rows = C.read_csv(csv)
+    settings = [s for s in ("supervised", "semi") if s in set(rows.setting)]
     fig, ax = C.figure(3, nrows=len(settings), width=3.2, height=2.6)
-    arms = ["ce", "ce+interplay"]
+    titles = {"accuracy": "test accuracy (%)", "mir": "test MIR", "hdr": "test HDR"}
     for r, setting in enumerate(settings):
         sub = rows[rows.setting == setting]
-        for a, col in zip(ax[3 * r : 3 * r + 3], ("accuracy", "mir", "hdr"), strict=True):
-            w = sub.pivot(index="seed", columns="arm", values=col) * (
-                100 if col == "accuracy" else 1
-            )
-            for seed in w.index:
-                a.plot(
-                    [0, 1],
-                    [w.loc[seed, arms[0]], w.loc[seed, arms[1]]],
-                    "-",
-                    c="lightgray",
-                    lw=0.8,
-                    zorder=1,
-                )
-            for i, arm in enumerate(arms):
-                a.scatter([i] * len(w), w[arm], s=10, zorder=2)
-                a.errorbar(
-                    [i + 0.15],
-                    [w[arm].mean()],
-                    yerr=[w[arm].std() if len(w) > 1 else 0],
-                    fmt="ks",
-                    ms=4,
-                    capsize=3,
-                    zorder=3,
-                )
-            a.set_xticks([0, 1], arms)
-            a.set_xlim(-0.4, 1.5)
-            a.set_title(
-                f"{setting}: "
-                + {"accuracy": "test accuracy (%)", "mir": "test MIR", "hdr": "test HDR"}[col],
-                fontsize=9,
-            )
-        s = summary[setting]
+        for a, col in zip(ax[3 * r : 3 * r + 3], titles, strict=True):
+            _paired_panel(a, sub.pivot(index="seed", columns="arm", values=col))
+            a.set_title(f"{setting}: {titles[col]}", fontsize=9)
         ax[3 * r].set_title(
-            f"{setting}: test accuracy (%)\npaired diff "
-            f"{s['paired_diff_points_mean']:+.2f} ± "
-            f"{s['paired_diff_points_std']:.2f} pts, {s['n_seeds']} seeds",
+            f"{setting}: test accuracy (%)\npaired diff {shown_diff(sub)}, "
+            f"{sub.seed.nunique()} seeds",
             fontsize=9,
         )
     fig.suptitle(
-        "InterplayLoss on MNIST-5k (grey lines pair the seeds; black: mean ± sd)", fontsize=9
+        f"InterplayLoss on {rows.data.iloc[0]} (grey lines pair the seeds; black: mean ± sd)",
+        fontsize=9,
     )
-    C.save_figure(fig, path)
+    C.save_figure(fig, png)
+    return fig
+
+
+def _paired_panel(a, wide) -> None:
+    for seed in wide.index:
+        a.plot([0, 1], [wide.loc[seed, ARMS[0]], wide.loc[seed, ARMS[1]]], "-", c="lightgray",
+               lw=0.8, zorder=1)  # fmt: skip
+    for i, arm in enumerate(ARMS):
+        a.scatter([i] * len(wide), wide[arm], s=10, zorder=2)
+        sd = wide[arm].std() if len(wide) > 1 else 0
+        a.errorbar([i + 0.15], [wide[arm].mean()], yerr=[sd], fmt="ks", ms=4, capsize=3, zorder=3)
+    a.set_xticks([0, 1], ARMS)
+    a.set_xlim(-0.4, 1.5)
 
 
 if __name__ == "__main__":

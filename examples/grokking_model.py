@@ -1,12 +1,13 @@
-"""The paper's grokking transformer for modular addition, loadable by infoprobe as a custom
-architecture.
+"""The grokking transformer of Nanda et al. (2023) for modular addition, the one the paper's
+§5.5 is taken to use (assumed; the paper's text was not available to check), loadable by
+infoprobe as a custom architecture.
 
 Give it to infoprobe as ``--arch examples/grokking_model.py:factory --trust-code`` (a relative
 path is looked for in the working directory; a recorded one, with ``--trust-checkpoint`` as well,
 beside the checkpoint that records it). infoprobe calls
 ``factory(num_classes=..., **model_kwargs)`` with what the checkpoint records.
 
-Task (Song et al. 2024, §5.5, after Nanda et al. 2023): the input is the token sequence
+Task (Nanda et al. 2023; the paper's §5.5 is taken to follow it): the input is the token sequence
 ``a b =`` with ``a, b`` in ``0..p-1`` and ``=`` the token ``p``, shaped ``[n, 3]`` (int64
 token ids; float ids from other loaders are rounded back); the target is ``(a + b) mod p``.
 
