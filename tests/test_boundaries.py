@@ -65,6 +65,7 @@ def test_empty_first_and_last_class_folders_keep_indices_and_are_reported(tmp_pa
     assert "a (index 0)" in missing and "d (index 3)" in missing
 
 
+@pytest.mark.slow
 def test_a_diverged_fine_tuning_row_does_not_block_resuming(tmp_path):
     csv = tmp_path / "p.csv"
     args = [A, *FAST, "--finetune-data", TRAIN, "--lr", "1e6", "--csv", csv]
@@ -77,6 +78,7 @@ def test_a_diverged_fine_tuning_row_does_not_block_resuming(tmp_path):
     assert rows.iloc[0].to_dict() == first.iloc[0].to_dict()  # kept as it was
 
 
+@pytest.mark.slow
 def test_adamw_records_no_momentum_and_resumes(tmp_path):
     csv = tmp_path / "p.csv"
     args = [A, *FAST, "--finetune-data", TRAIN, "--optimizer", "adamw", "--csv", csv]

@@ -116,6 +116,7 @@ def _same_rows(got: list[dict], want: list[dict], columns: list[str]) -> None:
                 assert g[c] == w[c], c
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path):
     x = {k: v[:200].clone() for k, v in load_file(str(DATA)).items()}
     x["x"][150:] = 3e38

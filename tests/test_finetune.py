@@ -263,6 +263,7 @@ def test_iterative_carries_the_fine_tuned_weights(digits):
     sweep.close()
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_rows(digits):
     test, train = digits
     model = trained()
@@ -371,6 +372,7 @@ def test_finetune_refuses_labels_beyond_the_head(digits):
 # --------------------------------------------------------------------------- issue 12: 8 and 9
 
 
+@pytest.mark.slow
 def test_a_half_consumed_sweep_at_interpreter_exit_exits_cleanly():
     script = textwrap.dedent(f"""
         from infoprobe.checkpoints import load_model

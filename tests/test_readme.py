@@ -64,6 +64,7 @@ def test_ci_runs_ruff_and_exactly_the_readme_test_command():
     assert commands[commands.index(install) :] == [install, *lint, test]
 
 
+@pytest.mark.slow
 def test_readme_first_command_runs_and_prints_the_documented_table():
     install_and_run = quick_start()[0]
     args = shlex.split(install_and_run.split("&&", 1)[1])
