@@ -1,7 +1,8 @@
-"""The paper's batch estimate: entropies averaged over seeded mini-batches.
+"""The batch estimate: entropies averaged over seeded mini-batches.
 
-Song et al. approximate the dataset's entropies by the mean of mini-batch entropies; this
-is a different quantity from the full-set value (each batch entropy is at most ``log B``).
+Song et al. are taken to approximate the dataset's entropies by the mean of mini-batch entropies at
+B = 256 (assumed; the paper's text was not available to check); this is a different quantity from
+the full-set value (each batch entropy is at most ``log B``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from infoprobe.routes import Joint
 
 
 def batch_indices(n: int, batch_size: int, seed: int) -> list[Tensor]:
-    """The documented batching of the paper's estimate.
+    """The documented batching of the batch estimate.
 
     A ``torch.randperm(n)`` drawn from ``torch.Generator().manual_seed(seed)`` is split into
     consecutive batches of ``batch_size``; a final batch smaller than ``batch_size`` is

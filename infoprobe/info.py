@@ -11,10 +11,10 @@ length, ``zh_i = z_i/|z_i|`` and ``wh_c = w_c/|w_c|``, and
 
 This module is the public interface; the math lives in its neighbours:
 :mod:`infoprobe.entropy` (the entropy of a PSD matrix and the noise floor of an entropy),
-:mod:`infoprobe.exact` (exact routes that never form an n x n matrix when a smaller one
-exists), :mod:`infoprobe.slq` (the estimator past them), :mod:`infoprobe.routes` (the route
-names and ``max_exact_dim``), :mod:`infoprobe.batch` (the paper's batch estimate) and
-:mod:`infoprobe.result` (MI, the ratios and the degenerate-value rule: a ratio whose
+:mod:`infoprobe.exact` (exact routes that never form an n x n matrix when a smaller one exists),
+:mod:`infoprobe.slq` (the estimator past them), :mod:`infoprobe.routes` (the route names and
+``max_exact_dim``), :mod:`infoprobe.batch` (the mini-batch estimate, taken to be the paper's:
+assumed) and :mod:`infoprobe.result` (MI, the ratios and the degenerate-value rule: a ratio whose
 denominator is at or below its float32 noise floor is NaN with a note).
 """
 
@@ -131,7 +131,8 @@ def _sides(n: int, d: int, classes: int) -> tuple[Side, Side]:
 def _batch_interplay(
     zh: Tensor, y: Tensor, wh: Tensor, batch_size: int, seed: int, limit: int | None
 ) -> Interplay:
-    """The paper's estimate: mean entropies over :func:`batch_indices` of prepared rows."""
+    """The batch estimate (taken to be the paper's: assumed): mean entropies over
+    :func:`batch_indices` of prepared rows."""
     n, d = zh.shape
     num_classes = wh.shape[0]
     gram = wh @ wh.mT  # one head Gram and rank factor for every batch
@@ -176,9 +177,10 @@ def interplay(
             fits ``max_exact_dim``, else ``"slq"``, the stochastic Lanczos estimate of the
             same full-set value with error bars and a certified bound (:mod:`infoprobe.slq`).
             ``"exact"``: past the limit h_zw, mi and mir are NaN with a note. ``"batch"``:
-            the paper's mean of mini-batch entropies over :func:`batch_indices`
-            ``(n, batch_size, seed)``, a different quantity (MI, MIR and HDR are derived from
-            the mean entropies). H(K_Z), H(K_W) and HDR are exact on every route but batch.
+            the mean of mini-batch entropies (taken to be the paper's: assumed) over
+            :func:`batch_indices` ``(n, batch_size, seed)``, a different quantity (MI, MIR and HDR
+            are derived from the mean entropies). H(K_Z), H(K_W) and HDR are exact on every route
+            but batch.
         drop_zero_rows: exclude samples whose feature row, or whose class's head row, is
             zero (their direction is undefined); by default they raise :class:`InputError`.
             ``n_samples`` counts the samples kept.

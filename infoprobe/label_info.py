@@ -80,9 +80,9 @@ def label_information(
 
     Exact, in float64. ``drop_zero_rows`` leaves out samples whose feature row is zero (no
     direction); otherwise such a row raises :class:`InputError`, as for
-    :func:`infoprobe.info.interplay`. ``batch_size``: the paper's batch estimate instead,
-    the mean of both values over :func:`infoprobe.info.batch_indices` ``(n, batch_size,
-    seed)``, the batches that estimate uses for ``H(K_Z)``.
+    :func:`infoprobe.info.interplay`. ``batch_size``: the mini-batch estimate instead (taken to be
+    the paper's: assumed), the mean of both values over :func:`infoprobe.info.batch_indices` ``(n,
+    batch_size, seed)``, the batches that estimate uses for ``H(K_Z)``.
     """
     if features.ndim != 2 or labels.ndim != 1 or len(labels) != len(features):
         raise InputError(

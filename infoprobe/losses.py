@@ -1,9 +1,10 @@
-"""The paper's information-interplay loss terms for training loops.
+"""Information-interplay loss terms for training loops.
 
-Song et al. (ICML 2024) train with ``L = CE - lambda_1 * I(K_Z; K_W) + lambda_2 * |H(K_Z) -
-H(K_W)|`` on each batch. :class:`InterplayLoss` is the information part; add it to your
-cross-entropy. Gradients reach both the features and the head weights, and stay finite when
-eigenvalues repeat (see :mod:`infoprobe.info`).
+Song et al. (ICML 2024) are taken to train with ``L = CE - lambda_1 * I(K_Z; K_W) +
+lambda_2 * |H(K_Z) - H(K_W)|`` on each batch (the form of the terms is assumed; the paper's
+text was not available to check). :class:`InterplayLoss` is the information part; add it to
+your cross-entropy. Gradients reach both the features and the head weights, and stay finite
+when eigenvalues repeat (see :mod:`infoprobe.info`).
 """
 
 from __future__ import annotations

@@ -23,16 +23,15 @@ class Interplay:
     """Entropies (nats), mutual information and ratios for one set of samples.
 
     ``estimate`` is the route that gave the joint entropy: ``"exact"`` (the full-set value),
-    ``"slq"`` (the stochastic Lanczos estimate of the full-set value, see
-    :mod:`infoprobe.slq`) or ``"batch"`` (the paper's mean over ``n_batches`` seeded
-    mini-batches of ``batch_size`` samples, a different quantity). ``label`` names it with
-    its parameters, as the ``estimate`` column does. ``h_z``, ``h_w`` and ``hdr`` are exact
-    on the exact and slq routes. ``h_zw_err``, ``mi_err`` and ``mir_err`` are one standard
-    error of the estimate (None when exact); ``mir_lower`` is a certified lower bound of MIR
-    (None when the route gives none, NaN when it is below 0 and so says nothing). ``n_used``
-    counts the samples that entered the values (the batch estimate drops a short last
-    batch). ``note`` says why a value is NaN (empty when none is). ``n_classes`` is None for
-    :func:`infoprobe.info.interplay_between`.
+    ``"slq"`` (the stochastic Lanczos estimate of the full-set value, see :mod:`infoprobe.slq`) or
+    ``"batch"`` (the mean, taken to be the paper's (assumed), over ``n_batches`` seeded mini-batches
+    of ``batch_size`` samples, a different quantity). ``label`` names it with its parameters, as the
+    ``estimate`` column does. ``h_z``, ``h_w`` and ``hdr`` are exact on the exact and slq routes.
+    ``h_zw_err``, ``mi_err`` and ``mir_err`` are one standard error of the estimate (None when
+    exact); ``mir_lower`` is a certified lower bound of MIR (None when the route gives none, NaN
+    when it is below 0 and so says nothing). ``n_used`` counts the samples that entered the values
+    (the batch estimate drops a short last batch). ``note`` says why a value is NaN (empty when none
+    is). ``n_classes`` is None for :func:`infoprobe.info.interplay_between`.
     """
 
     h_z: float

@@ -32,8 +32,8 @@ class Estimate(str, Enum):
 
     ``auto``: exact when its eigen-solve fits ``max_exact_dim``, else ``slq``. ``exact``: the
     full-set value, NaN with a note past the limit. ``slq``: the stochastic Lanczos estimate
-    of the full-set value with error bars (:mod:`infoprobe.slq`). ``batch``: the paper's mean
-    of mini-batch entropies, a different quantity.
+    of the full-set value with error bars (:mod:`infoprobe.slq`). ``batch``: the mean of
+    mini-batch entropies (taken to be the paper's: assumed), a different quantity.
     """
 
     auto = "auto"
