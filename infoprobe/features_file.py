@@ -11,7 +11,7 @@ from torch import Tensor
 
 from infoprobe.data import stratified_indices, validate_labels
 from infoprobe.errors import InputError, unwritable
-from infoprobe.probe import Evaluation, check_features, scores
+from infoprobe.evaluation import Evaluation, check_features, scores
 
 
 def save_features(path: str | Path, evaluation: Evaluation) -> Path:

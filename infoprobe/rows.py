@@ -47,7 +47,7 @@ from infoprobe.slq import PROBES
 
 
 class Evaluated(Protocol):
-    """What a row needs from an evaluation pass (``infoprobe.probe.Evaluation``)."""
+    """What a row needs from an evaluation pass (``infoprobe.evaluation.Evaluation``)."""
 
     features: Tensor
     labels: Tensor
@@ -227,7 +227,7 @@ def _row(
 
 
 class LayerEvaluated(Evaluated, Protocol):
-    """An evaluation with layers (``infoprobe.probe.Evaluation`` of ``evaluate(layers=)``)."""
+    """An evaluation with layers (``infoprobe.evaluation.Evaluation`` of ``evaluate(layers=)``)."""
 
     logits: Tensor | None
     layers: tuple[LayerFeatures, ...]

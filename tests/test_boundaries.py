@@ -13,7 +13,7 @@ from test_cli import FAST, FIX, A, run
 import infoprobe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError
-from infoprobe.probe import Evaluation, restrict_classes
+from infoprobe.evaluation import Evaluation, restrict_classes
 from infoprobe.sweeps.finetune import FinetuneOptions, finetune
 
 TRAIN = FIX / "digits" / "train.safetensors"

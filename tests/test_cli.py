@@ -25,6 +25,7 @@ from infoprobe import __version__, cli, probe
 from infoprobe.checkpoints import load_model
 from infoprobe.data import load_data
 from infoprobe.errors import RunFailure
+from infoprobe.evaluation import Evaluation
 from infoprobe.probe import evaluate
 from infoprobe.rows import analysis_row, per_class_rows
 from infoprobe.schema import COLUMNS, MODEL_COLUMNS, SWEEP_COLUMNS
@@ -60,7 +61,7 @@ def run(*args: object, code: int = 0):
 _REFERENCE: dict[Path, tuple] = {}
 
 
-def reference(path: Path) -> tuple[probe.Evaluation, dict]:
+def reference(path: Path) -> tuple[Evaluation, dict]:
     """The library's evaluation and row for a fixture checkpoint (cached per path)."""
     if path not in _REFERENCE:
         loaded = load_model(path)

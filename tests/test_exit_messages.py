@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from test_cli import FAST, A, B, one_line_error, run
 
 from infoprobe import probe
+from infoprobe.evaluation import scores
 
 
 class _InterruptImport(importlib.abc.MetaPathFinder):
@@ -107,6 +108,6 @@ def test_infinite_logits_give_nan_loss_and_accuracy_with_a_note(tmp_path):
 def test_scores_with_finite_logits_are_the_usual_ones():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
     labels = torch.tensor([0, 0, 0])
-    loss, accuracy, note = probe.scores(logits, labels)
+    loss, accuracy, note = scores(logits, labels)
     want = torch.nn.functional.cross_entropy(logits.double(), labels).item()
     assert (accuracy, note) == (2 / 3, "") and loss == pytest.approx(want, rel=1e-6)

@@ -16,8 +16,9 @@ from torch import nn
 
 from infoprobe.data import ImageStream, LabelledTensors, load_data
 from infoprobe.errors import InputError, NonFiniteFeatures, RunFailure
+from infoprobe.evaluation import restrict_classes
 from infoprobe.layers import select_layers
-from infoprobe.probe import evaluate, restrict_classes
+from infoprobe.probe import evaluate
 
 
 def _hooked_outputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict:

@@ -17,10 +17,10 @@ from rich.console import Console
 from test_cli import DATA, FAST, FIX, A, B, one_line_error, run
 
 import infoprobe
-from infoprobe import probe
 from infoprobe.cli import options as cli_options
 from infoprobe.data import stratified_indices
 from infoprobe.errors import InputError
+from infoprobe.evaluation import Evaluation
 from infoprobe.features_file import load_features, save_features
 from infoprobe.options import COMMANDS, Role, specs
 from infoprobe.report.tables import render_rows
@@ -224,7 +224,7 @@ def test_piped_tables_honour_columns(monkeypatch):
 def test_csv_numbers_carry_no_float_noise(tmp_path):
     assert percent(7 / 200, 200) == 3.5 and 100 * (7 / 200) != 3.5
     assert math.isnan(percent(math.nan, 3))
-    evaluation = probe.Evaluation(torch.eye(4, 3)[:, :3] + 0.1, torch.eye(4, 3)[:, :3] * 0 + 1,
+    evaluation = Evaluation(torch.eye(4, 3)[:, :3] + 0.1, torch.eye(4, 3)[:, :3] * 0 + 1,
                                   torch.tensor([0, 1, 2, 0]), torch.eye(3), 0.5, 0.25)  # fmt: skip
     evaluation.logits = torch.tensor([[9.0, 0, 0], [0, 0, 9], [0, 0, 9], [0, 9, 0]])
     path = save_features(tmp_path / "f.safetensors", evaluation)

@@ -15,9 +15,10 @@ from torch import nn
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, RunFailure
+from infoprobe.evaluation import Evaluation
 from infoprobe.features_file import load_features, save_features
 from infoprobe.heads import find_head
-from infoprobe.probe import Evaluation, evaluate
+from infoprobe.probe import evaluate
 
 
 def _data(n=24, **kw) -> LabelledTensors:
@@ -355,8 +356,8 @@ def test_bundled_checkpoint_on_bundled_digits():
 
 
 def test_is_features_file(tmp_path):
+    from infoprobe.evaluation import Evaluation
     from infoprobe.features_file import is_features_file, save_features
-    from infoprobe.probe import Evaluation
 
     ev = Evaluation(
         features=torch.randn(4, 3),

@@ -18,6 +18,7 @@ from infoprobe import data as datasets
 from infoprobe import distributed, features_file, parsing, probe, versions
 from infoprobe.defaults import DEFAULT_BATCH_SIZE, PROBES
 from infoprobe.errors import InfoprobeError, InputError
+from infoprobe.evaluation import Evaluation
 from infoprobe.options import RunOptions
 from infoprobe.report.files import rows_frame
 from infoprobe.rows import MeasureOptions, error_row
@@ -348,7 +349,7 @@ def _report_missing_classes(data: datasets.Dataset, log: Log | None) -> None:
 
 def evaluate_path(
     path: str, is_features: bool, opts: RunOptions, progress: Any, log: Log | None
-) -> tuple[probe.Evaluation, datasets.Dataset | None, dict | None]:
+) -> tuple[Evaluation, datasets.Dataset | None, dict | None]:
     """(evaluation, dataset, model columns) of a checkpoint on ``--data``; a features file
     gives (evaluation, None, None), subsampled and restricted to ``--valid-labels`` exactly
     as a checkpoint's evaluation would be."""

@@ -33,6 +33,7 @@ from infoprobe.api.outputs import (
     write_outputs,
 )
 from infoprobe.errors import InfoprobeError
+from infoprobe.evaluation import Evaluation
 from infoprobe.options import RunOptions
 from infoprobe.paths import PathRegistry, resolved
 from infoprobe.record import run_record
@@ -135,7 +136,7 @@ class _Measured:
                 self.on_row(row)
         return list(rows)
 
-    def _save_features(self, path: str, evaluation: probe.Evaluation) -> None:
+    def _save_features(self, path: str, evaluation: Evaluation) -> None:
         if path in self.targets and distributed.is_main():  # under torchrun rank 0 writes
             features_file.save_features(self.targets[path], evaluation)
             say(self.log, f"wrote features {self.targets[path]}")

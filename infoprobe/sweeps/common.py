@@ -9,6 +9,7 @@ from torch import nn
 
 from infoprobe import probe
 from infoprobe.data import LabelledTensors
+from infoprobe.evaluation import Evaluation
 from infoprobe.parsing import VALUE_TOL
 from infoprobe.rows import MeasureOptions, analysis_row
 
@@ -33,7 +34,7 @@ def evaluate_row(
     name: str,
     eval_kwargs: dict,
     measure: MeasureOptions,
-) -> tuple[probe.Evaluation, dict]:
+) -> tuple[Evaluation, dict]:
     """One pass of ``model`` over ``data`` and its :func:`~infoprobe.rows.analysis_row`.
 
     ``probe.evaluate`` is looked up at call time so that benchmarks and tests can wrap it.

@@ -38,6 +38,7 @@ from torch.nn.utils import prune
 from infoprobe import parsing, probe
 from infoprobe.data import LabelledTensors
 from infoprobe.errors import InputError, NonFiniteFeatures
+from infoprobe.evaluation import Evaluation
 from infoprobe.info import Interplay, interplay_between
 from infoprobe.rows import MeasureOptions
 from infoprobe.schema import FT_COLUMNS
@@ -86,9 +87,7 @@ class _Tuning:
         finetune(self.model, self.data, self.options, **self.kwargs)
         apply_masks(self.targets)
 
-    def tune(
-        self, measure: Callable[[], tuple[probe.Evaluation, dict]]
-    ) -> tuple[probe.Evaluation, dict] | str:
+    def tune(self, measure: Callable[[], tuple[Evaluation, dict]]) -> tuple[Evaluation, dict] | str:
         """Train, then ``measure()``; without ``iterative`` a divergence is the row's note."""
         try:
             self.train()
@@ -131,8 +130,8 @@ def _dense_interplay(dense: Tensor, pruned: Tensor, options: MeasureOptions) -> 
 
 
 def _vs_dense(
-    dense: probe.Evaluation,
-    evaluation: probe.Evaluation,
+    dense: Evaluation,
+    evaluation: Evaluation,
     options: MeasureOptions,
     dense_metrics: bool,
 ) -> tuple[float, float, str]:
@@ -146,12 +145,12 @@ def _vs_dense(
 def _prune_row(
     ratio: float,
     sparsity: float,
-    dense: probe.Evaluation,
-    evaluation: probe.Evaluation,
+    dense: Evaluation,
+    evaluation: Evaluation,
     row: dict,
     options: MeasureOptions,
     dense_metrics: bool,
-    tuned: tuple[probe.Evaluation, dict] | str | None,
+    tuned: tuple[Evaluation, dict] | str | None,
     cut: str,
 ) -> dict:
     """The prune columns, then the analysis row; NaN reasons join ``note``.
@@ -221,7 +220,7 @@ class _Sweep:
                 "with torch.nn.utils.prune.remove before a pruning sweep"
             )
 
-    def evaluate(self) -> tuple[probe.Evaluation, dict]:
+    def evaluate(self) -> tuple[Evaluation, dict]:
         return evaluate_row(self.model, self.data, self.name, self.eval_kwargs, self.measure)
 
     def tuning(self, targets: list[Target]) -> _Tuning | None:
