@@ -137,3 +137,21 @@ def evaluate_calls():
         return seen
 
     return install
+
+
+# A model file that leaves a marker when imported: proof that code ran.
+EVIL_SRC = (
+    CUSTOM_MODEL_SRC
+    + """
+import pathlib
+pathlib.Path(__file__).with_suffix(".ran").write_text("ran")
+"""
+)
+
+
+def evil_model_file(directory, name="model.py"):
+    """A custom model file in ``directory`` that writes ``NAME.ran`` beside itself when
+    imported."""
+    path = directory / name
+    path.write_text(EVIL_SRC)
+    return path

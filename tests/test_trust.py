@@ -10,27 +10,12 @@ import pickle
 import pytest
 import timm
 import torch
-from conftest import CUSTOM_MODEL_SRC, make_timm
+from conftest import evil_model_file, make_timm
 from safetensors.torch import save_file
 
 from infoprobe import allowlist
 from infoprobe import checkpoints as ck
 from infoprobe.errors import InputError
-
-# A model file that leaves a marker when imported: proof that code ran.
-EVIL_SRC = (
-    CUSTOM_MODEL_SRC
-    + """
-import pathlib
-pathlib.Path(__file__).with_suffix(".ran").write_text("ran")
-"""
-)
-
-
-def _evil(directory, name="model.py"):
-    path = directory / name
-    path.write_text(EVIL_SRC)
-    return path
 
 
 def _safetensors(path, sd, **meta):
@@ -65,7 +50,7 @@ def create_model_calls(monkeypatch):
 
 
 def test_typed_file_factory_runs_only_with_trust_code(tmp_path, monkeypatch):
-    _evil(tmp_path)
+    evil_model_file(tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="--trust-code"):
         ck.build_model("model.py:factory", num_classes=3, in_chans=1)
@@ -76,7 +61,7 @@ def test_typed_file_factory_runs_only_with_trust_code(tmp_path, monkeypatch):
 
 
 def test_recorded_file_factory_never_runs_without_trust(tmp_path, sd):
-    _evil(tmp_path)
+    evil_model_file(tmp_path)
     p = _safetensors(tmp_path / "w.safetensors", sd, arch="model.py:factory")
     with pytest.raises(InputError) as err:
         ck.load_model(p)
@@ -113,7 +98,7 @@ def test_standard_library_callables_are_never_factories(tmp_path, sd, monkeypatc
 def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path, sd, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
-    _evil(tmp_path)  # in the working directory, not beside the checkpoint
+    evil_model_file(tmp_path)  # in the working directory, not beside the checkpoint
     monkeypatch.chdir(tmp_path)
     p = _safetensors(run / "w.safetensors", sd, arch="model.py:factory")
     with pytest.raises(InputError, match="does not exist"):
@@ -125,7 +110,7 @@ def test_trusted_recorded_file_is_looked_up_beside_the_checkpoint_only(tmp_path,
 def test_trusted_recorded_file_outside_the_checkpoint_folder_is_refused(tmp_path, sd, recorded):
     run = tmp_path / "run"
     run.mkdir()
-    evil = _evil(tmp_path)
+    evil = evil_model_file(tmp_path)
     p = _safetensors(run / "w.safetensors", sd, arch=recorded.format(abs=evil))
     with pytest.raises(InputError, match="must sit in the checkpoint's folder"):
         ck.load_model(p, trust_checkpoint=True, trust_code=True)
@@ -337,7 +322,7 @@ def test_save_for_hf_config_goes_through_the_same_gate(
 
     folder = tmp_path / "hf"
     save_for_hf(make_timm(), str(folder), safe_serialization=True)
-    _evil(folder)
+    evil_model_file(folder)
     config = json.loads((folder / "config.json").read_text())
     config.update(edit)
     (folder / "config.json").write_text(json.dumps(config))

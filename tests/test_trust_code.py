@@ -10,27 +10,12 @@ import sys
 
 import pytest
 import torch
-from conftest import CUSTOM_MODEL_SRC, make_timm
+from conftest import CUSTOM_MODEL_SRC, evil_model_file, make_timm
 from safetensors.torch import save_file
 
 from infoprobe import checkpoints as ck
 from infoprobe.errors import InputError
 from infoprobe.options import RunOptions
-
-# A model file that leaves a marker when imported: proof that code ran.
-EVIL_SRC = (
-    CUSTOM_MODEL_SRC
-    + """
-import pathlib
-pathlib.Path(__file__).with_suffix(".ran").write_text("ran")
-"""
-)
-
-
-def _evil(directory, name="model.py"):
-    path = directory / name
-    path.write_text(EVIL_SRC)
-    return path
 
 
 class _Marker:
@@ -103,7 +88,7 @@ def test_a_recorded_module_factory_never_resolves_through_sys_path(tmp_path, sd,
     # python -m / torchrun -m put the working directory first on sys.path
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    _evil(cwd, "models.py")
+    evil_model_file(cwd, "models.py")
     monkeypatch.chdir(cwd)
     monkeypatch.syspath_prepend(str(cwd))
     monkeypatch.delitem(sys.modules, "models", raising=False)
@@ -115,11 +100,11 @@ def test_a_recorded_module_factory_never_resolves_through_sys_path(tmp_path, sd,
 
 def test_a_recorded_module_factory_is_the_file_beside_the_checkpoint(tmp_path, monkeypatch):
     reference = ck.build_model(
-        f"{_evil(tmp_path, 'ref.py')}:factory", num_classes=4, in_chans=1, trust_code=True
+        f"{evil_model_file(tmp_path, 'ref.py')}:factory", num_classes=4, in_chans=1, trust_code=True
     )
     p = _recorded(tmp_path, "nets.models:factory", reference.state_dict())
     (p.parent / "nets").mkdir()
-    _evil(p.parent / "nets", "models.py")
+    evil_model_file(p.parent / "nets", "models.py")
     monkeypatch.chdir(tmp_path)
     for flags in ({}, {"trust_checkpoint": True}, {"trust_code": True}):
         with pytest.raises(InputError, match="--trust-code"):
