@@ -41,8 +41,11 @@ LRS = {"sgd": (3e-2, 3e-3, 3e-4), "adamw": (3e-2, 1e-2, 3e-3, 3e-4)}
 ADAMW_EPOCHS = 4
 OTHER_INIT_LR = 3e-3  # the AdamW different-initialisation pair
 #: estimator name -> infoprobe arguments
-ESTIMATES = {"exact": ["--estimate", "exact"], "batch256": ["--estimate", "batch"]}
 BATCH = 256
+ESTIMATES = {
+    "exact": ["--estimate", "exact"],
+    "batch256": ["--estimate", "batch", "--estimate-batch-size", BATCH],
+}
 STAGES = ("all", "train", "measure", "report")
 
 
@@ -164,8 +167,6 @@ def measure(args, optimizer: str, pairs: dict, paths: dict[str, Path]) -> None:
                         "--steps",
                         3 if args.quick else args.steps,
                         *estimate,
-                        "--estimate-batch-size",
-                        BATCH,
                         *reset_args,
                         "--device",
                         "cpu",

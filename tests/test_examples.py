@@ -70,6 +70,9 @@ OUTPUTS = {
     ),
 }
 
+#: examples whose figure is drawn from their whole CSV (the others write a small summary CSV)
+FIGURE_DATA = {"07_live_dynamics": "live_dynamics.csv", "08_layer_dynamics": "layer_dynamics.csv"}
+
 
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
@@ -101,7 +104,7 @@ def _check_quick_run(name, tmp_path):
     assert frame["note"][empty].astype(str).str.contains("MIR is undefined").all()
     assert frame["mir"][~empty].between(0, 1).all() and frame["hdr"].between(0, 1).all()
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    figure_csv = out / png.replace(".png", "_figure.csv")
+    figure_csv = out / FIGURE_DATA.get(name, png.replace(".png", "_figure.csv"))
     assert len(pd.read_csv(figure_csv)) > 0  # the figure's data, beside it
     assert isinstance(json.loads((out / "summary.json").read_text()), dict)
 
