@@ -364,17 +364,12 @@ def evaluate(
     indices), followed by the head's input as layer ``pre_logits``; they fill
     ``Evaluation.layers``. Memory: ``4 n sum_l d_l`` bytes more for the n samples.
     """
-    n = len(data)
-    if n == 0:
-        raise InputError(f"dataset {data.source} is empty (0 samples)")
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    n = _checked_size(data, batch_size)
     dev = resolve_device(device)
     heads = [("head", head)] if isinstance(head, nn.Module) else find_heads(model, head_path=head)
     classifier = Classifier(model, heads, own_logits=head is not None)
     labels = _checked_labels(data.labels, classifier.num_classes, data.source)
     dtype = _amp_dtype(amp)
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
     memory_format = torch.channels_last if channels_last and dev.type == "cuda" else None
     taps = None
     if layers is not None:
@@ -382,24 +377,57 @@ def evaluate(
     lo, hi = distributed.shard(n, batch_size)  # (0, n) in one process
     out = _Outputs(hi - lo, classifier.num_classes, dev)
     with distributed.agreed():
-        with (
-            classifier.hooked(),
-            taps.hooked() if taps is not None else contextlib.nullcontext(),
-            _eval_mode(model, dev, memory_format),
-            _reporting(progress, hi - lo, "evaluating"),
-            torch.no_grad(),
-            autocast,
-        ):
+        with _pass_context(model, classifier, taps, dev, dtype, memory_format, progress, hi - lo):
             batches = data.batches(batch_size, lo, hi)
             _run_pass(model, batches, classifier, out, batch_size, memory_format, progress, taps)
-        if not bool(out.finite):  # named at the first layer that has them
-            for layer, kept in zip(taps.layers if taps else (), out.layers, strict=True):
-                check_features(kept, f"{data.source} at layer {layer.name}", offset=lo)
-            check_features(out.features, data.source, offset=lo)
+        if not bool(out.finite):
+            _name_non_finite(out, taps, data.source, lo)
     evaluation = _gathered(out, labels, classifier.weight, taps, n, batch_size)
     if valid_labels is None:
         return evaluation
     return restrict_classes(evaluation, valid_labels, data.source)
+
+
+@contextlib.contextmanager
+def _pass_context(
+    model: nn.Module,
+    classifier: Classifier,
+    taps: LayerPass | None,
+    dev: torch.device,
+    dtype: torch.dtype | None,
+    memory_format,
+    progress: ProgressSink | None,
+    total: int,
+):
+    """The state of one pass: the head (and layer) hooks, eval mode on ``dev``, progress,
+    no gradients and autocast to ``dtype`` (None: off); all undone on exit."""
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with (
+        classifier.hooked(),
+        taps.hooked() if taps is not None else contextlib.nullcontext(),
+        _eval_mode(model, dev, memory_format),
+        _reporting(progress, total, "evaluating"),
+        torch.no_grad(),
+        autocast,
+    ):
+        yield
+
+
+def _checked_size(data: Dataset, batch_size: int) -> int:
+    """The number of samples; InputError for an empty dataset or a batch size below 1."""
+    if len(data) == 0:
+        raise InputError(f"dataset {data.source} is empty (0 samples)")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    return len(data)
+
+
+def _name_non_finite(out: _Outputs, taps: LayerPass | None, source: str, lo: int) -> None:
+    """NonFiniteFeatures for the non-finite rows, named at the first layer that has them
+    (``lo``: the index of this process's first row in the data)."""
+    for layer, kept in zip(taps.layers if taps else (), out.layers, strict=True):
+        check_features(kept, f"{source} at layer {layer.name}", offset=lo)
+    check_features(out.features, source, offset=lo)
 
 
 def _gathered(

@@ -193,7 +193,9 @@ def _torch_load_safe(path: Path, *, mmap: bool = False) -> Any:
 
 def _read_object(path: Path, *, trust: bool, mmap: bool = False) -> tuple[Any, dict, str]:
     """Return (object, safetensors metadata, format) read from ``path``; applies the gate.
-    ``mmap``: map a torch zip file instead of reading it (no size check needed)."""
+    ``mmap``: map a torch zip file instead of reading it (no size check needed). Only
+    ``trust is True`` (``--trust-checkpoint``) ever runs code: any other value is no trust."""
+    trust = trust is True  # a truthy non-bool ("false") must never reach the unsafe loads
     if not (mmap and zipfile.is_zipfile(path)):
         _check_size(path)
     if _looks_like_safetensors(path):

@@ -137,42 +137,61 @@ def load_data(
             f"({', '.join(TENSOR_SUFFIXES)}) or an image folder"
         )
     if path.is_file():
-        if class_map is not None:
-            raise InputError(
-                "--class-map applies to image folders; a tensor file's labels are used as they are"
-            )
-        key, load = _tensor_file(path, max_samples, seed, model, mean, std)
+        key, load = _tensor_file(path, max_samples, seed, model, mean, std, class_map)
     else:
-        cfg = resolve_transform_config(
-            model,
-            input_size=input_size,
-            mean=mean,
-            std=std,
-            crop_pct=crop_pct,
-            interpolation=interpolation,
-        )
-        mapping = read_class_map(class_map) if class_map is not None else None
-        limit = STREAM_ABOVE if stream_above is None else stream_above
-        key = (
-            "images",
-            str(path.resolve()),
+        key, load = _image_folder(
+            path,
             split,
-            tuple(sorted((k, str(v)) for k, v in cfg.items())),
             max_samples,
             seed,
-            tuple(sorted(mapping.items())) if mapping else None,
-            limit,
             workers,
+            progress,
+            read_class_map(class_map) if class_map is not None else None,
+            STREAM_ABOVE if stream_above is None else stream_above,
+            resolve_transform_config(
+                model,
+                input_size=input_size,
+                mean=mean,
+                std=std,
+                crop_pct=crop_pct,
+                interpolation=interpolation,
+            ),
         )
-
-        def load() -> Dataset:
-            return images.load_images(
-                path, split, cfg, max_samples, seed, workers, progress, mapping, limit
-            )
-
     if cache is None:
         return load()
     return cache.get_or_load(key, load)
+
+
+def _image_folder(
+    path: Path,
+    split: str | None,
+    max_samples: int | None,
+    seed: int,
+    workers: int,
+    progress: Any,
+    mapping: dict[str, int] | None,
+    limit: int,
+    cfg: dict,
+) -> tuple[Hashable, Callable[[], Dataset]]:
+    """The cache key of an image folder read with the transform ``cfg``, and its loader."""
+    key = (
+        "images",
+        str(path.resolve()),
+        split,
+        tuple(sorted((k, str(v)) for k, v in cfg.items())),
+        max_samples,
+        seed,
+        tuple(sorted(mapping.items())) if mapping else None,
+        limit,
+        workers,
+    )
+
+    def load() -> Dataset:
+        return images.load_images(
+            path, split, cfg, max_samples, seed, workers, progress, mapping, limit
+        )
+
+    return key, load
 
 
 def _tensor_file(
@@ -182,9 +201,14 @@ def _tensor_file(
     model: nn.Module | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    class_map: str | Path | None,
 ) -> tuple[Hashable, Callable[[], LabelledTensors]]:
     """The cache key of a tensor file's subsample, and how to load it (inputs prepared by
     :func:`~infoprobe.data.transforms.tensor_transform`)."""
+    if class_map is not None:
+        raise InputError(
+            "--class-map applies to image folders; a tensor file's labels are used as they are"
+        )
     if path.suffix.lower() not in TENSOR_SUFFIXES:
         raise InputError(
             f"data file {path}: unknown type '{path.suffix}'; use "

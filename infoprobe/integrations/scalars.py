@@ -5,27 +5,17 @@ from __future__ import annotations
 import math
 import numbers
 
-from infoprobe.schema import NC_COLUMNS
+from infoprobe.schema import COLUMNS
 
 __all__ = ["SCALAR_COLUMNS", "scalars"]
 
-#: The row values written to loggers and TensorBoard, each as ``prefix + column``.
-SCALAR_COLUMNS: tuple[str, ...] = (
-    "accuracy",
-    "loss",
-    "h_z",
-    "h_w",
-    "h_zw",
-    "mi",
-    "mir",
-    "hdr",
-    "mir_nc",
-    "hdr_nc",
-    *NC_COLUMNS,
-    "h_zw_err",
-    "mi_err",
-    "mir_err",
-    "mir_lower",
+#: The row values written to loggers and TensorBoard, each as ``prefix + column``: the numbers
+#: of an analyze row (:data:`~infoprobe.schema.COLUMNS`) from ``accuracy`` to ``mir_lower``,
+#: without the top-k accuracies.
+SCALAR_COLUMNS: tuple[str, ...] = tuple(
+    c
+    for c in COLUMNS[COLUMNS.index("accuracy") : COLUMNS.index("mir_lower") + 1]
+    if c not in ("accuracy_top5", "top1", "top5")
 )
 
 
